@@ -1,0 +1,111 @@
+"""DDIM (Song et al., 2021, "Denoising Diffusion Implicit Models").
+
+x_next = √ᾱ_next·x̂0 + √(1 − ᾱ_next − σ_t²)·ε̂ + σ_t·z with σ_t = η·√β̃_t (Eqs. 12 and 16);
+η = 0 is the deterministic sampler, η = 1 has DDPM's posterior. The config is key-for-key
+diffusers' ``DDIMScheduler``; ``set_timesteps`` additionally takes custom ``timesteps``, and
+every step goes to the schedule's real next timestep (diffusers assumes t − T//n, #11347).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.utils.torch_utils import randn_tensor
+
+from .noise_path import split_prediction, x0_to_eps
+from .samplers import ddim_noise_std, reverse_step
+from .scheduling_vp import DiscreteVPScheduler, ScratchSchedulerOutput, check_step_shapes
+
+
+class ScratchDDIMScheduler(DiscreteVPScheduler):
+    """DDIM sampler with the exact config of ``diffusers.DDIMScheduler``.
+
+    Args:
+        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, clip_sample,
+        clip_sample_range, prediction_type, thresholding, dynamic_thresholding_ratio,
+        sample_max_value, timestep_spacing, steps_offset, rescale_betas_zero_snr:
+            as in :class:`~scratch_schedulers.ScratchDDPMScheduler`.
+        set_alpha_to_one: the last step lands on ᾱ = 1 (x0 itself) if True, else on ᾱ_0.
+    """
+
+    _table_columns = ("a", "b", "a_next", "var_next", "sigma")
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        clip_sample: bool = True,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        rescale_betas_zero_snr: bool = False,
+    ):
+        self._init_path()
+        self.final_alpha_cumprod = torch.tensor(self._final_alpha_bar(), dtype=torch.float32)
+        self.num_inference_steps = None  # step() needs set_timesteps() first
+
+    def _final_alpha_bar(self) -> float:
+        return 1.0 if self.config.set_alpha_to_one else float(self._alpha_bar[0])
+
+    def _coefficients(self, alpha_bar_t, alpha_bar_next) -> dict[str, torch.Tensor]:
+        sigma = ddim_noise_std(alpha_bar_t, alpha_bar_next, eta=1.0)  # σ_t at η = 1, Eq. (16)
+        return {"sigma": sigma.nan_to_num()}
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> ScratchSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """One DDIM step from ``timestep`` to the next timestep of the schedule (Eq. 12).
+
+        Args:
+            model_output: the model's prediction at (sample, timestep).
+            timestep: the current timestep, a value of ``self.timesteps``.
+            sample: x_t, shape (B, C, ...).
+            eta: η ≥ 0, the weight of fresh noise (0: deterministic DDIM, 1: DDPM posterior).
+            use_clipped_model_output: re-derive ε̂ from the clipped/thresholded x̂0.
+            generator: torch generator(s) for the noise when η > 0.
+            variance_noise: explicit noise z instead of drawing it (e.g. for CycleDiffusion).
+            return_dict: return a :class:`ScratchSchedulerOutput` rather than a tuple.
+        """
+        if self.num_inference_steps is None:
+            raise ValueError("num_inference_steps is None: call set_timesteps() before step().")
+        if eta < 0:
+            raise ValueError(f"eta={eta} must be ≥ 0 (0: deterministic DDIM, 1: DDPM-like).")
+        if variance_noise is not None and generator is not None:
+            raise ValueError("pass either generator or variance_noise to step(), not both.")
+        check_step_shapes(model_output, sample)
+        c = self._row(timestep)
+        dtype = sample.dtype
+        x_t = sample.float() if dtype in (torch.float16, torch.bfloat16) else sample
+        model_output = model_output.to(x_t.dtype)
+
+        x0, eps = split_prediction(model_output, x_t, c["a"], c["b"], self.config.prediction_type)
+        x0 = self._clip_or_threshold(x0)
+        if use_clipped_model_output:
+            eps = x0_to_eps(x0, x_t, c["a"], c["b"])
+        noise_std = eta * c["sigma"]
+        if eta > 0 and variance_noise is None:
+            variance_noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                          dtype=model_output.dtype)
+        prev_sample = reverse_step(x0, eps, c["a_next"], c["var_next"], noise_std,
+                                   variance_noise if eta > 0 else None).to(dtype)
+        if not return_dict:
+            return prev_sample, x0.to(dtype)
+        return ScratchSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0.to(dtype))

@@ -1,0 +1,288 @@
+"""Flow matching / rectified flow (Lipman et al., 2023; Liu et al., 2022).
+
+Path x_σ = (1 − σ)·x0 + σ·ε, σ ∈ [0, 1], timestep t = σ·T; the model predicts the velocity
+u = dx/dσ = ε − x0 and sampling integrates the ODE from σ = 1 to 0 with Euler or Heun steps.
+Config keys follow diffusers' ``FlowMatchEulerDiscreteScheduler`` (shift, dynamic shifting with
+μ, shift_terminal, stochastic_sampling); ``solver="heun"`` is second order with diffusers' Heun
+convention (``order = 2``, interior timesteps repeated) so a plain ``for t in timesteps`` works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from .noise_path import (
+    append_dims,
+    check_choice,
+    check_custom_timesteps,
+    check_inference_steps,
+    shift_sigmas,
+    stretch_to_terminal,
+    time_shift,
+    velocity_to_eps,
+    velocity_to_x0,
+)
+from .samplers import euler_step, heun_step, reverse_step
+from .scheduling_vp import ScratchSchedulerOutput, as_timestep_tensor, check_step_shapes
+
+SOLVERS = ("euler", "heun")
+
+
+class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
+    """Euler / Heun sampler for flow-matching models (velocity u = ε − x0).
+
+    Args:
+        num_train_timesteps: T; timesteps are σ·T.
+        shift: static shift s of σ' = s·σ/(1 + (s − 1)·σ) (SD3 uses 3.0).
+        use_dynamic_shifting: shift by ``mu`` passed to ``set_timesteps`` instead (Flux).
+        base_shift, max_shift, base_image_seq_len, max_image_seq_len: read by pipelines to
+            compute ``mu`` from the image size (kept for config compatibility).
+        shift_terminal: stretch the schedule so its last σ equals this value.
+        time_shift_type: ``exponential`` or ``linear`` form of the dynamic shift.
+        stochastic_sampling: re-noise at every step, x_next = (1 − σ_next)·x̂0 + σ_next·z (Euler only).
+        solver: ``euler`` (first order) or ``heun`` (second order, 2n − 1 model evaluations).
+    """
+
+    _compatibles = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]  # noqa: RUF012
+    init_noise_sigma = 1.0
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        shift: float = 1.0,
+        use_dynamic_shifting: bool = False,
+        base_shift: float | None = 0.5,
+        max_shift: float | None = 1.15,
+        base_image_seq_len: int | None = 256,
+        max_image_seq_len: int | None = 4096,
+        shift_terminal: float | None = None,
+        time_shift_type: Literal["exponential", "linear"] = "exponential",
+        stochastic_sampling: bool = False,
+        solver: Literal["euler", "heun"] = "euler",
+    ):
+        check_choice("solver", solver, SOLVERS)
+        check_choice("time_shift_type", time_shift_type, ("exponential", "linear"))
+        if num_train_timesteps < 1:
+            raise ValueError(f"num_train_timesteps={num_train_timesteps} must be a positive integer.")
+        if shift <= 0:
+            raise ValueError(f"shift={shift} must be > 0.")
+        if shift_terminal is not None and not 0 <= shift_terminal < 1:
+            raise ValueError(f"shift_terminal={shift_terminal} must be in [0, 1).")
+        if stochastic_sampling and solver != "euler":
+            raise ValueError(f"stochastic_sampling=True needs solver='euler', got solver={solver!r}.")
+        self.order = 1 if solver == "euler" else 2
+        # Training grid, as diffusers (in float32): σ = t/T for t = T … 1, statically shifted.
+        T = num_train_timesteps
+        train_t = torch.from_numpy(np.linspace(1, T, T, dtype=np.float32)[::-1].copy())
+        sigmas = train_t / num_train_timesteps
+        if not use_dynamic_shifting:
+            sigmas = shift_sigmas(sigmas, shift)
+        self.sigma_max, self.sigma_min = float(sigmas[0]), float(sigmas[-1])
+        self.num_inference_steps: int | None = None
+        self.timesteps = sigmas * num_train_timesteps
+        self.sigmas = torch.cat([sigmas, torch.zeros(1)])
+        self._grid: np.ndarray | None = None  # distinct σ_0 > … > σ_{n−1} > σ_n = 0 after set_timesteps
+        self._begin_index = 0
+        self._position = 0
+        self._heun_pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    # ---- schedule ----------------------------------------------------------------------------
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        sigmas: Sequence[float] | None = None,
+        mu: float | None = None,
+        timesteps: Sequence[float] | None = None,
+    ) -> None:
+        """Build the σ grid: n evenly spaced timesteps shifted as configured, or custom values.
+
+        Custom ``sigmas`` (strictly descending in (0, 1]) or ``timesteps`` (in (0, T]) are used
+        exactly as given — no shift — so the model is always evaluated at t = σ·T of the state it
+        sees (diffusers 0.42 shifts σ but not the given timesteps). A terminal σ = 0 is appended.
+        """
+        cfg = self.config
+        T = cfg.num_train_timesteps
+        given = [v for v in (num_inference_steps, sigmas, timesteps) if v is not None]
+        if sigmas is not None and timesteps is not None:
+            s = check_custom_timesteps(sigmas, 1 + 1e-6, integer=False)
+            t = check_custom_timesteps(timesteps, T + 1e-3, integer=False)
+            if len(s) != len(t) or not np.allclose(s * T, t, rtol=1e-4, atol=1e-3):
+                raise ValueError("sigmas and timesteps disagree: timesteps must equal sigmas × num_train_timesteps.")
+        if sigmas is not None:
+            grid = check_custom_timesteps(sigmas, 1 + 1e-6, integer=False)
+        elif timesteps is not None:
+            grid = check_custom_timesteps(timesteps, T + 1e-3, integer=False) / T
+        elif num_inference_steps is not None:
+            check_inference_steps(num_inference_steps, T)
+            grid = np.linspace(self.sigma_max * T, self.sigma_min * T, num_inference_steps) / T
+            if cfg.use_dynamic_shifting:
+                if mu is None:
+                    raise ValueError("use_dynamic_shifting=True needs mu=... in set_timesteps().")
+                grid = time_shift(grid, mu, cfg.time_shift_type)
+            else:
+                grid = shift_sigmas(grid, cfg.shift)
+            if cfg.shift_terminal:
+                grid = stretch_to_terminal(grid, cfg.shift_terminal)
+        else:
+            raise ValueError("set_timesteps needs num_inference_steps (an int ≥ 1), sigmas or timesteps.")
+        if len(given) > 1 and num_inference_steps is not None and num_inference_steps != len(grid):
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} but {len(grid)} custom values were given."
+            )
+        if grid[-1] <= 0:
+            raise ValueError(f"custom sigmas/timesteps must stay > 0 (σ = 0 is appended), got {grid.tolist()}.")
+        self.num_inference_steps = len(grid)
+        self._grid = np.append(grid, 0.0)
+        grid32 = torch.from_numpy(grid).to(torch.float32)
+        if self.config.solver == "heun":  # σ_0, σ_1, σ_1, …, σ_{n−1}, σ_{n−1}: predictor/corrector pairs
+            grid32 = torch.cat([grid32[:1], grid32[1:].repeat_interleave(2)])
+            self.sigmas = torch.cat([grid32, torch.zeros(1)]).to(device)
+        else:
+            self.sigmas = torch.from_numpy(self._grid).to(torch.float32).to(device)
+        self.timesteps = (grid32 * T).to(device)
+        self._distinct_timesteps = torch.from_numpy(grid * T).to(torch.float32)
+        self._device_grids: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._begin_index = 0
+        self._position = 0
+        self._heun_pending = None
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start a loop at ``self.timesteps[begin_index:]`` (image-to-image); resets a Heun loop."""
+        self._begin_index = self._position = begin_index
+        self._heun_pending = None
+
+    # ---- forward process (training, img2img) -----------------------------------------------------
+
+    def _sigma(self, timesteps: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+        """σ = t/T for a scalar or a batch of timesteps, broadcast against ``like``."""
+        T = self.config.num_train_timesteps
+        t = torch.as_tensor(timesteps)
+        if t.device.type == "cpu" and bool(((t < 0) | (t > T)).any()):  # host check only: no sync
+            raise ValueError(f"flow timesteps must lie in [0, {T}], got {t.flatten()[:8].tolist()}.")
+        sigma = t.to(device=like.device, dtype=torch.float32) / T
+        return append_dims(sigma, like.ndim).to(like.dtype)
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """x_σ = (1 − σ)·x0 + σ·ε for a batch of timesteps t = σ·T (any real t in [0, T])."""
+        sigma = self._sigma(timesteps, original_samples)
+        return (1 - sigma) * original_samples + sigma * noise
+
+    def scale_noise(
+        self, sample: torch.Tensor, timestep: torch.Tensor | float, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """diffusers' name for the forward process (img2img): σ·noise + (1 − σ)·sample."""
+        return self.add_noise(sample, noise, timestep)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps=None) -> torch.Tensor:
+        """The training target u = ε − x0 (independent of t on this path)."""
+        return noise - sample
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | None = None) -> torch.Tensor:
+        """Identity: flow models take x_σ unscaled."""
+        return sample
+
+    # ---- sampling ----------------------------------------------------------------------------
+
+    def _euler_sigmas(self, timestep: float | torch.Tensor):
+        """(σ, σ_next) of the step from ``timestep``: floats for host timesteps, device 0-d tensors otherwise."""
+        T = self.config.num_train_timesteps
+        if not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu":
+            t = float(as_timestep_tensor(timestep))
+            i = int(np.abs(self._grid[:-1] * T - t).argmin())
+            if abs(self._grid[i] * T - t) > 1e-3 * max(1.0, t):
+                raise ValueError(
+                    f"timestep {t:g} is not in the current schedule {self.timesteps[:8].tolist()}"
+                    f"{' …' if len(self.timesteps) > 8 else ''}; pass a value from scheduler.timesteps."
+                )
+            return float(self._grid[i]), float(self._grid[i + 1])
+        grids = self._device_grids.get(timestep.device)
+        if grids is None:
+            g = torch.from_numpy(self._grid).to(torch.float32)
+            grids = self._device_grids[timestep.device] = (self._distinct_timesteps.to(timestep.device),
+                                                          g.to(timestep.device))
+        distinct, sigma_grid = grids
+        i = (distinct - timestep.reshape(())).abs().argmin().reshape(1)
+        sigma, sigma_next = sigma_grid.index_select(0, torch.cat([i, i + 1])).unbind()  # no .item()
+        return sigma, sigma_next
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> ScratchSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """One Euler step, or one Heun stage, of dx/dσ = u from ``timestep`` to the next σ.
+
+        Args:
+            model_output: predicted velocity u = ε − x0 at (sample, timestep).
+            timestep: the current timestep t = σ·T, a value of ``self.timesteps``.
+            sample: x_σ, shape (B, C, ...).
+            generator: torch generator(s) for ``stochastic_sampling``.
+            return_dict: return a :class:`ScratchSchedulerOutput` rather than a tuple.
+        """
+        if self._grid is None:
+            raise ValueError("num_inference_steps is None: call set_timesteps() before step().")
+        check_step_shapes(model_output, sample)
+        dtype = sample.dtype
+        x = sample.float()
+        u = model_output.float()
+        if self.config.solver == "heun":
+            prev_sample, x0 = self._heun_stage(u, timestep, x)
+        else:
+            sigma, sigma_next = self._euler_sigmas(timestep)
+            x0 = velocity_to_x0(u, x, sigma)
+            if self.config.stochastic_sampling:  # reverse_step with s = b_next: full re-noising
+                z = randn_tensor(u.shape, generator=generator, device=u.device, dtype=u.dtype)
+                prev_sample = reverse_step(x0, velocity_to_eps(u, x, sigma), 1 - sigma_next, sigma_next**2,
+                                           noise_std=sigma_next, noise=z)
+            else:
+                prev_sample = euler_step(x, u, sigma, sigma_next)
+        prev_sample, x0 = prev_sample.to(dtype), x0.to(dtype)
+        if not return_dict:
+            return prev_sample, x0
+        return ScratchSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+    def _heun_stage(self, u: torch.Tensor, timestep, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictor (even positions) or corrector (odd) of a Heun step; the last step is Euler.
+
+        The two stages share state (the predictor's x and derivative), so a Heun loop keeps a
+        position counter; it is checked against each host-side ``timestep`` passed in.
+        """
+        position = self._position
+        if position >= len(self.timesteps):
+            raise ValueError(f"the Heun loop has already taken all {len(self.timesteps)} steps; call set_timesteps().")
+        if not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu":
+            expected = float(self.timesteps[position])
+            if abs(float(as_timestep_tensor(timestep)) - expected) > 1e-3 * max(1.0, expected):
+                raise ValueError(
+                    f"timestep {float(as_timestep_tensor(timestep)):g} is not the Heun loop's next timestep "
+                    f"{expected:g} (position {position}); iterate over scheduler.timesteps in order."
+                )
+        i = (position + 1) // 2  # index of σ in the distinct grid for both stages of step i
+        self._position += 1
+        if self._heun_pending is None:  # predictor from σ_i (also the final Euler step to σ = 0)
+            sigma, sigma_next = float(self._grid[i]), float(self._grid[i + 1])
+            if sigma_next > 0:
+                self._heun_pending = (x, u)
+            return euler_step(x, u, sigma, sigma_next), velocity_to_x0(u, x, sigma)
+        x_start, u_start = self._heun_pending  # corrector: u is the velocity at (x̃, σ_{i})
+        self._heun_pending = None
+        sigma, sigma_next = float(self._grid[i - 1]), float(self._grid[i])
+        return heun_step(x_start, u_start, u, sigma, sigma_next), velocity_to_x0(u, x, sigma_next)

@@ -1,0 +1,276 @@
+"""Shared machinery of the discrete variance-preserving schedulers (DDPM and DDIM).
+
+The chain has T training timesteps with ᾱ_t from :mod:`.noise_path`; a sampler visits a
+descending subset of them. ``set_timesteps`` precomputes, for every timestep of that subset, the
+path coefficients of the step it starts (a_t, b_t, a_next, b_next, noise scales) into one
+table indexed by the timestep value, so ``step`` is a table row look-up on the timestep's own
+device plus elementwise maths: no host–device synchronisation and no hidden step counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+
+from .noise_path import (
+    VP_PREDICTION_TYPES,
+    append_dims,
+    check_choice,
+    check_custom_timesteps,
+    make_betas,
+    rescale_zero_terminal_snr,
+    spaced_timesteps,
+)
+from .samplers import dynamic_threshold
+
+# diffusers' Karras-family schedulers that share our VP config keys (`from_config` either way).
+# DPMSolverSDEScheduler is left out: it is a dummy object unless torchsde is installed.
+VP_COMPATIBLES = [
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DEISMultistepScheduler",
+    "UniPCMultistepScheduler",
+    "EDMEulerScheduler",
+]
+
+NOT_IN_SCHEDULE = -2  # marker in the previous-timestep table
+
+
+@dataclass
+class ScratchSchedulerOutput(BaseOutput):
+    """Output of every scratch scheduler's ``step``.
+
+    Attributes:
+        prev_sample: x at the next (less noisy) timestep, shape of ``sample``.
+        pred_original_sample: the model's estimate x̂0 (after clipping/thresholding).
+    """
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+
+def as_timestep_tensor(timestep: int | float | torch.Tensor) -> torch.Tensor:
+    """A single timestep as a 0-d tensor on its own device (a Python number goes to the CPU)."""
+    t = torch.as_tensor(timestep)
+    if t.numel() != 1:
+        raise ValueError(f"step() takes a single timestep, got a tensor of shape {tuple(t.shape)}.")
+    return t.reshape(())
+
+
+def check_step_shapes(model_output: torch.Tensor, sample: torch.Tensor, allow_variance: bool = False) -> None:
+    """``model_output`` must match ``sample`` (or carry a variance channel block when learned)."""
+    same = model_output.shape == sample.shape
+    doubled = (
+        allow_variance
+        and model_output.ndim == sample.ndim
+        and model_output.shape[1] == 2 * sample.shape[1]
+        and model_output.shape[2:] == sample.shape[2:]
+        and model_output.shape[0] == sample.shape[0]
+    )
+    if not (same or doubled):
+        raise ValueError(
+            f"model_output has shape {tuple(model_output.shape)} but sample has shape {tuple(sample.shape)}; "
+            "they must match" + (" (or model_output may have twice the channels)" if allow_variance else "") + "."
+        )
+
+
+class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
+    """Base of :class:`ScratchDDPMScheduler` and :class:`ScratchDDIMScheduler` (not used directly)."""
+
+    _compatibles = VP_COMPATIBLES
+    order = 1
+    init_noise_sigma = 1.0
+    _table_columns: tuple[str, ...] = ()
+
+    # ---- construction ------------------------------------------------------------------------
+
+    def _init_path(self) -> None:
+        """Validate the config and build β, ᾱ and the default (all training steps) schedule."""
+        cfg = self.config
+        check_choice("prediction_type", cfg.prediction_type, VP_PREDICTION_TYPES)
+        check_choice("timestep_spacing", cfg.timestep_spacing, ("leading", "trailing", "linspace"))
+        if not 0 < cfg.dynamic_thresholding_ratio <= 1:
+            raise ValueError(f"dynamic_thresholding_ratio={cfg.dynamic_thresholding_ratio} must be in (0, 1].")
+        betas = make_betas(
+            cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.trained_betas
+        )
+        if cfg.rescale_betas_zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # float32, as diffusers exposes it
+        self.one = torch.tensor(1.0)
+        # The coefficient tables are derived in float64 from the very ᾱ values that add_noise uses
+        # in training (float32), so sampling and training see one path.
+        self._alpha_bar = self.alphas_cumprod.to(torch.float64).numpy()
+        self.num_inference_steps: int | None = None
+        self.custom_timesteps = False
+        self._set_schedule(np.arange(cfg.num_train_timesteps)[::-1].copy(), device=None)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    # ---- schedules ---------------------------------------------------------------------------
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: Sequence[int] | None = None,
+    ) -> None:
+        """Choose the timesteps to sample with: ``num_inference_steps`` spaced by the config's
+        ``timestep_spacing``, or an explicit strictly descending list ``timesteps`` in [0, T)."""
+        T = self.config.num_train_timesteps
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError(
+                f"pass either num_inference_steps={num_inference_steps} or timesteps=..., not both."
+            )
+        if timesteps is not None:
+            grid = check_custom_timesteps(timesteps, T, integer=True).astype(np.int64)
+            self.custom_timesteps = True
+        elif num_inference_steps is not None:
+            grid = spaced_timesteps(self.config.timestep_spacing, T, num_inference_steps, self.config.steps_offset)
+            self.custom_timesteps = False
+        else:
+            raise ValueError("set_timesteps needs num_inference_steps (an int ≥ 1) or a timesteps list.")
+        self._check_terminal_snr(grid)
+        self.num_inference_steps = len(grid)
+        self._set_schedule(grid, device)
+
+    def _set_schedule(self, grid: np.ndarray, device: str | torch.device | None) -> None:
+        """Install ``grid`` and precompute the per-timestep coefficient table."""
+        T = self.config.num_train_timesteps
+        self.timesteps = torch.from_numpy(grid.astype(np.int64)).to(device)
+        nxt = np.full(T, NOT_IN_SCHEDULE, dtype=np.int64)
+        nxt[grid] = np.append(grid[1:], -1)
+        self._next_timestep = nxt
+        # Every coefficient is evaluated in float32 from the float32 ᾱ that add_noise uses in
+        # training, with the same formulas as diffusers: sampling then sees the very path the model
+        # was trained on, and a model moves between our schedulers and diffusers' without drift
+        # (x̂0 = (x − b·ε)/a and β = 1 − ᾱ_t/ᾱ_next amplify last-bit differences near both ends).
+        alpha_bar_t = self.alphas_cumprod[torch.from_numpy(grid)]
+        alpha_bar_next = torch.cat([alpha_bar_t[1:], torch.tensor([self._final_alpha_bar()], dtype=torch.float32)])
+        a_t, b_t = self._path_scales(alpha_bar_t)
+        a_next, b_next = self._path_scales(alpha_bar_next)
+        columns = {"a": a_t, "b": b_t, "a_next": a_next, "b_next": b_next, "var_next": 1 - alpha_bar_next,
+                   **self._coefficients(alpha_bar_t, alpha_bar_next)}
+        table = np.full((T, len(self._table_columns)), np.nan, dtype=np.float32)
+        table[grid] = torch.stack([columns[name] for name in self._table_columns], dim=1).numpy()
+        self._table_host = list(table)  # rows of np.float32 scalars: host arithmetic stays float32
+        self._table_cpu = torch.from_numpy(table)
+        self._tables: dict[torch.device, torch.Tensor] = {}
+
+    @staticmethod
+    def _path_scales(alpha_bar: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, b) = (√ᾱ, √(1 − ᾱ)) — the one place they are computed, for add_noise and step alike."""
+        alpha_bar = torch.as_tensor(alpha_bar)
+        return alpha_bar**0.5, (1 - alpha_bar) ** 0.5
+
+    def _final_alpha_bar(self) -> float:
+        """ᾱ after the last timestep: 1 (x0 itself); DDIM may use ᾱ_0 instead."""
+        return 1.0
+
+    def _coefficients(self, alpha_bar_t: torch.Tensor, alpha_bar_next: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Sampler-specific per-step coefficients beyond a, b, a_next, b_next (float32 tensors over the grid)."""
+        raise NotImplementedError
+
+    def _check_terminal_snr(self, grid: np.ndarray) -> None:
+        """Fail fast on ε-prediction at a zero-SNR timestep, where x̂0 = (x − ε)/0 (diffusers #3851)."""
+        if self.config.prediction_type != "epsilon":
+            return
+        zero = grid[self._alpha_bar[grid] == 0]
+        if len(zero):
+            raise ValueError(
+                f"rescale_betas_zero_snr=True gives ᾱ=0 at timestep {int(zero[0])}, where an "
+                "ε-prediction says nothing about x0 (x̂0 would be inf/NaN). Use "
+                "prediction_type='v_prediction' (Lin et al., 2024) or 'sample', or "
+                "timestep_spacing='leading', which never visits the terminal timestep."
+            )
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
+        """The timestep the sampler moves to from ``timestep`` (−1 after the last one)."""
+        t = self._validated_index(as_timestep_tensor(timestep))
+        return torch.tensor(int(self._next_timestep[t]))
+
+    # ---- per-step look-up --------------------------------------------------------------------
+
+    def _validated_index(self, t: torch.Tensor) -> int:
+        """Host-side check of a CPU timestep: integer, in range and in the current schedule."""
+        value = float(t)
+        T = self.config.num_train_timesteps
+        if value != int(value) or not 0 <= value < T or self._next_timestep[int(value)] == NOT_IN_SCHEDULE:
+            shown = self.timesteps[:8].tolist()
+            raise ValueError(
+                f"timestep {value:g} is not in the current schedule "
+                f"{shown}{' …' if len(self.timesteps) > 8 else ''}; pass a value from scheduler.timesteps."
+            )
+        if self._alpha_bar[int(value)] == 0:
+            self._check_terminal_snr(np.array([int(value)]))
+        return int(value)
+
+    def _row(self, timestep: int | float | torch.Tensor) -> dict[str, float | torch.Tensor]:
+        """Coefficients of the step starting at ``timestep``.
+
+        A Python or CPU timestep is validated on the host and gives Python floats (free scalars on
+        any device); a timestep on an accelerator indexes a copy of the table on that device and
+        gives 0-d tensors there, without being read back (no synchronisation).
+        """
+        if not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu":
+            row = self._table_host[self._validated_index(as_timestep_tensor(timestep))]
+        else:
+            t = as_timestep_tensor(timestep)
+            table = self._tables.get(t.device)
+            if table is None:
+                table = self._tables[t.device] = self._table_cpu.to(t.device)
+            row = table.index_select(0, t.long().reshape(1))[0].unbind()  # t[i] would call .item()
+        return dict(zip(self._table_columns, row))
+
+    def _clip_or_threshold(self, x0: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding if enabled (it takes precedence), else clipping to ±clip_sample_range."""
+        cfg = self.config
+        if cfg.thresholding:
+            return dynamic_threshold(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+        if cfg.clip_sample:
+            return x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+        return x0
+
+    # ---- training-time helpers ---------------------------------------------------------------
+
+    def _signal_noise(self, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(√ᾱ_t, √(1−ᾱ_t)) for a batch of timesteps, broadcast against ``like`` in its dtype/device."""
+        timesteps = torch.as_tensor(timesteps, device=like.device)
+        if timesteps.is_floating_point() and not bool((timesteps == timesteps.round()).all()):
+            raise ValueError("timesteps of a discrete VP scheduler must be integers in [0, num_train_timesteps).")
+        alpha_bar = self.alphas_cumprod.to(device=like.device)[timesteps.long()].to(like.dtype)
+        return self._path_scales(append_dims(alpha_bar, like.ndim))
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """Forward process q(x_t | x0): x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε (DDPM Eq. 4), batched over t."""
+        a, b = self._signal_noise(timesteps, original_samples)
+        return a * original_samples + b * noise
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The v-prediction target v = √ᾱ_t·ε − √(1−ᾱ_t)·x0 (Salimans & Ho, 2022)."""
+        a, b = self._signal_noise(timesteps, sample)
+        return a * noise - b * sample
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
+        """Identity: VP models take x_t unscaled (kept for API compatibility)."""
+        return sample

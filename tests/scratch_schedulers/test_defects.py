@@ -1,0 +1,117 @@
+"""Known diffusers defects that must be absent here (each deliberate difference is in the README)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+from scratch_schedulers import ScratchDDIMScheduler, ScratchDDPMScheduler, ScratchFlowMatchScheduler
+
+from .helpers import denoiser_model
+
+
+def exact_x0_step_lands_on_path(scheduler, t_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deterministic DDIM step with the true x0 from x_t = a_t·x0 + b_t·ε must land on the path
+    point of the schedule's next timestep: a_next·x0 + b_next·ε."""
+    x0, eps = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    t = scheduler.timesteps[t_index]
+    next_t = scheduler.timesteps[t_index + 1]
+    x_t = scheduler.add_noise(x0, eps, t.reshape(1))
+    out = scheduler.step(x0, t, x_t).prev_sample
+    return out, scheduler.add_noise(x0, eps, next_t.reshape(1))
+
+
+def test_ddim_linspace_steps_to_the_schedules_next_timestep_issue_11347():
+    config = {"timestep_spacing": "linspace", "prediction_type": "sample", "clip_sample": False}
+    ours = ScratchDDIMScheduler(**config)
+    ours.set_timesteps(10)  # 999, 888, 777, ...: diffusers assumes t − 100 instead
+    for i in range(len(ours.timesteps) - 1):
+        got, expected = exact_x0_step_lands_on_path(ours, i)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    theirs = DDIMScheduler(**config)
+    theirs.set_timesteps(10)
+    got, expected = exact_x0_step_lands_on_path(theirs, 0)
+    assert not torch.allclose(got, expected, atol=1e-3)  # the defect is real in diffusers
+
+
+@pytest.mark.parametrize("scheduler_class", [ScratchDDPMScheduler, ScratchDDIMScheduler])
+def test_steps_offset_with_as_many_steps_as_training_issue_10003(scheduler_class):
+    scheduler = scheduler_class(steps_offset=1, timestep_spacing="leading")
+    scheduler.set_timesteps(1000)
+    assert scheduler.timesteps[0] == 999 and scheduler.timesteps[-1] == 0
+    x = torch.randn(1, 1, 4, 4)
+    for t in scheduler.timesteps[:3].tolist() + scheduler.timesteps[-3:].tolist():
+        x = scheduler.step(denoiser_model(scheduler, x, t), t, x).prev_sample
+    assert torch.isfinite(x).all()
+    reference = DDPMScheduler(steps_offset=1)
+    reference.set_timesteps(1000)
+    with pytest.raises(IndexError):  # the diffusers failure we fix
+        reference.step(torch.zeros(1, 1, 4, 4), reference.timesteps[0], torch.zeros(1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("scheduler_class", [ScratchDDPMScheduler, ScratchDDIMScheduler])
+def test_zero_terminal_snr_with_epsilon_fails_fast_issue_3851(scheduler_class):
+    scheduler = scheduler_class(rescale_betas_zero_snr=True, prediction_type="epsilon", timestep_spacing="trailing")
+    with pytest.raises(ValueError, match="v_prediction"):
+        scheduler.set_timesteps(10)
+    if scheduler_class is ScratchDDPMScheduler:  # the default all-steps loop is caught at the step
+        fresh = scheduler_class(rescale_betas_zero_snr=True)
+        with pytest.raises(ValueError, match="ᾱ=0 at timestep 999"):
+            fresh.step(torch.zeros(1, 1, 2, 2), 999, torch.zeros(1, 1, 2, 2))
+    # 'leading' never visits the terminal timestep, and v-prediction handles it: both stay finite.
+    for config in ({"prediction_type": "epsilon", "timestep_spacing": "leading"},
+                   {"prediction_type": "v_prediction", "timestep_spacing": "trailing"}):
+        ok = scheduler_class(rescale_betas_zero_snr=True, **config)
+        ok.set_timesteps(10)
+        x = torch.randn(2, 1, 4, 4)
+        for t in ok.timesteps:
+            x = ok.step(denoiser_model(ok, x, t), t, x).prev_sample
+            assert torch.isfinite(x).all()
+
+
+def test_flow_custom_timesteps_are_honoured_as_given():
+    timesteps = [1000.0, 750.0, 500.0, 250.0]
+    ours = ScratchFlowMatchScheduler(shift=3.0)
+    ours.set_timesteps(timesteps=timesteps)
+    assert ours.timesteps.tolist() == timesteps
+    assert torch.allclose(ours.sigmas, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
+    # The exact velocity of a point mass moves x exactly along the path between the given times.
+    x0, eps = torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4)
+    x = eps.clone()
+    for t in ours.timesteps:
+        x = ours.step(eps - x0, t, x).prev_sample
+    torch.testing.assert_close(x, x0, rtol=1e-5, atol=1e-5)
+    theirs = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    theirs.set_timesteps(timesteps=timesteps)
+    assert not torch.allclose(theirs.sigmas[:-1] * 1000, theirs.timesteps)  # model time ≠ state time there
+
+
+@pytest.mark.parametrize("scheduler", [ScratchDDPMScheduler(), ScratchDDIMScheduler(), ScratchFlowMatchScheduler(),
+                                       ScratchFlowMatchScheduler(solver="heun")], ids=["ddpm", "ddim", "flow", "heun"])
+def test_add_noise_takes_a_batch_of_random_training_timesteps(scheduler):
+    x0, eps = torch.randn(16, 3, 8, 8), torch.randn(16, 3, 8, 8)
+    t = torch.randint(0, 1000, (16,))
+    noisy = scheduler.add_noise(x0, eps, t)
+    assert noisy.shape == x0.shape
+    for i in (0, 7, 15):  # each sample uses its own timestep
+        torch.testing.assert_close(noisy[i : i + 1], scheduler.add_noise(x0[i : i + 1], eps[i : i + 1], t[i : i + 1]))
+    if isinstance(scheduler, ScratchFlowMatchScheduler):  # continuous times are allowed too
+        t_float = torch.rand(16) * 1000
+        sigma = (t_float / 1000).view(-1, 1, 1, 1)
+        torch.testing.assert_close(scheduler.add_noise(x0, eps, t_float), (1 - sigma) * x0 + sigma * eps)
+
+
+def test_fixed_large_log_gives_finite_samples():
+    scheduler = ScratchDDPMScheduler(variance_type="fixed_large_log")
+    scheduler.set_timesteps(10)
+    x = torch.randn(1, 1, 4, 4)
+    for t in scheduler.timesteps:
+        x = scheduler.step(denoiser_model(scheduler, x, t), t, x, generator=torch.manual_seed(0)).prev_sample
+    assert torch.isfinite(x).all()
+
+
+def test_shift_terminal_with_a_single_step_is_finite():
+    scheduler = ScratchFlowMatchScheduler(shift=3.0, shift_terminal=0.1)
+    scheduler.set_timesteps(1)
+    assert torch.isfinite(scheduler.sigmas).all()
