@@ -7,10 +7,9 @@ pipeline names its scheduler ``["scratch_diffusion", <class>]``, and diffusers c
 against the base classes found on the module it names.
 """
 
+from scratch_diffusion.pipelines import ScratchDiffusionPipeline
 from scratch_schedulers import *  # noqa: F403
 from scratch_schedulers import __all__ as _scheduler_names
-
-from scratch_diffusion.pipelines import ScratchDiffusionPipeline
 
 __version__ = "0.1.0"
 __all__ = [*_scheduler_names, "ScratchDiffusionPipeline"]

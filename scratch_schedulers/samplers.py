@@ -37,6 +37,7 @@ def reverse_step(
     var_next,
     noise_std=0.0,
     noise: torch.Tensor | None = None,
+    direction=None,
 ) -> torch.Tensor:
     """x_next = a_next·x̂0 + √(b_next² − s²)·ε̂ + s·z  (DDIM Eq. 12, written for any path).
 
@@ -47,8 +48,11 @@ def reverse_step(
         var_next: its noise variance b_next² (1 − ᾱ_next on the VP path, σ_next² on the flow path).
         noise_std: s, the standard deviation of fresh noise injected at this step (0 = deterministic).
         noise: z ~ N(0, I) of the sample's shape; required when ``noise_std`` is not 0.
+        direction: √(b_next² − s²) when the caller has it precomputed (e.g. b_next at s = 0).
     """
-    x_next = a_next * x0 + nonneg_sqrt(var_next - noise_std**2) * eps
+    if direction is None:
+        direction = nonneg_sqrt(var_next - noise_std**2)
+    x_next = a_next * x0 + direction * eps
     if noise is not None:
         x_next = x_next + noise_std * noise
     return x_next

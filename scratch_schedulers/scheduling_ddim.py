@@ -29,7 +29,7 @@ class ScratchDDIMScheduler(DiscreteVPScheduler):
         set_alpha_to_one: the last step lands on ᾱ = 1 (x0 itself) if True, else on ᾱ_0.
     """
 
-    _table_columns = ("a", "b", "a_next", "var_next", "sigma")
+    _table_columns = ("a", "b", "a_next", "b_next", "var_next", "sigma")
 
     @register_to_config
     def __init__(
@@ -100,12 +100,14 @@ class ScratchDDIMScheduler(DiscreteVPScheduler):
         x0 = self._clip_or_threshold(x0)
         if use_clipped_model_output:
             eps = x0_to_eps(x0, x_t, c["a"], c["b"])
-        noise_std = eta * c["sigma"]
-        if eta > 0 and variance_noise is None:
-            variance_noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
-                                          dtype=model_output.dtype)
-        prev_sample = reverse_step(x0, eps, c["a_next"], c["var_next"], noise_std,
-                                   variance_noise if eta > 0 else None).to(dtype)
+        if eta == 0:  # Eq. 12 with σ_t = 0: x_next = a_next·x̂0 + b_next·ε̂
+            prev_sample = reverse_step(x0, eps, c["a_next"], c["var_next"], direction=c["b_next"])
+        else:
+            if variance_noise is None:
+                variance_noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                              dtype=model_output.dtype)
+            prev_sample = reverse_step(x0, eps, c["a_next"], c["var_next"], eta * c["sigma"], variance_noise)
+        prev_sample = prev_sample.to(dtype)
         if not return_dict:
             return prev_sample, x0.to(dtype)
         return ScratchSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0.to(dtype))

@@ -154,6 +154,8 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
             self.sigmas = torch.from_numpy(self._grid).to(torch.float32).to(device)
         self.timesteps = (grid32 * T).to(device)
         self._distinct_timesteps = torch.from_numpy(grid * T).to(torch.float32)
+        sigma32 = torch.from_numpy(self._grid).to(torch.float32)
+        self._host_sigmas = {float(t): (sigma32[i], sigma32[i + 1]) for i, t in enumerate(self._distinct_timesteps)}
         self._device_grids: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._begin_index = 0
         self._position = 0
@@ -199,17 +201,22 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
     # ---- sampling ----------------------------------------------------------------------------
 
     def _euler_sigmas(self, timestep: float | torch.Tensor):
-        """(σ, σ_next) of the step from ``timestep``: floats for host timesteps, device 0-d tensors otherwise."""
+        """(σ, σ_next) of the step from ``timestep`` as 0-d tensors: CPU ones for host timesteps (no
+        search for values from ``self.timesteps``), device ones found on the device otherwise."""
         T = self.config.num_train_timesteps
         if not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu":
-            t = float(as_timestep_tensor(timestep))
+            t = float(timestep) if isinstance(timestep, (float, int)) or timestep.numel() == 1 else None
+            if t is None:
+                as_timestep_tensor(timestep)  # raises: a single timestep is expected
+            if t in self._host_sigmas:  # the usual case: a value taken from self.timesteps
+                return self._host_sigmas[t]
             i = int(np.abs(self._grid[:-1] * T - t).argmin())
             if abs(self._grid[i] * T - t) > 1e-3 * max(1.0, t):
                 raise ValueError(
                     f"timestep {t:g} is not in the current schedule {self.timesteps[:8].tolist()}"
                     f"{' …' if len(self.timesteps) > 8 else ''}; pass a value from scheduler.timesteps."
                 )
-            return float(self._grid[i]), float(self._grid[i + 1])
+            return self._host_sigmas[float(self._distinct_timesteps[i])]
         grids = self._device_grids.get(timestep.device)
         if grids is None:
             g = torch.from_numpy(self._grid).to(torch.float32)
@@ -247,6 +254,12 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
             prev_sample, x0 = self._heun_stage(u, timestep, x)
         else:
             sigma, sigma_next = self._euler_sigmas(timestep)
+            if sigma.device.type == "cpu" and not self.config.stochastic_sampling:
+                # Host scalars: one fused kernel each for x + (σ_next − σ)·u and x − σ·u.
+                dt = float(sigma_next - sigma)
+                prev_sample, x0 = x.add(u, alpha=dt), x.sub(u, alpha=float(sigma))
+                prev_sample, x0 = prev_sample.to(dtype), x0.to(dtype)
+                return ScratchSchedulerOutput(prev_sample, x0) if return_dict else (prev_sample, x0)
             x0 = velocity_to_x0(u, x, sigma)
             if self.config.stochastic_sampling:  # reverse_step with s = b_next: full re-noising
                 z = randn_tensor(u.shape, generator=generator, device=u.device, dtype=u.dtype)

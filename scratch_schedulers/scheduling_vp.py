@@ -171,8 +171,10 @@ class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
                    **self._coefficients(alpha_bar_t, alpha_bar_next)}
         table = np.full((T, len(self._table_columns)), np.nan, dtype=np.float32)
         table[grid] = torch.stack([columns[name] for name in self._table_columns], dim=1).numpy()
-        self._table_host = list(table)  # rows of np.float32 scalars: host arithmetic stays float32
         self._table_cpu = torch.from_numpy(table)
+        # Host timesteps get prebuilt rows of 0-d float32 CPU tensors: the cheapest scalar operands
+        # on any device, and float32 arithmetic throughout (as in diffusers).
+        self._host_rows = {int(t): dict(zip(self._table_columns, self._table_cpu[int(t)].unbind())) for t in grid}
         self._tables: dict[torch.device, torch.Tensor] = {}
 
     @staticmethod
@@ -223,21 +225,20 @@ class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
             self._check_terminal_snr(np.array([int(value)]))
         return int(value)
 
-    def _row(self, timestep: int | float | torch.Tensor) -> dict[str, float | torch.Tensor]:
-        """Coefficients of the step starting at ``timestep``.
+    def _row(self, timestep: int | float | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Coefficients of the step starting at ``timestep``, as 0-d tensors.
 
-        A Python or CPU timestep is validated on the host and gives Python floats (free scalars on
-        any device); a timestep on an accelerator indexes a copy of the table on that device and
-        gives 0-d tensors there, without being read back (no synchronisation).
+        A Python or CPU timestep is validated on the host and gives CPU scalars (usable with
+        tensors on any device); a timestep on an accelerator indexes a copy of the table on that
+        device, without being read back (no synchronisation).
         """
         if not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu":
-            row = self._table_host[self._validated_index(as_timestep_tensor(timestep))]
-        else:
-            t = as_timestep_tensor(timestep)
-            table = self._tables.get(t.device)
-            if table is None:
-                table = self._tables[t.device] = self._table_cpu.to(t.device)
-            row = table.index_select(0, t.long().reshape(1))[0].unbind()  # t[i] would call .item()
+            return self._host_rows[self._validated_index(as_timestep_tensor(timestep))]
+        t = as_timestep_tensor(timestep)
+        table = self._tables.get(t.device)
+        if table is None:
+            table = self._tables[t.device] = self._table_cpu.to(t.device)
+        row = table.index_select(0, t.long().reshape(1))[0].unbind()  # table[t] would call .item()
         return dict(zip(self._table_columns, row))
 
     def _clip_or_threshold(self, x0: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,64 @@
+"""Per-step overhead of our schedulers against their diffusers counterparts, in one process.
+
+For each scheduler and shape, a full ``for t in timesteps: step(...)`` loop (model output
+precomputed, so only the scheduler is timed) is repeated; the median time per step of ours is
+divided by diffusers'. Targets (issue 2): DDPM and DDIM ≤ 0.5× at (1,3,32,32) and ≤ 0.8× at
+(16,3,64,64); flow Euler ≤ 1.0×. Prints a markdown table.
+
+    python benchmarks/bench_schedulers.py [--repeats 7] [--steps 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+from scratch_schedulers import ScratchDDIMScheduler, ScratchDDPMScheduler, ScratchFlowMatchScheduler
+
+PAIRS = {
+    "DDPM": (ScratchDDPMScheduler, DDPMScheduler, {}),
+    "DDIM": (ScratchDDIMScheduler, DDIMScheduler, {"eta": 0.0}),
+    "flow Euler": (ScratchFlowMatchScheduler, FlowMatchEulerDiscreteScheduler, {}),
+}
+SHAPES = [(1, 3, 32, 32), (16, 3, 64, 64)]
+
+
+def time_per_step(scheduler, shape, steps: int, repeats: int, step_kwargs: dict) -> float:
+    """Median seconds per step over ``repeats`` full loops (one warm-up loop first)."""
+    sample = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    model_output = 0.1 * sample
+    generator = torch.Generator().manual_seed(1)
+    times = []
+    for repeat in range(repeats + 1):
+        scheduler.set_timesteps(steps)
+        x = sample
+        start = time.perf_counter()
+        for t in scheduler.timesteps:
+            x = scheduler.step(model_output, t, x, generator=generator, **step_kwargs).prev_sample
+        if repeat:
+            times.append((time.perf_counter() - start) / steps)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=50)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps × {args.repeats} loops\n")
+    print("| scheduler | shape | ours µs/step | diffusers µs/step | ratio (ours/diffusers) |")
+    print("|---|---|---|---|---|")
+    for name, (ours_cls, theirs_cls, kwargs) in PAIRS.items():
+        for shape in SHAPES:
+            ours = time_per_step(ours_cls(), shape, args.steps, args.repeats, kwargs)
+            theirs = time_per_step(theirs_cls(), shape, args.steps, args.repeats, kwargs)
+            print(f"| {name} | {tuple(shape)} | {ours * 1e6:.1f} | {theirs * 1e6:.1f} | {ours / theirs:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
