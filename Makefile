@@ -32,6 +32,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_schedulers.py
+	$(PY) benchmarks/bench_pipeline.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' loader looks it up here)
 from diffusers.utils.torch_utils import randn_tensor
 
 from .noise_path import split_prediction, x0_to_eps

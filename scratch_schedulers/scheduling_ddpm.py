@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' loader looks it up here)
 from diffusers.utils.torch_utils import randn_tensor
 
 from .noise_path import check_choice, split_prediction

@@ -1,0 +1,245 @@
+"""Loading stories A–E, each in a fresh interpreter, running the README's own snippets.
+
+The README section ``pipeline`` holds one ```python block per story, tagged by its first line
+(``# Save``, ``# Story A``, …). Each test runs a block unchanged in a subprocess and appends
+checks of what it produced. Story B runs with scratch-diffusion not importable (see
+``helpers.run_python``); story E serves the saved folder from a loopback Hub (``hub_server.py``),
+so diffusers' real repo-id download and validation code runs without the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMPipeline
+
+from scratch_diffusion import ScratchDDIMScheduler, ScratchDDPMScheduler, ScratchDiffusionPipeline
+
+from .helpers import run_python, subprocess_env, tiny_unet
+from .hub_server import LoopbackHub
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+REPO_ID = "your-name/my-pipeline"
+
+
+def readme_snippets() -> dict[str, str]:
+    """The ```python blocks of the README's pipeline section, keyed by their first-line comment."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("<!-- section:pipeline -->") : text.index("<!-- /section:pipeline -->")]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    return {block.splitlines()[0].lstrip("# ").strip(): block for block in blocks}
+
+
+SNIPPETS = readme_snippets()
+
+LOADED_INSTALLED = """
+import sys
+assert type(pipe).__module__ == "scratch_diffusion.pipelines.pipeline_scratch_diffusion", type(pipe)
+assert type(pipe.scheduler).__module__.startswith("scratch_schedulers."), type(pipe.scheduler)
+assert not [m for m in sys.modules if m.startswith("diffusers_modules")], "story A ran remote code"
+"""
+LOADED_REMOTE = """
+import importlib.util
+assert type(pipe).__module__ == "diffusers_modules.local.scratch_diffusion", type(pipe)
+assert type(pipe.scheduler).__name__ == "ScratchDDIMScheduler", type(pipe.scheduler)
+assert type(pipe.scheduler).__module__ == type(pipe).__module__
+"""
+NOT_INSTALLED = """
+import importlib.util
+for name in ("scratch_diffusion", "scratch_schedulers"):
+    assert importlib.util.find_spec(name) is None, f"{name} is importable in the diffusers-only story"
+"""
+
+
+def images_are(count: int) -> str:
+    return f"\nassert len(images) == {count} and all(im.size == (16, 16) for im in images), images\n"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A folder holding ``my-pipeline/`` written by the README's Save snippet (run in-process)."""
+    path = tmp_path_factory.mktemp("stories")
+    cwd = os.getcwd()
+    os.chdir(path)
+    try:
+        exec(compile(SNIPPETS["Save"], "README.md[Save]", "exec"), {"__name__": "__main__"})
+    finally:
+        os.chdir(cwd)
+    return path
+
+
+def test_readme_has_every_story():
+    assert set(SNIPPETS) == {
+        "Save",
+        "Story A",
+        "Stories B and C",
+        "Story D",
+        "Story E, scratch-diffusion installed",
+        "Story E, only diffusers installed",
+        "Story E offline, only diffusers installed",
+    }
+
+
+def test_story_a_installed_package_needs_no_remote_code(workdir, tmp_path):
+    run_python(
+        SNIPPETS["Story A"] + LOADED_INSTALLED + images_are(4),
+        workdir,
+        package_installed=True,
+        env=subprocess_env(tmp_path / "hf"),
+    )
+    assert not list((tmp_path / "hf").rglob("scratch_diffusion.py")), "story A copied remote code"
+
+
+@pytest.mark.parametrize("package_installed", [False, True], ids=["B-diffusers-only", "C-package-installed"])
+def test_stories_b_and_c_diffusion_pipeline_with_trust_remote_code(workdir, tmp_path, package_installed):
+    checks = LOADED_REMOTE + (NOT_INSTALLED if not package_installed else "import scratch_diffusion\n")
+    run_python(
+        SNIPPETS["Stories B and C"] + checks + images_are(4),
+        workdir,
+        package_installed=package_installed,
+        env=subprocess_env(tmp_path / "hf"),
+    )
+
+
+@pytest.mark.slow
+def test_story_d_scheduler_swaps(workdir, tmp_path):
+    result = run_python(
+        SNIPPETS["Story D"] + "\nassert type(pipe.scheduler).__name__ == 'FlowMatchEulerDiscreteScheduler'\n",
+        workdir,
+        package_installed=True,
+        env=subprocess_env(tmp_path / "hf"),
+    )
+    assert "samples the 'flow' path" in result.stdout and "trained on the 'vp' path" in result.stdout
+
+
+STOCK_IS_REJECTED = """
+from diffusers import DDPMPipeline
+try:
+    DDPMPipeline.from_pretrained("your-name/stock-ddpm")
+except ValueError as error:
+    assert "is not a module in 'diffusers/pipelines'" in str(error), error
+else:
+    raise AssertionError("diffusers accepted a module-path entry from a Hub repo")
+"""
+B_BY_REPO_ID_FAILS_OFFLINE = f"""
+try:
+    DiffusionPipeline.from_pretrained({REPO_ID!r}, trust_remote_code=True)
+except Exception as error:
+    assert "offline mode is enabled" in str(error), error
+else:
+    raise AssertionError("diffusers now loads remote code offline by repo id: update the README")
+"""
+
+
+@pytest.mark.slow
+def test_story_e_repo_id_with_the_package_installed(workdir, tmp_path):
+    """Story A by repo id: diffusers' download validates the folder; the shipped code is not fetched."""
+    stock = tmp_path / "stock-ddpm"  # the stock pipeline names our scheduler by module path
+    DDPMPipeline(unet=tiny_unet(), scheduler=ScratchDDPMScheduler()).save_pretrained(stock)
+    env = subprocess_env(tmp_path / "hf", HF_HUB_OFFLINE="0")
+    with LoopbackHub({REPO_ID: workdir / "my-pipeline", "your-name/stock-ddpm": stock}) as hub:
+        env["HF_ENDPOINT"] = hub.endpoint
+        checks = f"""
+assert pipe.name_or_path == {REPO_ID!r}
+assert ScratchDiffusionPipeline.from_pretrained({REPO_ID!r}, torch_dtype=torch.float64).unet.dtype == torch.float64
+"""
+        run_python(
+            "import torch\n"
+            + SNIPPETS["Story E, scratch-diffusion installed"]
+            + LOADED_INSTALLED
+            + images_are(1)
+            + checks
+            + STOCK_IS_REJECTED,
+            tmp_path,
+            package_installed=True,
+            env=env,
+        )
+        fetched = {request.split(f"/{REPO_ID}/resolve/")[-1].split("/", 1)[-1] for request in hub.requests}
+        assert "model_index.json" in fetched and "scratch_diffusion.py" not in fetched, fetched
+    # the Hub is gone: the same call, offline, from the cache it filled
+    run_python(
+        SNIPPETS["Story E, scratch-diffusion installed"] + LOADED_INSTALLED + images_are(1),
+        tmp_path,
+        package_installed=True,
+        env={**env, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+@pytest.mark.slow
+def test_story_e_repo_id_with_diffusers_only(workdir, tmp_path):
+    """Story B by repo id, then offline: by repo id it fails (diffusers), from the snapshot it loads."""
+    env = subprocess_env(tmp_path / "hf", HF_HUB_OFFLINE="0")
+    with LoopbackHub({REPO_ID: workdir / "my-pipeline"}) as hub:
+        env["HF_ENDPOINT"] = hub.endpoint
+        run_python(
+            SNIPPETS["Story E, only diffusers installed"] + LOADED_REMOTE + NOT_INSTALLED + images_are(1),
+            tmp_path,
+            package_installed=False,
+            env=env,
+        )
+    run_python(
+        SNIPPETS["Story E offline, only diffusers installed"]
+        + LOADED_REMOTE
+        + NOT_INSTALLED
+        + images_are(1)
+        + B_BY_REPO_ID_FAILS_OFFLINE,
+        tmp_path,
+        package_installed=False,
+        env={**env, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+@pytest.mark.slow
+def test_save_load_save_load_cycle(tmp_path):
+    """installed save → B load + save → A load + save → C load + save: same files, same samples."""
+    pipe = ScratchDiffusionPipeline(unet=tiny_unet(), scheduler=ScratchDDIMScheduler(prediction_type="v_prediction"))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(tmp_path / "gen0")
+    expected = pipe(batch_size=2, num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
+    np.save(tmp_path / "expected.npy", expected)
+    sample = """
+import numpy as np, torch
+images = pipe(batch_size=2, num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
+np.testing.assert_allclose(images, np.load("expected.npy"), atol=1e-6)
+"""
+    env = subprocess_env(tmp_path / "hf")
+    run_python(
+        "from diffusers import DiffusionPipeline\n"
+        "pipe = DiffusionPipeline.from_pretrained('gen0', trust_remote_code=True)\n"
+        + LOADED_REMOTE
+        + NOT_INSTALLED
+        + sample
+        + "pipe.save_pretrained('gen1')\n",
+        tmp_path,
+        package_installed=False,
+        env=env,
+    )
+    run_python(
+        "from scratch_diffusion import ScratchDiffusionPipeline\n"
+        "pipe = ScratchDiffusionPipeline.from_pretrained('gen1')\n"
+        + LOADED_INSTALLED
+        + sample
+        + "pipe.save_pretrained('gen2')\n"
+        "from diffusers import DiffusionPipeline\n"
+        "pipe = DiffusionPipeline.from_pretrained('gen2', trust_remote_code=True)\n"
+        + LOADED_REMOTE
+        + sample
+        + "pipe.save_pretrained('gen3')\n",
+        tmp_path,
+        package_installed=True,
+        env=env,
+    )
+    first = json.loads((tmp_path / "gen0" / "model_index.json").read_text())
+    assert first["prediction_type"] == "v_prediction"
+    for generation in ("gen1", "gen2", "gen3"):
+        assert json.loads((tmp_path / generation / "model_index.json").read_text()) == first, generation
+    # a pipeline loaded from the shipped file re-saves that very file; the installed package regenerates it
+    for copy, original in (("gen1", "gen0"), ("gen3", "gen2")):
+        for shipped in ("scratch_diffusion.py", "scheduler/scratch_diffusion.py"):
+            assert (tmp_path / copy / shipped).read_bytes() == (tmp_path / original / shipped).read_bytes()
