@@ -33,6 +33,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_schedulers.py
 	$(PY) benchmarks/bench_pipeline.py
+	$(PY) benchmarks/bench_training.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,127 @@
+"""Training throughput: train.py's step loop vs a bare PyTorch loop, in one process.
+
+Both loops train the same UNet2DModel preset with the same AdamW, batch and resolution:
+
+* **bare** — synthetic tensors already in memory: ``randint`` timesteps, ``randn`` noise,
+  ``add_noise``, forward, MSE, backward, ``optimizer.step``, ``zero_grad``. Nothing else.
+* **train.py** — ``scratch_diffusion.training.train.train`` on the built-in digits (decoded once
+  into tensors): Accelerate's ``accumulate``, the epoch-seeded DataLoader, the counter-based
+  generator, augmentation, gradient clipping, the LR schedule, EMA, tensorboard logging and
+  tqdm. Checkpoints and sample grids are switched off (they are periodic, not per step), and
+  the first update of each loop is excluded from the timing as warm-up.
+
+The loops alternate ``--repeats`` times and the medians are compared. On a GPU the clock is wall
+time. On a CPU it is the process's CPU time with one torch thread (``--clock cpu``), which
+measures the work each loop does and stays meaningful on a machine shared with other jobs;
+``--clock wall`` measures wall time instead. Prints one table and the ratio (target ≥ 0.85).
+
+    python benchmarks/bench_training.py                      # small UNet, 16×16, batch 64
+    python benchmarks/bench_training.py --preset tiny --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import types
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from scratch_diffusion.training import train as train_module
+from scratch_diffusion.training.cli import parse_args as parse_train_args
+from scratch_diffusion.training.losses import make_objective
+from scratch_diffusion.training.models import build_unet
+from scratch_diffusion.training.train import make_optimizer, train
+
+
+def bare_loop(preset: str, batch: int, resolution: int, steps: int, clock) -> float:
+    """Images/s of a minimal DDPM loop on synthetic tensors (first step excluded)."""
+    args = parse_train_args(["--model_config_name_or_path", preset, "--resolution", str(resolution)])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as accelerate picks
+    torch.manual_seed(0)
+    unet = build_unet(preset, resolution, 1).to(device)
+    unet.train()
+    optimizer = make_optimizer(list(unet.parameters()), args)
+    scheduler = make_objective(args).scheduler
+    x0 = torch.rand(batch, 1, resolution, resolution, device=device) * 2 - 1
+    start = None
+    for step in range(steps + 1):
+        if step == 1:
+            start = clock()
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=device)
+        noise = torch.randn_like(x0)
+        loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (clock() - start)
+
+
+def train_py_loop(preset: str, batch: int, resolution: int, steps: int, clock) -> float:
+    """Images/s of train.py's loop, as timed by ``train`` itself (first update excluded) on ``clock``."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # a fresh Accelerator per run
+    with tempfile.TemporaryDirectory() as output_dir:
+        argv = [
+            "--output_dir", os.path.join(output_dir, "bench"),
+            "--model_config_name_or_path", preset,
+            "--resolution", str(resolution),
+            "--train_batch_size", str(batch),
+            "--max_train_steps", str(steps + 1),
+            "--lr_warmup_steps", "0",
+            "--checkpointing_steps", str(10**9),
+            "--save_images_steps", str(10**9),
+            "--eval_batch_size", "1",
+            "--ddpm_num_inference_steps", "1",
+        ]  # fmt: skip
+        with mock.patch.object(train_module, "time", types.SimpleNamespace(perf_counter=clock)):
+            return train(parse_train_args(argv)).images_per_second
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="small")
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--resolution", type=int, default=16)
+    p.add_argument("--steps", type=int, default=8, help="timed steps per loop (one more runs as warm-up)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--clock", choices=("cpu", "wall"), help="default: wall on a GPU, cpu otherwise")
+    a = p.parse_args()
+    a.clock = a.clock or ("wall" if torch.cuda.is_available() else "cpu")
+    if a.clock == "cpu":
+        torch.set_num_threads(1)
+    clock = time.process_time if a.clock == "cpu" else time.perf_counter
+    steps_per_epoch = 1797 // a.batch_size
+    if a.steps + 1 > steps_per_epoch:
+        p.error(f"--steps must stay within one digits epoch (≤ {steps_per_epoch - 1}) so every batch is full")
+
+    results: dict[str, list[float]] = {"bare loop": [], "train.py loop": []}
+    for repeat in range(a.repeats):
+        results["bare loop"].append(bare_loop(a.preset, a.batch_size, a.resolution, a.steps, clock))
+        results["train.py loop"].append(train_py_loop(a.preset, a.batch_size, a.resolution, a.steps, clock))
+        print(
+            f"repeat {repeat + 1}/{a.repeats}: bare {results['bare loop'][-1]:.1f} img/s, "
+            f"train.py {results['train.py loop'][-1]:.1f} img/s",
+            flush=True,
+        )
+    device = "cuda" if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} thread(s)"
+    print(f"\nUNet preset {a.preset!r}, {a.resolution}×{a.resolution}, batch {a.batch_size}, {device}, "
+          f"{a.clock} clock, {a.steps} timed steps × {a.repeats} repeats\n")  # fmt: skip
+    print("| loop | images/s (median) | all runs |")
+    print("|---|---|---|")
+    for name, values in results.items():
+        runs = ", ".join(f"{v:.1f}" for v in values)
+        print(f"| {name} | {statistics.median(values):.1f} | {runs} |")
+    ratio = statistics.median(results["train.py loop"]) / statistics.median(results["bare loop"])
+    print(f"\ntrain.py / bare = {ratio:.3f} (target ≥ 0.85)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""What training hands over: the pipeline (saved with EMA weights), sample grids and the usage snippet.
+
+A ddpm-trained UNet is saved with ``ScratchDDIMScheduler`` (same β schedule and prediction type,
+``trailing`` spacing) because it samples well in 50 steps; ``ScratchDDPMScheduler.from_config``
+swaps ancestral sampling back in. A flow-trained UNet is saved with its
+``ScratchFlowMatchScheduler`` (Euler, with the training shift).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+from scratch_diffusion.pipelines import ScratchDiffusionPipeline
+
+from scratch_schedulers import ScratchDDIMScheduler, ScratchFlowMatchScheduler
+
+GRID_MIN_CELL_PX = 64  # small images are upscaled (nearest) so a grid stays readable
+
+
+def sampling_scheduler(training_scheduler):
+    """The scheduler the saved pipeline samples with, built from the training scheduler's config."""
+    if isinstance(training_scheduler, ScratchFlowMatchScheduler):
+        return ScratchFlowMatchScheduler.from_config(training_scheduler.config)
+    return ScratchDDIMScheduler.from_config(training_scheduler.config, timestep_spacing="trailing")
+
+
+def build_pipeline(unet, scheduler) -> ScratchDiffusionPipeline:
+    """The pipeline of ``unet`` (e.g. holding EMA weights) with the sampling ``scheduler``."""
+    pipeline = ScratchDiffusionPipeline(unet=unet, scheduler=scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def save_pipeline(pipeline: ScratchDiffusionPipeline, output_dir: str) -> None:
+    """Write ``model_index.json``, ``unet/`` and ``scheduler/`` into ``output_dir``."""
+    pipeline.save_pretrained(output_dir)
+
+
+def sample_class_labels(num_images: int, num_classes: int | None) -> list[int] | None:
+    """Labels 0, 1, …, K−1, 0, 1, … for a class-conditional grid; None when unconditional."""
+    return None if num_classes is None else [i % num_classes for i in range(num_images)]
+
+
+@torch.no_grad()
+def generate_samples(
+    pipeline: ScratchDiffusionPipeline, num_images: int, num_inference_steps: int, seed: int
+) -> np.ndarray:
+    """Images (N, H, W, C) in [0, 1] from a fixed seed, so grids are comparable across steps.
+
+    The generator is private: sampling never touches the global RNG or the training draws.
+    """
+    generator = torch.Generator(device=pipeline.unet.device).manual_seed(seed)
+    labels = sample_class_labels(num_images, pipeline.num_classes)
+    return pipeline(
+        batch_size=num_images,
+        num_inference_steps=num_inference_steps,
+        generator=generator,
+        class_labels=labels,
+        output_type="np",
+    ).images
+
+
+def image_grid(images: np.ndarray, padding: int = 2) -> Image.Image:
+    """A near-square grid of images (N, H, W, C) in [0, 1], on a white background."""
+    n, h, w, c = images.shape
+    scale = max(1, math.ceil(GRID_MIN_CELL_PX / max(h, w)))
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    pixels = (images * 255).round().clip(0, 255).astype(np.uint8)
+    if scale > 1:
+        pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)
+    ch, cw = h * scale, w * scale
+    grid = np.full((rows * (ch + padding) + padding, cols * (cw + padding) + padding, c), 255, np.uint8)
+    for i, image in enumerate(pixels):
+        top, left = padding + (i // cols) * (ch + padding), padding + (i % cols) * (cw + padding)
+        grid[top : top + ch, left : left + cw] = image
+    return Image.fromarray(grid[..., 0] if c == 1 else grid, mode="L" if c == 1 else "RGB")
+
+
+def usage_snippet(model_id: str, num_classes: int | None, num_inference_steps: int) -> str:
+    """Python that loads ``model_id`` (a Hub repo id or a folder) and samples 16 images."""
+    labels = "" if num_classes is None else f"\n    class_labels=[i % {num_classes} for i in range(16)],"
+    return f"""import torch
+from scratch_diffusion.pipelines import ScratchDiffusionPipeline
+
+pipeline = ScratchDiffusionPipeline.from_pretrained("{model_id}")
+images = pipeline(
+    batch_size=16,
+    num_inference_steps={num_inference_steps},{labels}
+    generator=torch.Generator().manual_seed(0),
+).images
+images[0].save("sample.png")
+"""
