@@ -94,8 +94,9 @@ class ScratchDDIMScheduler(DiscreteVPScheduler):
         check_step_shapes(model_output, sample)
         c = self._row(timestep)
         dtype = sample.dtype
-        x_t = sample.float() if dtype in (torch.float16, torch.bfloat16) else sample
-        model_output = model_output.to(x_t.dtype)
+        x_t = sample.float() if dtype in (torch.float16, torch.bfloat16) else sample  # upcast half precision
+        if model_output.dtype != x_t.dtype:
+            model_output = model_output.to(x_t.dtype)
 
         x0, eps = split_prediction(model_output, x_t, c["a"], c["b"], self.config.prediction_type)
         x0 = self._clip_or_threshold(x0)
@@ -108,7 +109,8 @@ class ScratchDDIMScheduler(DiscreteVPScheduler):
                 variance_noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                               dtype=model_output.dtype)
             prev_sample = reverse_step(x0, eps, c["a_next"], c["var_next"], eta * c["sigma"], variance_noise)
-        prev_sample = prev_sample.to(dtype)
+        if dtype != x_t.dtype:
+            prev_sample, x0 = prev_sample.to(dtype), x0.to(dtype)
         if not return_dict:
-            return prev_sample, x0.to(dtype)
-        return ScratchSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0.to(dtype))
+            return prev_sample, x0
+        return ScratchSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)

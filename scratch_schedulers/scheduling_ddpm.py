@@ -104,11 +104,12 @@ class ScratchDDPMScheduler(DiscreteVPScheduler):
         check_step_shapes(model_output, sample, allow_variance=learned)
         c = self._row(timestep)
         dtype = sample.dtype
-        x_t = sample.float() if dtype in (torch.float16, torch.bfloat16) else sample
+        x_t = sample.float() if dtype in (torch.float16, torch.bfloat16) else sample  # upcast half precision
         predicted_variance = None
         if model_output.shape[1] != sample.shape[1]:
             model_output, predicted_variance = model_output.split(sample.shape[1], dim=1)
-        model_output = model_output.to(x_t.dtype)
+        if model_output.dtype != x_t.dtype:
+            model_output = model_output.to(x_t.dtype)
 
         x0, _ = split_prediction(model_output, x_t, c["a"], c["b"], self.config.prediction_type)
         x0 = self._clip_or_threshold(x0)
@@ -123,10 +124,11 @@ class ScratchDDPMScheduler(DiscreteVPScheduler):
             prev_sample = mean + std * (timestep > 0) * noise
         else:  # no noise is added at t = 0 (Algorithm 2, line 3)
             prev_sample = mean + std * noise if int(timestep) > 0 else mean
-        prev_sample = prev_sample.to(dtype)
+        if dtype != x_t.dtype:
+            prev_sample, x0 = prev_sample.to(dtype), x0.to(dtype)
         if not return_dict:
-            return prev_sample, x0.to(dtype)
-        return ScratchSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0.to(dtype))
+            return prev_sample, x0
+        return ScratchSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
 
     def _noise_std(self, c: dict, predicted_variance: torch.Tensor | None):
         """s_t of x_{t−1} = μ̃_t + s_t·z for each ``variance_type``."""

@@ -90,6 +90,7 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = sigmas * num_train_timesteps
         self.sigmas = torch.cat([sigmas, torch.zeros(1)])
         self._grid: np.ndarray | None = None  # distinct σ_0 > … > σ_{n−1} > σ_n = 0 after set_timesteps
+        self._host_floats: dict[float, tuple[float, float]] = {}
         self._begin_index = 0
         self._position = 0
         self._heun_pending: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -156,6 +157,8 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         self._distinct_timesteps = torch.from_numpy(grid * T).to(torch.float32)
         sigma32 = torch.from_numpy(self._grid).to(torch.float32)
         self._host_sigmas = {float(t): (sigma32[i], sigma32[i + 1]) for i, t in enumerate(self._distinct_timesteps)}
+        # σ and the float32 step σ_next − σ (as diffusers computes it) for the fused host Euler step
+        self._host_floats = {t: (float(s), float(s_next - s)) for t, (s, s_next) in self._host_sigmas.items()}
         self._device_grids: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._begin_index = 0
         self._position = 0
@@ -227,6 +230,18 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         sigma, sigma_next = sigma_grid.index_select(0, torch.cat([i, i + 1])).unbind()  # no .item()
         return sigma, sigma_next
 
+    def _host_euler_step(self, timestep: float | torch.Tensor) -> tuple[float, float] | None:
+        """(σ, σ_next − σ) as Python floats for a deterministic Euler step from a host timestep, else None."""
+        if self.config.solver != "euler" or self.config.stochastic_sampling:
+            return None
+        if isinstance(timestep, torch.Tensor) and (timestep.device.type != "cpu" or timestep.numel() != 1):
+            return None
+        host = self._host_floats.get(float(timestep))
+        if host is None:  # not a value of self.timesteps: validate (raises) or match within rounding
+            sigma, sigma_next = self._euler_sigmas(timestep)
+            host = float(sigma), float(sigma_next - sigma)
+        return host
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -248,18 +263,16 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("num_inference_steps is None: call set_timesteps() before step().")
         check_step_shapes(model_output, sample)
         dtype = sample.dtype
-        x = sample.float()
-        u = model_output.float()
-        if self.config.solver == "heun":
+        x = sample if dtype == torch.float32 else sample.float()
+        u = model_output if model_output.dtype == torch.float32 else model_output.float()
+        host = self._host_euler_step(timestep)
+        if host is not None:  # Euler, host timestep: one fused kernel each for x + (σ_next − σ)·u, x − σ·u
+            sigma, dt = host
+            prev_sample, x0 = x.add(u, alpha=dt), x.sub(u, alpha=sigma)
+        elif self.config.solver == "heun":
             prev_sample, x0 = self._heun_stage(u, timestep, x)
         else:
             sigma, sigma_next = self._euler_sigmas(timestep)
-            if sigma.device.type == "cpu" and not self.config.stochastic_sampling:
-                # Host scalars: one fused kernel each for x + (σ_next − σ)·u and x − σ·u.
-                dt = float(sigma_next - sigma)
-                prev_sample, x0 = x.add(u, alpha=dt), x.sub(u, alpha=float(sigma))
-                prev_sample, x0 = prev_sample.to(dtype), x0.to(dtype)
-                return ScratchSchedulerOutput(prev_sample, x0) if return_dict else (prev_sample, x0)
             x0 = velocity_to_x0(u, x, sigma)
             if self.config.stochastic_sampling:  # reverse_step with s = b_next: full re-noising
                 z = randn_tensor(u.shape, generator=generator, device=u.device, dtype=u.dtype)
@@ -267,7 +280,8 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
                                            noise_std=sigma_next, noise=z)
             else:
                 prev_sample = euler_step(x, u, sigma, sigma_next)
-        prev_sample, x0 = prev_sample.to(dtype), x0.to(dtype)
+        if dtype != torch.float32:
+            prev_sample, x0 = prev_sample.to(dtype), x0.to(dtype)
         if not return_dict:
             return prev_sample, x0
         return ScratchSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)

@@ -206,24 +206,23 @@ class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
         """The timestep the sampler moves to from ``timestep`` (−1 after the last one)."""
-        t = self._validated_index(as_timestep_tensor(timestep))
-        return torch.tensor(int(self._next_timestep[t]))
+        return torch.tensor(int(self._next_timestep[self._validated_index(timestep)]))
 
     # ---- per-step look-up --------------------------------------------------------------------
 
-    def _validated_index(self, t: torch.Tensor) -> int:
-        """Host-side check of a CPU timestep: integer, in range and in the current schedule."""
-        value = float(t)
-        T = self.config.num_train_timesteps
-        if value != int(value) or not 0 <= value < T or self._next_timestep[int(value)] == NOT_IN_SCHEDULE:
+    def _validated_index(self, t: int | float | torch.Tensor) -> int:
+        """Host-side check of a Python/CPU timestep: an integer of the current schedule."""
+        value = float(as_timestep_tensor(t)) if isinstance(t, torch.Tensor) else float(t)
+        index = int(value)
+        if index != value or index not in self._host_rows:
             shown = self.timesteps[:8].tolist()
             raise ValueError(
                 f"timestep {value:g} is not in the current schedule "
                 f"{shown}{' …' if len(self.timesteps) > 8 else ''}; pass a value from scheduler.timesteps."
             )
-        if self._alpha_bar[int(value)] == 0:
-            self._check_terminal_snr(np.array([int(value)]))
-        return int(value)
+        if self._alpha_bar[index] == 0:
+            self._check_terminal_snr(np.array([index]))
+        return index
 
     def _row(self, timestep: int | float | torch.Tensor) -> dict[str, torch.Tensor]:
         """Coefficients of the step starting at ``timestep``, as 0-d tensors.
@@ -233,7 +232,7 @@ class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
         device, without being read back (no synchronisation).
         """
         if not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu":
-            return self._host_rows[self._validated_index(as_timestep_tensor(timestep))]
+            return self._host_rows[self._validated_index(timestep)]
         t = as_timestep_tensor(timestep)
         table = self._tables.get(t.device)
         if table is None:
