@@ -157,3 +157,16 @@ def test_ddpm_step_is_ddim_at_eta_one():
     eps = (x_t - alpha_bar_t.sqrt() * x0) / (1 - alpha_bar_t).sqrt()
     ddim = reverse_step(x0, eps, alpha_bar_next.sqrt(), 1 - alpha_bar_next, noise_std=posterior_var.sqrt())
     torch.testing.assert_close(posterior_mean(x0, x_t, coef_x0, coef_xt), ddim)
+
+
+@pytest.mark.parametrize(("ours", "theirs"), PAIRS[:2])
+def test_vp_config_keys_and_defaults_are_diffusers(ours, theirs):
+    """DDPM and DDIM: the same config keys with the same defaults as the diffusers classes."""
+    assert dict(ours().config) | {"_class_name": None} == dict(theirs().config) | {"_class_name": None}
+
+
+def test_flow_config_has_diffusers_core_keys_with_the_same_defaults():
+    core = ("num_train_timesteps", "shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len",
+            "max_image_seq_len", "shift_terminal", "time_shift_type", "stochastic_sampling")
+    ours, theirs = ScratchFlowMatchScheduler().config, FlowMatchEulerDiscreteScheduler().config
+    assert {k: ours[k] for k in core} == {k: theirs[k] for k in core}
