@@ -16,6 +16,8 @@ from PIL import Image
 
 from scratch_diffusion import metrics
 
+from .pipelines.helpers import tiny_unet
+
 N = 300  # sample size of the ranking tests
 
 
@@ -285,22 +287,9 @@ def test_cli_on_an_image_folder_writes_valid_json(classifier, split, tmp_path, c
 
 
 def test_cli_on_a_saved_class_conditional_pipeline(classifier, tmp_path, capsys):
-    from diffusers import UNet2DModel
-
     from scratch_diffusion import ScratchDDIMScheduler, ScratchDiffusionPipeline
 
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=16,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        num_class_embeds=11,  # 10 digits + the null class
-    )
+    unet = tiny_unet(sample_size=16, in_channels=1, out_channels=1, num_class_embeds=11)  # 10 digits + the null class
     ScratchDiffusionPipeline(unet=unet, scheduler=ScratchDDIMScheduler()).save_pretrained(tmp_path / "pipe")
     output = tmp_path / "metrics.json"
     argv = [str(tmp_path / "pipe"), "--num_samples", "20", "--num_inference_steps", "2", "--batch_size", "8"]
@@ -314,19 +303,9 @@ def test_cli_on_a_saved_class_conditional_pipeline(classifier, tmp_path, capsys)
 
 
 def test_cli_on_a_saved_stock_diffusers_pipeline(classifier, tmp_path):
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    from diffusers import DDPMPipeline, DDPMScheduler
 
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=16,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
+    unet = tiny_unet(sample_size=16, in_channels=1, out_channels=1)
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
     output = tmp_path / "metrics.json"
     argv = [str(tmp_path / "ddpm"), "--num_samples", "12", "--num_inference_steps", "2", "--device", "cpu"]
