@@ -20,9 +20,11 @@ import json
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -46,10 +48,119 @@ from .remote_code import (
 )
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+# One call samples one batch in one forward pass per step. Larger requests are typos (10**6) or
+# belong in several calls (the metrics CLI splits --num_samples into --batch_size chunks).
+MAX_BATCH_SIZE = 65_536
+# The sampling loop holds at least this many sample-sized tensors at once (latents, model input,
+# model output, next latents): a lower bound on its memory, checked before anything is allocated.
+SAMPLING_BUFFERS = 4
 PREDICTION_TYPES_BY_PATH = {"vp": ("epsilon", "sample", "v_prediction"), "flow": ("flow_velocity",)}
 SHIPPED_SCHEDULERS = {
     cls.__name__: cls for cls in (ScratchDDPMScheduler, ScratchDDIMScheduler, ScratchFlowMatchScheduler)
 }
+
+
+class SavedPipelineError(OSError):
+    """A file of a saved pipeline folder is corrupt, truncated or of a refused kind; the message names it."""
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON object from ``path``, or a :class:`SavedPipelineError` naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SavedPipelineError(
+            f"{path} is not valid JSON ({err}); the file is corrupt or truncated. Re-save or re-download the pipeline."
+        ) from None
+    if not isinstance(data, dict):
+        raise SavedPipelineError(f"{path} holds a JSON {type(data).__name__}, not an object; it is not a config file.")
+    return data
+
+
+def _check_safetensors(path: str | os.PathLike) -> None:
+    """The header of a safetensors file parses and the file is exactly as long as the header says."""
+    size = os.path.getsize(path)
+    problem = None
+    with open(path, "rb") as f:
+        head = f.read(8)
+        header_length = int.from_bytes(head, "little") if len(head) == 8 else None
+        if header_length is None or header_length > size - 8:
+            problem = f"{size} bytes, shorter than its header"
+        else:
+            try:
+                header = json.loads(f.read(header_length))
+                end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+                problem = f"unreadable header ({type(err).__name__})"
+            else:
+                if size != 8 + header_length + end:
+                    problem = f"{size} bytes where its header says {8 + header_length + end}"
+    if problem is not None:
+        raise SavedPipelineError(
+            f"{path} is truncated or not a safetensors file ({problem}); re-save or re-download the pipeline."
+        )
+
+
+def _warn_unknown_keys(path: str | os.PathLike, config: dict, known: set[str]) -> None:
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
+    if unknown:
+        import diffusers
+
+        warnings.warn(
+            f"{path}: keys {unknown} are not known to this version and are ignored; the file was probably written by "
+            f"a newer version (its _diffusers_version is {config.get('_diffusers_version')!r}, installed "
+            f"{diffusers.__version__}). Upgrade scratch-diffusion/diffusers if the pipeline misbehaves.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _init_keys(cls: type) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
+
+
+def check_saved_folder(folder: str | os.PathLike, pipeline_cls: type | None = None) -> None:
+    """Check a saved pipeline folder before diffusers reads it; raise :class:`SavedPipelineError` naming the file.
+
+    ``model_index.json``, ``scheduler/scheduler_config.json`` and ``unet/config.json`` must be JSON
+    objects; every ``unet/*.safetensors`` file must be complete (header and length); a UNet with
+    only pickle-based weights (``.bin``, ``.pt``, ``.ckpt``) is refused. Keys unknown to the
+    installed classes (a folder from a newer version) are reported with a ``UserWarning``. A
+    missing file is left to diffusers' own error.
+    """
+    root = os.fspath(folder)
+    index_path = os.path.join(root, "model_index.json")
+    if not os.path.isfile(index_path):
+        return
+    index = read_json_object(index_path)
+    if pipeline_cls is not None:
+        _warn_unknown_keys(index_path, index, _init_keys(pipeline_cls))
+    scheduler_entry = index.get("scheduler")
+    scheduler_config = os.path.join(root, "scheduler", "scheduler_config.json")
+    if scheduler_entry is not None and os.path.isfile(scheduler_config):
+        config = read_json_object(scheduler_config)
+        scheduler_cls = SHIPPED_SCHEDULERS.get(scheduler_entry[1]) if isinstance(scheduler_entry, list) else None
+        if scheduler_cls is not None and scheduler_entry[0] == BUNDLE_MODULE:
+            _warn_unknown_keys(scheduler_config, config, _init_keys(scheduler_cls))
+    unet_dir = os.path.join(root, "unet")
+    if index.get("unet") is not None and os.path.isdir(unet_dir):
+        unet_config = os.path.join(unet_dir, "config.json")
+        if os.path.isfile(unet_config):
+            config = read_json_object(unet_config)
+            if index["unet"] == ["diffusers", "UNet2DModel"]:
+                _warn_unknown_keys(unet_config, config, _init_keys(UNet2DModel))
+        names = sorted(os.listdir(unet_dir))
+        weights = [n for n in names if n.endswith(".safetensors")]
+        for name in weights:
+            _check_safetensors(os.path.join(unet_dir, name))
+        pickled = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
+        if not weights and pickled:
+            raise SavedPipelineError(
+                f"{unet_dir} holds only pickle-based weights {pickled}; scratch-diffusion loads weights only from "
+                "safetensors files, because unpickling can run code. Convert them with a trusted tool and save "
+                "with safe_serialization=True."
+            )
 
 
 def resolve_parametrization(scheduler: object, prediction_type: str | None, noise_path: str | None) -> Parametrization:
@@ -148,11 +259,20 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
         No remote code is loaded or run: a scheduler saved as ``["scratch_diffusion", <class>]`` is
         built from the installed class of that name; everything else (download and its validation,
         the UNet, dtype and device options) is diffusers' ``DiffusionPipeline.from_pretrained``.
+        Weights load only from safetensors files (``use_safetensors=True`` unless given), and the
+        folder is checked first (:func:`check_saved_folder`): a corrupt or truncated file raises
+        :class:`SavedPipelineError` naming it; keys this version does not know are warned about.
         """
         if running_from_bundle() or "scheduler" in kwargs:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        kwargs.setdefault("use_safetensors", True)  # weights are never unpickled (.bin files are refused)
         name = str(pretrained_model_name_or_path)
+        if not os.path.isdir(name) and (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1):
+            raise FileNotFoundError(
+                f"{name!r}: no such folder; pass a saved pipeline folder or a Hub repo id ('name' or 'owner/name')."
+            )
         folder = name if os.path.isdir(name) else cls.download(name, **kwargs)
+        check_saved_folder(folder, cls)
         library, class_name = cls.load_config(folder).get("scheduler", (None, None))
         if library == BUNDLE_MODULE:
             if class_name not in SHIPPED_SCHEDULERS:
@@ -200,16 +320,28 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
         guidance_scale: float,
         output_type: str,
         callback_on_step_end_tensor_inputs: Sequence[str],
+        eta: float = 0.0,
     ) -> None:
         """Validate the arguments of ``__call__``; every error names the value and what is allowed."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is not allowed; pass an integer ≥ 1.")
+        if batch_size > MAX_BATCH_SIZE:
+            raise ValueError(
+                f"batch_size={batch_size} is not allowed; pass an integer ≤ {MAX_BATCH_SIZE} and sample larger sets "
+                "in several calls."
+            )
         if (
             isinstance(num_inference_steps, bool)
             or not isinstance(num_inference_steps, numbers.Integral)
             or num_inference_steps < 1
         ):
             raise ValueError(f"num_inference_steps={num_inference_steps!r} is not allowed; pass an integer ≥ 1.")
+        generators = generator if isinstance(generator, list) else [generator]
+        if any(g is not None and not isinstance(g, torch.Generator) for g in generators) or None in generators[1:]:
+            raise TypeError(
+                f"generator={generator!r} is not allowed; pass None, a torch.Generator, or a list of batch_size "
+                "torch.Generator objects."
+            )
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(
                 f"got a list of {len(generator)} generators for batch_size={batch_size}; "
@@ -219,6 +351,8 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"output_type={output_type!r} is not supported; choose one of {list(OUTPUT_TYPES)}.")
         if not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale={guidance_scale!r} is not allowed; pass a finite number.")
+        if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta < math.inf:
+            raise ValueError(f"eta={eta!r} is not allowed; pass a finite number ≥ 0 (0: deterministic DDIM).")
         if self.num_classes is None and class_labels is not None:
             raise ValueError(
                 f"class_labels={class_labels!r} given, but the UNet is unconditional "
@@ -236,6 +370,29 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
                 f"callback_on_step_end_tensor_inputs contains {unknown}; allowed: {self._callback_tensor_inputs}."
             )
         self.check_parametrization()
+        guided = self.num_classes is not None and class_labels is not None and guidance_scale != 1
+        self.check_memory(batch_size * (2 if guided else 1))
+
+    def check_memory(self, batch_size: int) -> None:
+        """Refuse, before allocating, a batch whose sampling buffers alone exceed the device's free memory.
+
+        The bound counts only :data:`SAMPLING_BUFFERS` sample-sized tensors (the UNet's activations
+        come on top), so a batch refused here could never have run. Free memory is read where it is
+        cheap to know: ``MemAvailable`` on a Linux CPU, ``torch.cuda.mem_get_info`` on CUDA; other
+        devices are not checked.
+        """
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else size
+        per_sample = self.unet.config.in_channels * height * width * self.unet.dtype.itemsize
+        needed = SAMPLING_BUFFERS * batch_size * per_sample
+        device = self._execution_device
+        free = _free_memory(device)
+        if free is not None and needed > free:
+            raise ValueError(
+                f"batch_size={batch_size} needs at least {needed / 2**30:.1f} GiB for the sampling buffers alone "
+                f"({SAMPLING_BUFFERS} tensors of {per_sample * batch_size / 2**30:.2f} GiB) but {device} has "
+                f"{free / 2**30:.1f} GiB free; pass a smaller batch_size and sample in several calls."
+            )
 
     def prepare_class_labels(
         self, class_labels: int | Sequence[int] | torch.Tensor | None, batch_size: int, device: torch.device
@@ -250,8 +407,11 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
         if class_labels is None:
             return torch.full((batch_size,), self.num_classes, dtype=torch.long, device=device)
         given = [int(class_labels)] * batch_size if isinstance(class_labels, numbers.Integral) else class_labels
-        labels = torch.as_tensor(given).reshape(-1)
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool or len(labels) != batch_size:
+        try:
+            labels = torch.as_tensor(given).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):  # strings, ragged lists, objects
+            labels = None
+        if labels is None or labels.dtype.is_floating_point or labels.dtype == torch.bool or len(labels) != batch_size:
             raise ValueError(
                 f"class_labels={class_labels!r} is not allowed; pass one int, or {batch_size} ints (one per image)."
             )
@@ -326,6 +486,7 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
             guidance_scale,
             output_type,
             callback_on_step_end_tensor_inputs,
+            eta,
         )
         device = self._execution_device
         labels = self.prepare_class_labels(class_labels, batch_size, device)
@@ -360,9 +521,37 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
         images = (latents / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             images = images.cpu().permute(0, 2, 3, 1).float().numpy()
+            _warn_if_not_finite(images)  # on the host already: free to check (pil would hide NaN as black)
             if output_type == "pil":
                 images = self.numpy_to_pil(images)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Free memory of ``device`` in bytes where it is cheap and reliable to read, else None."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0]
+        if device.type == "cpu":
+            with open("/proc/meminfo", encoding="ascii") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError):
+        pass
+    return None
+
+
+def _warn_if_not_finite(images: np.ndarray) -> None:
+    """A NaN/inf sample (a diverged model or scheduler) is reported instead of silently saved as black."""
+    bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    if bad.any():
+        warnings.warn(
+            f"{int(bad.sum())} of {len(images)} sampled images contain NaN or inf values (the model output or the "
+            "scheduler diverged); as PIL images they would come out black.",
+            RuntimeWarning,
+            stacklevel=3,
+        )

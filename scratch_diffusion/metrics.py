@@ -538,17 +538,19 @@ def load_pipeline(path: str | os.PathLike, trust_remote_code: bool = False):
     from diffusers import DiffusionPipeline
 
     import scratch_diffusion  # noqa: F401  (diffusers resolves plugin components from imported modules)
+    from scratch_diffusion.pipelines.pipeline_scratch_diffusion import check_saved_folder, read_json_object
 
-    class_name = json.loads((Path(path) / "model_index.json").read_text()).get("_class_name")
+    check_saved_folder(path)  # a corrupt or truncated file is named, whichever class loads the folder
+    class_name = read_json_object(Path(path) / "model_index.json").get("_class_name")
     if isinstance(class_name, list) and len(class_name) == 2:
         try:
             pipeline_class = getattr(importlib.import_module(class_name[0]), class_name[1])
         except (ImportError, AttributeError):
             pipeline_class = None
-        if pipeline_class is not None and issubclass(pipeline_class, DiffusionPipeline):
+        if isinstance(pipeline_class, type) and issubclass(pipeline_class, DiffusionPipeline):
             return pipeline_class.from_pretrained(str(path))
-        return DiffusionPipeline.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    return DiffusionPipeline.from_pretrained(str(path))
+        return DiffusionPipeline.from_pretrained(str(path), trust_remote_code=trust_remote_code, use_safetensors=True)
+    return DiffusionPipeline.from_pretrained(str(path), use_safetensors=True)
 
 
 @torch.no_grad()
@@ -607,26 +609,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def check_args(args: argparse.Namespace) -> str | None:
+    """The first problem with the command line (naming the value and what is allowed), or None."""
     path = Path(args.path)
     if not path.is_dir():
-        print(f"error: {str(path)!r} is not a folder (a saved pipeline or a folder of images).", file=sys.stderr)
-        return 2
+        return f"{str(path)!r} is not a folder (a saved pipeline or a folder of images)."
     if args.num_samples < 2:
-        print("error: --num_samples must be at least 2.", file=sys.stderr)
+        return f"--num_samples must be at least 2, got {args.num_samples}."
+    for name in ("batch_size", "num_inference_steps"):
+        if getattr(args, name) < 1:
+            return f"--{name} must be at least 1, got {getattr(args, name)}."
+    if not np.isfinite(args.guidance_scale):
+        return f"--guidance_scale {args.guidance_scale} is not allowed; pass a finite number."
+    if not 0 < args.confidence_threshold < 1:
+        return f"--confidence_threshold {args.confidence_threshold} is not allowed; pass a number in (0, 1)."
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            return f"--device {args.device!r} is not a device; pass cpu, cuda or cuda:<index>."
+        available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+        if not available.get(device.type, False) or (
+            device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count()
+        ):
+            usable = [name for name, ok in available.items() if ok]
+            return f"--device {args.device!r} is not available here; available: {usable}."
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line; exit status 0, or 2 with a one-line ``error:`` on stderr for bad input or a bad folder."""
+    args = build_parser().parse_args(argv)
+    path = Path(args.path)
+    problem = check_args(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     if (path / "model_index.json").is_file():
-        images, labels = sample_pipeline(
-            path,
-            num_samples=args.num_samples,
-            num_inference_steps=args.num_inference_steps,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            guidance_scale=args.guidance_scale,
-            device=args.device,
-            trust_remote_code=args.trust_remote_code,
-        )
+        try:
+            images, labels = sample_pipeline(
+                path,
+                num_samples=args.num_samples,
+                num_inference_steps=args.num_inference_steps,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                guidance_scale=args.guidance_scale,
+                device=args.device,
+                trust_remote_code=args.trust_remote_code,
+            )
+        except (OSError, ValueError) as error:  # a corrupt folder, or a value the pipeline refuses
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         source = {"pipeline": str(path), "num_inference_steps": args.num_inference_steps, "seed": args.seed}
         if labels is not None:
             source["guidance_scale"] = args.guidance_scale

@@ -35,12 +35,41 @@ PredictionType = Literal["epsilon", "sample", "v_prediction", "flow_velocity"]
 BETA_SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 TIMESTEP_SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
 VP_PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample", "v_prediction")
+# Schedules are tabulated per training timestep; far beyond any published model (1000–4000), and
+# refused before a multi-gigabyte table is allocated for a typo such as 10**9.
+MAX_TRAIN_TIMESTEPS = 100_000
 
 
 def check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
     """Raise ``ValueError`` naming ``value`` and the allowed values unless ``value in allowed``."""
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not supported; choose one of {list(allowed)}.")
+
+
+def check_num_train_timesteps(value: object) -> None:
+    """``num_train_timesteps`` must be an int in [1, MAX_TRAIN_TIMESTEPS] (checked before any allocation)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"num_train_timesteps={value!r} must be an int in [1, {MAX_TRAIN_TIMESTEPS}].")
+    if not 1 <= value <= MAX_TRAIN_TIMESTEPS:
+        raise ValueError(f"num_train_timesteps={value} must be a positive integer ≤ {MAX_TRAIN_TIMESTEPS}.")
+
+
+def check_device(device: object) -> None:
+    """``device`` for ``set_timesteps``: None, a torch.device, or a string torch understands."""
+    if device is None or isinstance(device, torch.device):
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"device={device!r} is not a torch device; pass e.g. 'cpu', 'cuda', 'cuda:0', 'mps' or a torch.device."
+        ) from None
+
+
+def check_positive(name: str, value: object) -> None:
+    """A config number that must be finite and > 0 (NaN and inf included in the refusal)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 < value < math.inf:
+        raise ValueError(f"{name}={value!r} is not allowed; pass a finite number > 0.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,8 +93,7 @@ def make_betas(
 
     ``squaredcos_cap_v2`` discretises :func:`cosine_alpha_bar`: β_i = min(1 − ᾱ((i+1)/T)/ᾱ(i/T), 0.999).
     """
-    if num_train_timesteps < 1:
-        raise ValueError(f"num_train_timesteps={num_train_timesteps} must be a positive integer.")
+    check_num_train_timesteps(num_train_timesteps)
     if trained_betas is not None:
         betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64)).to(torch.float32)
         if betas.ndim != 1 or len(betas) != num_train_timesteps:
@@ -78,6 +106,13 @@ def make_betas(
             raise ValueError(f"trained_betas must lie in the open interval (0, 1); got values such as {bad}.")
         return betas
     check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+    if beta_schedule != "squaredcos_cap_v2":  # the others ramp from beta_start to beta_end
+        for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 <= value < 1:
+                raise ValueError(
+                    f"{name}={value!r} is not allowed for beta_schedule={beta_schedule!r}; "
+                    "β must lie in [0, 1) (the defaults are beta_start=0.0001, beta_end=0.02)."
+                )
     T = num_train_timesteps
     if beta_schedule == "linear":
         return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)

@@ -8,6 +8,9 @@ every step goes to the schedule's real next timestep (diffusers assumes t − T/
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 import torch
 from diffusers.configuration_utils import register_to_config
@@ -87,8 +90,8 @@ class ScratchDDIMScheduler(DiscreteVPScheduler):
         """
         if self.num_inference_steps is None:
             raise ValueError("num_inference_steps is None: call set_timesteps() before step().")
-        if eta < 0:
-            raise ValueError(f"eta={eta} must be ≥ 0 (0: deterministic DDIM, 1: DDPM-like).")
+        if isinstance(eta, numbers.Real) and not 0 <= eta < math.inf:  # NaN fails too; a tensor eta is not read
+            raise ValueError(f"eta={eta} must be a finite number ≥ 0 (0: deterministic DDIM, 1: DDPM-like).")
         if variance_noise is not None and generator is not None:
             raise ValueError("pass either generator or variance_noise to step(), not both.")
         check_step_shapes(model_output, sample)

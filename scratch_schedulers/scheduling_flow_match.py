@@ -22,7 +22,10 @@ from .noise_path import (
     append_dims,
     check_choice,
     check_custom_timesteps,
+    check_device,
     check_inference_steps,
+    check_num_train_timesteps,
+    check_positive,
     shift_sigmas,
     stretch_to_terminal,
     time_shift,
@@ -30,7 +33,13 @@ from .noise_path import (
     velocity_to_x0,
 )
 from .samplers import euler_step, heun_step, reverse_step
-from .scheduling_vp import ScratchSchedulerOutput, as_timestep_tensor, check_step_shapes
+from .scheduling_vp import (
+    ScratchSchedulerOutput,
+    as_timestep_tensor,
+    check_same_shape,
+    check_step_shapes,
+    check_timestep_batch,
+)
 
 SOLVERS = ("euler", "heun")
 
@@ -70,10 +79,8 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
     ):
         check_choice("solver", solver, SOLVERS)
         check_choice("time_shift_type", time_shift_type, ("exponential", "linear"))
-        if num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps={num_train_timesteps} must be a positive integer.")
-        if shift <= 0:
-            raise ValueError(f"shift={shift} must be > 0.")
+        check_num_train_timesteps(num_train_timesteps)
+        check_positive("shift", shift)
         if shift_terminal is not None and not 0 <= shift_terminal < 1:
             raise ValueError(f"shift_terminal={shift_terminal} must be in [0, 1).")
         if stochastic_sampling and solver != "euler":
@@ -116,6 +123,7 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         """
         cfg = self.config
         T = cfg.num_train_timesteps
+        check_device(device)
         given = [v for v in (num_inference_steps, sigmas, timesteps) if v is not None]
         if sigmas is not None and timesteps is not None:
             s = check_custom_timesteps(sigmas, 1 + 1e-6, integer=False)
@@ -174,8 +182,9 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
     def _sigma(self, timesteps: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
         """σ = t/T for a scalar or a batch of timesteps, broadcast against ``like``."""
         T = self.config.num_train_timesteps
+        check_timestep_batch(timesteps, like)
         t = torch.as_tensor(timesteps)
-        if t.device.type == "cpu" and bool(((t < 0) | (t > T)).any()):  # host check only: no sync
+        if t.device.type == "cpu" and not bool(((t >= 0) & (t <= T)).all()):  # host check only: no sync; NaN fails
             raise ValueError(f"flow timesteps must lie in [0, {T}], got {t.flatten()[:8].tolist()}.")
         sigma = t.to(device=like.device, dtype=torch.float32) / T
         return append_dims(sigma, like.ndim).to(like.dtype)
@@ -184,6 +193,7 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
         """x_σ = (1 − σ)·x0 + σ·ε for a batch of timesteps t = σ·T (any real t in [0, T])."""
+        check_same_shape(original_samples, noise, "original_samples", "noise")
         sigma = self._sigma(timesteps, original_samples)
         return (1 - sigma) * original_samples + sigma * noise
 
@@ -195,6 +205,7 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps=None) -> torch.Tensor:
         """The training target u = ε − x0 (independent of t on this path)."""
+        check_same_shape(sample, noise, "sample", "noise")
         return noise - sample
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | None = None) -> torch.Tensor:

@@ -23,6 +23,8 @@ from .noise_path import (
     append_dims,
     check_choice,
     check_custom_timesteps,
+    check_device,
+    check_positive,
     make_betas,
     rescale_zero_terminal_snr,
     spaced_timesteps,
@@ -73,7 +75,27 @@ def as_timestep_tensor(timestep: int | float | torch.Tensor) -> torch.Tensor:
 
 
 def check_step_shapes(model_output: torch.Tensor, sample: torch.Tensor, allow_variance: bool = False) -> None:
-    """``model_output`` must match ``sample`` (or carry a variance channel block when learned)."""
+    """``model_output`` must match ``sample`` (or carry a variance channel block when learned).
+
+    Also checks what is known on the host without reading values: both are floating-point tensors
+    on one device. The *values* are not checked (that would need a host–device sync per step): a
+    NaN or inf in ``model_output`` propagates into ``prev_sample`` (see the README, "Reliability").
+    """
+    if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
+        raise TypeError(
+            f"model_output and sample must be torch tensors, got {type(model_output).__name__} and "
+            f"{type(sample).__name__}."
+        )
+    if not (model_output.is_floating_point() and sample.is_floating_point()):
+        raise TypeError(
+            f"model_output has dtype {model_output.dtype} and sample {sample.dtype}; both must be floating point "
+            "(torch.float16, torch.bfloat16, torch.float32 or torch.float64)."
+        )
+    if model_output.device != sample.device:
+        raise ValueError(
+            f"model_output is on device {model_output.device} but sample is on {sample.device}; "
+            "both must be on the same device."
+        )
     same = model_output.shape == sample.shape
     doubled = (
         allow_variance
@@ -86,6 +108,24 @@ def check_step_shapes(model_output: torch.Tensor, sample: torch.Tensor, allow_va
         raise ValueError(
             f"model_output has shape {tuple(model_output.shape)} but sample has shape {tuple(sample.shape)}; "
             "they must match" + (" (or model_output may have twice the channels)" if allow_variance else "") + "."
+        )
+
+
+def check_same_shape(x: torch.Tensor, noise: torch.Tensor, x_name: str, noise_name: str) -> None:
+    """Training helpers take a clean batch and noise of the very same shape."""
+    if tuple(x.shape) != tuple(noise.shape):
+        raise ValueError(
+            f"{noise_name} has shape {tuple(noise.shape)} but {x_name} has shape {tuple(x.shape)}; they must match."
+        )
+
+
+def check_timestep_batch(timesteps: torch.Tensor | float, like: torch.Tensor) -> None:
+    """One timestep for the whole batch, or one per example of ``like`` (B, ...)."""
+    count = torch.as_tensor(timesteps).numel()
+    if count != 1 and (like.ndim == 0 or count != like.shape[0]):
+        raise ValueError(
+            f"got {count} timesteps for a batch of shape {tuple(like.shape)}; pass one timestep, or one per example "
+            f"({like.shape[0] if like.ndim else 1})."
         )
 
 
@@ -106,6 +146,11 @@ class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
         check_choice("timestep_spacing", cfg.timestep_spacing, ("leading", "trailing", "linspace"))
         if not 0 < cfg.dynamic_thresholding_ratio <= 1:
             raise ValueError(f"dynamic_thresholding_ratio={cfg.dynamic_thresholding_ratio} must be in (0, 1].")
+        check_positive("clip_sample_range", cfg.clip_sample_range)
+        check_positive("sample_max_value", cfg.sample_max_value)
+        offset = cfg.steps_offset
+        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+            raise ValueError(f"steps_offset={offset!r} is not allowed; pass an integer ≥ 0 (usually 0 or 1).")
         betas = make_betas(
             cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.trained_betas
         )
@@ -136,6 +181,7 @@ class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
         """Choose the timesteps to sample with: ``num_inference_steps`` spaced by the config's
         ``timestep_spacing``, or an explicit strictly descending list ``timesteps`` in [0, T)."""
         T = self.config.num_train_timesteps
+        check_device(device)
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError(
                 f"pass either num_inference_steps={num_inference_steps} or timesteps=..., not both."
@@ -252,10 +298,24 @@ class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
     # ---- training-time helpers ---------------------------------------------------------------
 
     def _signal_noise(self, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(√ᾱ_t, √(1−ᾱ_t)) for a batch of timesteps, broadcast against ``like`` in its dtype/device."""
+        """(√ᾱ_t, √(1−ᾱ_t)) for a batch of timesteps, broadcast against ``like`` in its dtype/device.
+
+        Timesteps on the CPU are checked to be integers in [0, T) (a negative one would silently
+        index from the end of ᾱ); timesteps on an accelerator are not read back.
+        """
+        T = self.config.num_train_timesteps
+        check_timestep_batch(timesteps, like)
+        host = torch.as_tensor(timesteps)
+        if host.device.type == "cpu":
+            bad = (host < 0) | (host >= T)
+            if host.is_floating_point():
+                bad = bad | (host != host.round())
+            if bool(bad.any()):
+                raise ValueError(
+                    f"timesteps of a discrete VP scheduler must be integers in [0, {T}), got "
+                    f"{host.flatten()[:8].tolist()}."
+                )
         timesteps = torch.as_tensor(timesteps, device=like.device)
-        if timesteps.is_floating_point() and not bool((timesteps == timesteps.round()).all()):
-            raise ValueError("timesteps of a discrete VP scheduler must be integers in [0, num_train_timesteps).")
         alpha_bar = self.alphas_cumprod.to(device=like.device)[timesteps.long()].to(like.dtype)
         return self._path_scales(append_dims(alpha_bar, like.ndim))
 
@@ -263,11 +323,13 @@ class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
         """Forward process q(x_t | x0): x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε (DDPM Eq. 4), batched over t."""
+        check_same_shape(original_samples, noise, "original_samples", "noise")
         a, b = self._signal_noise(timesteps, original_samples)
         return a * original_samples + b * noise
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The v-prediction target v = √ᾱ_t·ε − √(1−ᾱ_t)·x0 (Salimans & Ho, 2022)."""
+        check_same_shape(sample, noise, "sample", "noise")
         a, b = self._signal_noise(timesteps, sample)
         return a * noise - b * sample
 

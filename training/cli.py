@@ -13,14 +13,21 @@ Every check in :func:`validate_args` runs before the first training step; a fail
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
-from .checkpoints import CHECKPOINT_RE
+from scratch_diffusion.pipelines.pipeline_scratch_diffusion import MAX_BATCH_SIZE
+
+from scratch_schedulers.noise_path import MAX_TRAIN_TIMESTEPS
+
+from .checkpoints import CHECKPOINT_RE, CheckpointError, check_checkpoint
 from .data import IMAGE_EXTENSIONS
 from .models import PRESETS, load_unet_config, min_resolution
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 DEFAULT_RESOLUTION = {"digits": 16, "other": 64}
+MAX_RESOLUTION = 4096  # image side in pixels; beyond it a typo, refused before any data is decoded
+MAX_SEED = 2**32 - 1  # numpy's seed range (accelerate's set_seed seeds numpy too)
 
 
 class ConfigError(ValueError):
@@ -96,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--adam_weight_decay", type=float, default=1e-6)
     train.add_argument("--adam_epsilon", type=float, default=1e-8)
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm (0: off)")
+    train.add_argument(
+        "--skip_nonfinite_loss",
+        action="store_true",
+        help="skip (and count) an update whose loss is NaN/inf instead of stopping; costs one host sync per update",
+    )
     train.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), help="unset: from accelerate config")
     train.add_argument(
         "--use_ema", action=argparse.BooleanOptionalAction, default=True, help="EMA weights for samples and output"
@@ -156,6 +168,24 @@ def validate_args(args: argparse.Namespace) -> None:
 
     for name in ("train_batch_size", "eval_batch_size", "num_epochs", "gradient_accumulation_steps"):
         _check(getattr(args, name) >= 1, f"--{name} must be ≥ 1, got {getattr(args, name)}.")
+    for name in ("train_batch_size", "eval_batch_size"):
+        value = getattr(args, name)
+        _check(value <= MAX_BATCH_SIZE, f"--{name} {value} is not allowed; pass at most {MAX_BATCH_SIZE}.")
+    _check(0 <= args.seed <= MAX_SEED, f"--seed {args.seed} is not allowed; pass an integer in [0, {MAX_SEED}].")
+    _check(
+        1 <= args.resolution <= MAX_RESOLUTION,
+        f"--resolution {args.resolution} is not allowed; pass an image side in pixels in [1, {MAX_RESOLUTION}].",
+    )
+    for name in FLOAT_ARGS:
+        value = getattr(args, name)
+        _check(value is None or math.isfinite(value), f"--{name} {value} is not allowed; pass a finite number.")
+    for name, low, high in (("adam_beta1", 0, 1), ("adam_beta2", 0, 1)):
+        value = getattr(args, name)
+        _check(low <= value < high, f"--{name} must be in [{low}, {high}), got {value}.")
+    for name in ("adam_epsilon", "adam_weight_decay"):
+        _check(getattr(args, name) >= 0, f"--{name} must be ≥ 0, got {getattr(args, name)}.")
+    for name in ("ema_inv_gamma", "ema_power"):
+        _check(getattr(args, name) > 0, f"--{name} must be > 0, got {getattr(args, name)}.")
     for name in (
         "max_train_steps",
         "checkpointing_steps",
@@ -170,7 +200,20 @@ def validate_args(args: argparse.Namespace) -> None:
     _check(args.lr_warmup_steps >= 0, f"--lr_warmup_steps must be ≥ 0, got {args.lr_warmup_steps}.")
     _check(args.learning_rate > 0, f"--learning_rate must be > 0, got {args.learning_rate}.")
     _check(args.max_grad_norm >= 0, f"--max_grad_norm must be ≥ 0, got {args.max_grad_norm}.")
-    _check(args.ddpm_num_steps >= 2, f"--ddpm_num_steps must be ≥ 2, got {args.ddpm_num_steps}.")
+    _check(
+        2 <= args.ddpm_num_steps <= MAX_TRAIN_TIMESTEPS,
+        f"--ddpm_num_steps must be in [2, {MAX_TRAIN_TIMESTEPS}], got {args.ddpm_num_steps}.",
+    )
+    _check(
+        args.ddpm_num_inference_steps <= args.ddpm_num_steps,
+        f"--ddpm_num_inference_steps {args.ddpm_num_inference_steps} is not allowed: the sample grids can take at "
+        f"most --ddpm_num_steps ({args.ddpm_num_steps}) steps.",
+    )
+    logging_dir = os.path.normpath(args.logging_dir)
+    _check(
+        not os.path.isabs(logging_dir) and logging_dir != ".." and not logging_dir.startswith(".." + os.sep),
+        f"--logging_dir {args.logging_dir!r} leaves --output_dir; pass a relative folder inside it (default 'logs').",
+    )
     _check(0 <= args.class_dropout_prob < 1, f"--class_dropout_prob must be in [0, 1), got {args.class_dropout_prob}.")
     _check(0 < args.ema_max_decay <= 1, f"--ema_max_decay must be in (0, 1], got {args.ema_max_decay}.")
 
@@ -206,6 +249,20 @@ def validate_args(args: argparse.Namespace) -> None:
             CHECKPOINT_RE.match(os.path.basename(os.path.normpath(resume))) is not None,
             f"--resume_from_checkpoint {resume!r} is not a checkpoint-<step> folder written by train.py.",
         )
+        try:
+            check_checkpoint(resume)
+        except CheckpointError as err:
+            raise ConfigError(f"--resume_from_checkpoint: {err}") from None
+
+    if args.hub_model_id is not None:
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            validate_repo_id(args.hub_model_id)
+        except ValueError as err:
+            raise ConfigError(
+                f"--hub_model_id {args.hub_model_id!r} is not a Hub repo id ({err}); pass 'name' or 'your-name/name'."
+            ) from None
 
     if args.push_to_hub:
         _check(args.hub_model_id is not None, "--push_to_hub needs --hub_model_id (e.g. 'your-name/ddpm-digits').")
@@ -215,6 +272,13 @@ def validate_args(args: argparse.Namespace) -> None:
             args.hub_token is not None or get_token() is not None,
             "--push_to_hub needs a token: pass --hub_token, set HF_TOKEN, or run `hf auth login`.",
         )
+
+
+FLOAT_ARGS = (
+    "learning_rate", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon", "max_grad_norm",
+    "class_dropout_prob", "snr_gamma", "logit_mean", "logit_std", "flow_shift", "ema_max_decay", "ema_inv_gamma",
+    "ema_power",
+)  # fmt: skip
 
 
 def _looks_like_path(name: str) -> bool:

@@ -8,6 +8,7 @@ swaps ancestral sampling back in. A flow-trained UNet is saved with its
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -81,12 +82,16 @@ def image_grid(images: np.ndarray, padding: int = 2) -> Image.Image:
 
 
 def usage_snippet(model_id: str, num_classes: int | None, num_inference_steps: int) -> str:
-    """Python that loads ``model_id`` (a Hub repo id or a folder) and samples 16 images."""
+    """Python that loads ``model_id`` (a Hub repo id or a folder) and samples 16 images.
+
+    ``model_id`` is written as an escaped string literal (a folder name may hold quotes), so the
+    snippet never runs anything but what it shows.
+    """
     labels = "" if num_classes is None else f"\n    class_labels=[i % {num_classes} for i in range(16)],"
     return f"""import torch
 from scratch_diffusion.pipelines import ScratchDiffusionPipeline
 
-pipeline = ScratchDiffusionPipeline.from_pretrained("{model_id}")
+pipeline = ScratchDiffusionPipeline.from_pretrained({json.dumps(model_id)})
 images = pipeline(
     batch_size=16,
     num_inference_steps={num_inference_steps},{labels}

@@ -3,14 +3,37 @@
 The repo is created (or found) before training, so a bad token or repo id fails in seconds, not
 after hours; the folder is uploaded once the local output is complete. Errors are re-raised as
 :class:`HubError` with the token scrubbed from the message.
+
+If the upload fails (network, Hub outage, interrupted process), the local output stays complete
+and the push alone is re-run with::
+
+    python -m scratch_diffusion.training.hub push --output_dir ddpm-digits --hub_model_id your-name/ddpm-digits
+
+It checks that the folder is a finished training output, creates the repo if needed and uploads
+the folder without checkpoints, exactly as ``train.py --push_to_hub`` does at the end of a run.
+``upload_folder`` makes one commit, so a push that dies midway leaves the repo as it was; a
+re-run uploads again (files already on the Hub are deduplicated by content).
 """
 
 from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
 
 from huggingface_hub import HfApi
 
 # Never uploaded: training state (large, and specific to this machine) and half-written files.
 IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "*.tmp", "*.tmp/**"]
+# What a finished run leaves in --output_dir (README.md, the model card, is written last).
+REQUIRED_OUTPUTS = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "README.md",
+)
 
 
 class HubError(RuntimeError):
@@ -19,6 +42,14 @@ class HubError(RuntimeError):
 
 def _scrub(message: str, token: str | None) -> str:
     return message.replace(token, "<token>") if token else message
+
+
+def push_command(folder: str, repo_id: str) -> str:
+    """The shell command that re-runs the push of ``folder`` to ``repo_id`` (token from env or login)."""
+    return (
+        f"python -m scratch_diffusion.training.hub push --output_dir {shlex.quote(folder)} "
+        f"--hub_model_id {shlex.quote(repo_id)}"
+    )
 
 
 def create_repo(repo_id: str, token: str | None, private: bool) -> str:
@@ -44,7 +75,67 @@ def upload_output(folder: str, repo_id: str, token: str | None, commit_message: 
     except Exception as err:
         raise HubError(
             f"uploading {folder!r} to the Hub repo {repo_id!r} failed: {type(err).__name__}: "
-            f"{_scrub(str(err), token)}. The local output is complete; retry with "
-            f"`hf upload {repo_id} {folder} --exclude 'checkpoint-*'`."
+            f"{_scrub(str(err), token)}. The local output is complete; push it again with "
+            f"`{push_command(folder, repo_id)}` (the token comes from --hub_token, HF_TOKEN or `hf auth login`)."
         ) from None
     return getattr(info, "commit_url", str(info))
+
+
+def missing_outputs(folder: str) -> list[str]:
+    """The files of a finished training output that ``folder`` lacks (empty if it is complete)."""
+    return [name for name in REQUIRED_OUTPUTS if not os.path.isfile(os.path.join(folder, *name.split("/")))]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m scratch_diffusion.training.hub",
+        description="Push a finished train.py output folder to the Hugging Face Hub (checkpoints excluded).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    push = commands.add_parser("push", help="create the repo if needed and upload --output_dir")
+    push.add_argument("--output_dir", required=True, help="the --output_dir of a finished train.py run")
+    push.add_argument("--hub_model_id", required=True, help="repo id, 'name' or 'user/name'")
+    push.add_argument("--hub_token", help="token (default: HF_TOKEN or the logged-in token); never printed")
+    push.add_argument("--hub_private_repo", action="store_true", help="create the repo private (if it is new)")
+    push.add_argument("--commit_message", default="Upload the trained pipeline", help="the Hub commit message")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``push``: 0 pushed; 2 bad input (not a finished output folder, bad repo id, no token); 1 the Hub failed."""
+    args = build_parser().parse_args(argv)
+    prog = "scratch_diffusion.training.hub"
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(args.hub_model_id)
+    except ValueError as err:
+        print(f"{prog}: error: --hub_model_id {args.hub_model_id!r} is not a Hub repo id ({err}).", file=sys.stderr)
+        return 2
+    if not os.path.isdir(args.output_dir):
+        print(f"{prog}: error: --output_dir {args.output_dir!r} is not a folder.", file=sys.stderr)
+        return 2
+    missing = missing_outputs(args.output_dir)
+    if missing:
+        print(
+            f"{prog}: error: --output_dir {args.output_dir!r} is not a finished training output (missing "
+            f"{', '.join(missing)}); finish the run first (train.py ... --resume_from_checkpoint latest).",
+            file=sys.stderr,
+        )
+        return 2
+    if args.hub_token is None and get_token() is None:
+        print(f"{prog}: error: no token: pass --hub_token, set HF_TOKEN, or run `hf auth login`.", file=sys.stderr)
+        return 2
+    try:
+        repo_id = create_repo(args.hub_model_id, args.hub_token, args.hub_private_repo)
+        url = upload_output(args.output_dir, repo_id, args.hub_token, args.commit_message)
+    except HubError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    print(f"Pushed {args.output_dir} to {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,7 @@ tensorboard hparams): the Hub token is dropped and local paths are reduced to th
 
 from __future__ import annotations
 
+import json
 import os
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -90,7 +91,7 @@ def build_model_card(
         if sample_grid
         else ""
     )
-    name = model_id.split("/")[-1]
+    name = " ".join(model_id.split("/")[-1].split())  # one line: a folder name may hold newlines
     content = f"""---
 {data.to_yaml()}
 ---
@@ -110,7 +111,7 @@ Install `scratch-diffusion` (it brings `diffusers`), then:
 {usage_snippet(model_id, num_classes, args.ddpm_num_inference_steps).rstrip()}
 ```
 
-`diffusers` alone also loads it: `DiffusionPipeline.from_pretrained("{model_id}", trust_remote_code=True)`.
+`diffusers` alone also loads it: `DiffusionPipeline.from_pretrained({json.dumps(model_id)}, trust_remote_code=True)`.
 {samples}
 ## Training
 

@@ -64,11 +64,22 @@ class TrainingSummary:
     output_dir: str
 
 
+class NonFiniteLossError(RuntimeError):
+    """The loss of an update was NaN or inf (found at a flush, before that state was checkpointed)."""
+
+    def __init__(self, step: int, value: float | None):
+        super().__init__(f"the loss was {value if value is not None else 'non-finite'} at step {step}")
+        self.step, self.value = step, value
+
+
 class MetricsLog:
     """Per-update metrics kept on the device and written every ``every`` updates.
 
     The loss stays a device tensor until :meth:`flush`, so the loop synchronises with the device
-    once per ``--logging_steps`` updates rather than once per update.
+    once per ``--logging_steps`` updates rather than once per update. :meth:`flush` also checks
+    that every loss since the last flush is finite, on all processes together, and raises
+    :class:`NonFiniteLossError` naming the first bad step otherwise. The loop flushes before every
+    checkpoint and before the final save, so a diverged state never reaches the disk.
     """
 
     def __init__(self, accelerator: Accelerator, bar, every: int):
@@ -83,11 +94,42 @@ class MetricsLog:
     def flush(self) -> None:
         if not self.rows:
             return
-        losses = torch.stack([loss for _, loss, _ in self.rows]).tolist()
-        for (step, _, scalars), loss in zip(self.rows, losses):
+        steps = [step for step, _, _ in self.rows]
+        losses = torch.stack([loss for _, loss, _ in self.rows]).double()
+        step_values = torch.tensor(steps, dtype=torch.float64, device=losses.device)
+        first_bad = torch.where(torch.isfinite(losses), math.inf, step_values).min()
+        first_bad = self.accelerator.gather(first_bad.reshape(1)).min().reshape(1)  # every process decides alike
+        *values, first_bad = torch.cat([losses, first_bad]).tolist()  # the one host sync of this flush
+        for (step, _, scalars), loss in zip(self.rows, values):
             self.accelerator.log({"loss": loss, **scalars}, step=step)
-        self.bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{self.rows[-1][2]['lr']:.2e}")
+        self.bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{self.rows[-1][2]['lr']:.2e}")
         self.rows.clear()
+        if first_bad != math.inf:
+            raise NonFiniteLossError(int(first_bad), dict(zip(steps, values)).get(int(first_bad)))
+
+
+def nonfinite_anywhere(accelerator: Accelerator, losses: list[torch.Tensor]) -> tuple[bool, float]:
+    """Whether any process's loss of this update is NaN/inf (one host sync and one tiny collective)."""
+    loss = torch.stack(losses).mean()
+    bad = accelerator.reduce((~torch.isfinite(loss)).float().reshape(1), reduction="sum")
+    bad, value = torch.cat([bad.double(), loss.detach().double().reshape(1)]).tolist()
+    return bad > 0, value
+
+
+class OutputWriteError(OSError):
+    """The final pipeline, sample grid or model card could not be written (disk full, read-only folder)."""
+
+
+def check_writable(output_dir: str) -> None:
+    """Create ``output_dir`` and write a probe file into it, or raise :class:`ConfigError` (before training)."""
+    probe = os.path.join(output_dir, f".write-test-{os.getpid()}.tmp")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"0")
+        os.remove(probe)
+    except OSError as err:
+        raise ConfigError(f"--output_dir {output_dir!r} is not writable: {type(err).__name__}: {err}") from None
 
 
 def make_optimizer(params: list[torch.nn.Parameter], args) -> torch.optim.AdamW:
@@ -195,11 +237,16 @@ def train(args) -> TrainingSummary:
 
     # ---- resume, Hub repo, trackers -----------------------------------------------------------------
     if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
+        check_writable(args.output_dir)
         checkpoints.remove_partial_checkpoints(args.output_dir)
+    accelerator.wait_for_everyone()
     resume_dir = checkpoints.resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume_dir is not None:
         logger.info(f"Resuming from {resume_dir}", main_process_only=True)
+        try:
+            checkpoints.check_checkpoint(resume_dir)  # complete, and no pickle beyond tensors and containers
+        except checkpoints.CheckpointError as err:
+            raise ConfigError(f"cannot resume: {err}") from None
         accelerator.load_state(resume_dir)
         if ema is not None:
             ema.to(accelerator.device)
@@ -234,61 +281,81 @@ def train(args) -> TrainingSummary:
     micro_losses: list[torch.Tensor] = []
     images_seen, timer_start, timer_step = 0, None, global_step
     unet.train()
-    for epoch in range(first_epoch, num_epochs):
-        if global_step >= max_train_steps:  # resumed from the final checkpoint
-            break
-        dataloader.set_epoch(epoch)
-        batches = dataloader
-        if skip_batches:  # resuming mid-epoch: skip by index, without loading the skipped batches
-            batches = accelerator.skip_first_batches(dataloader, skip_batches)
-            batches.set_epoch(epoch)
-        for index, batch in enumerate(batches, start=skip_batches):
-            seeded_generator(generator, args.seed, "batch", epoch, index, accelerator.process_index)
-            with accelerator.accumulate(unet):
-                x0 = augment(batch["images"], args.resolution, args.random_flip, generator)
-                labels = drop_labels(batch.get("labels"), args.class_dropout_prob, data.num_classes, generator)
-                loss = objective.loss(lambda x, t, c=labels: unet(x, t, class_labels=c).sample, x0, generator)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            micro_losses.append(loss.detach())
-            images_seen += x0.shape[0]
-            if not accelerator.sync_gradients:
-                continue
-
-            # ---- one optimizer update done ----
-            lr = lr_scheduler.get_last_lr()[0]  # the LR this update used
-            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the LR where it is
-                lr_scheduler.step()
-            if ema is not None:
-                ema.step(unet.parameters())
-            global_step += 1
-            progress.global_step = global_step
-            extra = {} if ema is None else {"ema_decay": ema.cur_decay_value}
-            metrics.add(global_step, torch.stack(micro_losses).mean(), lr=lr, **extra)
-            micro_losses.clear()
-            bar.update(1)
-            if timer_start is None:  # the first update warms up kernels and allocators
-                timer_start, timer_step, images_seen = time.perf_counter(), global_step, 0
-
-            if global_step % args.checkpointing_steps == 0:
-                metrics.flush()
-                checkpoints.save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
-            if global_step % args.save_images_steps == 0 and accelerator.is_main_process and args.logger != "none":
-                log_sample_grid(accelerator, unet, ema, sampling_scheduler, args, global_step)
-            if global_step >= max_train_steps:
+    try:  # the progress bar is closed on every way out, so error messages start on their own line
+        for epoch in range(first_epoch, num_epochs):
+            if global_step >= max_train_steps:  # resumed from the final checkpoint
                 break
-        skip_batches = 0
-    metrics.flush()
-    bar.close()
+            dataloader.set_epoch(epoch)
+            batches = dataloader
+            if skip_batches:  # resuming mid-epoch: skip by index, without loading the skipped batches
+                batches = accelerator.skip_first_batches(dataloader, skip_batches)
+                batches.set_epoch(epoch)
+            for index, batch in enumerate(batches, start=skip_batches):
+                seeded_generator(generator, args.seed, "batch", epoch, index, accelerator.process_index)
+                skipped = False
+                with accelerator.accumulate(unet):
+                    x0 = augment(batch["images"], args.resolution, args.random_flip, generator)
+                    labels = drop_labels(batch.get("labels"), args.class_dropout_prob, data.num_classes, generator)
+                    loss = objective.loss(lambda x, t, c=labels: unet(x, t, class_labels=c).sample, x0, generator)
+                    accelerator.backward(loss)
+                    micro_losses.append(loss.detach())
+                    if accelerator.sync_gradients and args.skip_nonfinite_loss:
+                        skipped, bad_value = nonfinite_anywhere(accelerator, micro_losses)
+                    if not skipped:
+                        if accelerator.sync_gradients and args.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                images_seen += x0.shape[0]
+                if not accelerator.sync_gradients:
+                    continue
+
+                # ---- one optimizer update done (or skipped: it still counts, so data and LR stay on the step) ----
+                lr = lr_scheduler.get_last_lr()[0]  # the LR this update used
+                if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the LR where it is
+                    lr_scheduler.step()
+                if ema is not None and not skipped:
+                    ema.step(unet.parameters())
+                global_step += 1
+                progress.global_step = global_step
+                if skipped:
+                    progress.skipped_updates += 1
+                    logger.warning(
+                        f"Step {global_step}: the loss is {bad_value} (non-finite on at least one process); update "
+                        f"skipped ({progress.skipped_updates} so far, --skip_nonfinite_loss).",
+                        main_process_only=True,
+                    )
+                    accelerator.log({"skipped_nonfinite_updates": progress.skipped_updates}, step=global_step)
+                else:
+                    extra = {} if ema is None else {"ema_decay": ema.cur_decay_value}
+                    metrics.add(global_step, torch.stack(micro_losses).mean(), lr=lr, **extra)
+                micro_losses.clear()
+                bar.update(1)
+                if timer_start is None:  # the first update warms up kernels and allocators
+                    timer_start, timer_step, images_seen = time.perf_counter(), global_step, 0
+
+                if global_step % args.checkpointing_steps == 0:
+                    metrics.flush()
+                    checkpoints.save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                if global_step % args.save_images_steps == 0 and accelerator.is_main_process and args.logger != "none":
+                    log_sample_grid(accelerator, unet, ema, sampling_scheduler, args, global_step)
+                if global_step >= max_train_steps:
+                    break
+            skip_batches = 0
+        metrics.flush()
+    finally:
+        bar.close()
     elapsed = time.perf_counter() - timer_start if timer_start is not None else 0.0
     images_per_second = images_seen * accelerator.num_processes / elapsed if elapsed > 0 else float("nan")
     logger.info(
         f"{global_step - timer_step} steps at {images_per_second:.1f} images/s (first step excluded).",
         main_process_only=True,
     )
+    if progress.skipped_updates:
+        logger.warning(
+            f"{progress.skipped_updates} update(s) were skipped for a non-finite loss (--skip_nonfinite_loss).",
+            main_process_only=True,
+        )
 
     # ---- outputs: pipeline with EMA weights, sample grid, model card -----------------------------------
     accelerator.wait_for_everyone()
@@ -298,9 +365,13 @@ def train(args) -> TrainingSummary:
         if ema is not None:
             ema.copy_to(model.parameters())
         pipeline = export.build_pipeline(model, sampling_scheduler)
-        export.save_pipeline(pipeline, args.output_dir)
+        try:
+            export.save_pipeline(pipeline, args.output_dir)
+        except OSError as err:
+            raise OutputWriteError(
+                f"could not save the pipeline to {args.output_dir!r}: {type(err).__name__}: {err}"
+            ) from None
         images = export.generate_samples(pipeline, args.eval_batch_size, args.ddpm_num_inference_steps, args.seed)
-        export.image_grid(images).save(os.path.join(args.output_dir, "samples.png"))
         card = build_model_card(
             args,
             model_id=repo_id or os.path.basename(os.path.normpath(args.output_dir)),
@@ -316,7 +387,13 @@ def train(args) -> TrainingSummary:
                 trained_epochs=num_epochs,
             ),
         )
-        save_model_card(card, args.output_dir)
+        try:
+            export.image_grid(images).save(os.path.join(args.output_dir, "samples.png"))
+            save_model_card(card, args.output_dir)  # written last: its presence marks a complete output
+        except OSError as err:
+            raise OutputWriteError(
+                f"could not write samples.png / README.md to {args.output_dir!r}: {type(err).__name__}: {err}"
+            ) from None
         logger.info(f"Saved the pipeline, samples.png and README.md to {args.output_dir}", main_process_only=True)
     accelerator.end_training()
 
@@ -327,19 +404,49 @@ def train(args) -> TrainingSummary:
     return TrainingSummary(global_step, images_per_second, args.output_dir)
 
 
+def _last_good_checkpoint(output_dir: str) -> str:
+    intact = [p for _, p in checkpoints.list_checkpoints(output_dir) if checkpoints.checkpoint_problem(p) is None]
+    if not intact:
+        return "There is no checkpoint to resume from."
+    return f"The last good checkpoint is {intact[-1]}; continue from it with --resume_from_checkpoint latest."
+
+
+# Exit statuses of main(); the README ("Reliability") lists them.
+EXIT_OK, EXIT_HUB, EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_WRITE = 0, 1, 2, 3, 4
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: 0 on success, 2 for bad input (before training), 1 if the push failed."""
+    """Command-line entry point; returns the exit status.
+
+    0 done; 1 the Hub push failed (the local output is complete); 2 bad input, before any training
+    step; 3 a non-finite loss stopped training (nothing after the last good checkpoint was saved);
+    4 a checkpoint or the final output could not be written (earlier checkpoints are intact).
+    """
     args = parse_args(argv)
     try:
         validate_args(args)
         train(args)
     except (ConfigError, DataError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except hub.HubError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_HUB
+    except NonFiniteLossError as err:
+        print(
+            f"train.py: error: {err}: training stopped, and no state from that step on was saved. "
+            f"{_last_good_checkpoint(args.output_dir)} Lower --learning_rate, or pass --skip_nonfinite_loss to skip "
+            "such updates.",
+            file=sys.stderr,
+        )
+        return EXIT_NONFINITE
+    except checkpoints.CheckpointError as err:  # the message lists the intact checkpoints
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return EXIT_WRITE
+    except OutputWriteError as err:
+        print(f"train.py: error: {err}. {_last_good_checkpoint(args.output_dir)}", file=sys.stderr)
+        return EXIT_WRITE
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -12,12 +12,15 @@ from scratch_diffusion.training.checkpoints import (
     remove_partial_checkpoints,
     resolve_resume,
     save_checkpoint,
+    write_manifest,
 )
 
 
 def test_latest_sees_only_complete_checkpoints(tmp_path):
     for name in ("checkpoint-2", "checkpoint-10", "checkpoint-12.tmp", "checkpoint-x", "logs"):
         (tmp_path / name).mkdir()
+    for name in ("checkpoint-2", "checkpoint-10"):  # complete: a manifest (tests/reliability plants broken ones)
+        write_manifest(str(tmp_path / name))
     (tmp_path / "checkpoint-30").write_text("a file, not a checkpoint")
     assert [step for step, _ in list_checkpoints(tmp_path)] == [2, 10]
     assert resolve_resume("latest", str(tmp_path)) == str(tmp_path / "checkpoint-10")
