@@ -31,6 +31,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+
 from scratch_diffusion.training import train as train_module
 from scratch_diffusion.training.cli import parse_args as parse_train_args
 from scratch_diffusion.training.losses import make_objective

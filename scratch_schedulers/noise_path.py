@@ -35,6 +35,10 @@ PredictionType = Literal["epsilon", "sample", "v_prediction", "flow_velocity"]
 BETA_SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 TIMESTEP_SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
 VP_PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample", "v_prediction")
+FLOW_PREDICTION_TYPES: tuple[str, ...] = ("flow_velocity",)
+# The one list of parametrisations, by path: every other module (pipeline, trainer, harness) reads it here.
+PREDICTION_TYPES_BY_PATH: dict[str, tuple[str, ...]] = {"vp": VP_PREDICTION_TYPES, "flow": FLOW_PREDICTION_TYPES}
+PREDICTION_TYPES: tuple[str, ...] = (*VP_PREDICTION_TYPES, *FLOW_PREDICTION_TYPES)
 # Schedules are tabulated per training timestep; far beyond any published model (1000–4000), and
 # refused before a multi-gigabyte table is allocated for a typo such as 10**9.
 MAX_TRAIN_TIMESTEPS = 100_000

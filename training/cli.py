@@ -17,7 +17,6 @@ import math
 import os
 
 from scratch_diffusion.pipelines.pipeline_scratch_diffusion import MAX_BATCH_SIZE
-
 from scratch_schedulers.noise_path import MAX_TRAIN_TIMESTEPS
 
 from .checkpoints import CHECKPOINT_RE, CheckpointError, check_checkpoint

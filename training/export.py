@@ -14,8 +14,8 @@ import math
 import numpy as np
 import torch
 from PIL import Image
-from scratch_diffusion.pipelines import ScratchDiffusionPipeline
 
+from scratch_diffusion.pipelines import ScratchDiffusionPipeline
 from scratch_schedulers import ScratchDDIMScheduler, ScratchFlowMatchScheduler
 
 GRID_MIN_CELL_PX = 64  # small images are upscaled (nearest) so a grid stays readable

@@ -31,6 +31,8 @@ from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_se
 from diffusers import UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
 from scratch_diffusion.training import checkpoints, export, hub
 from scratch_diffusion.training.cli import ConfigError, parse_args, validate_args
 from scratch_diffusion.training.data import (
@@ -50,7 +52,6 @@ from scratch_diffusion.training.model_card import (
 )
 from scratch_diffusion.training.models import build_unet
 from scratch_diffusion.training.randomness import seeded_generator
-from tqdm.auto import tqdm
 
 logger = get_logger(__name__)
 

@@ -11,9 +11,9 @@ import textwrap
 import pytest
 import torch
 from diffusers import DDIMScheduler
-from scratch_diffusion.pipelines import remote_code
 
 from scratch_diffusion import ScratchDDIMScheduler, ScratchDiffusionPipeline, ScratchFlowMatchScheduler
+from scratch_diffusion.pipelines import remote_code
 
 from .helpers import tiny_unet
 

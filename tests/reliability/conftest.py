@@ -41,6 +41,7 @@ def train_argv(out: Path, unet_json: Path, *extra: str, steps: int = 4, every: i
 def run_main(argv: list[str]) -> int:
     """``train.main`` in this process, with accelerate's shared state reset (several runs per test)."""
     from accelerate.state import AcceleratorState, GradientState
+
     from scratch_diffusion.training.train import main
 
     AcceleratorState._reset_state(reset_partial_state=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from scratch_diffusion.training import checkpoints, hub
 from scratch_diffusion.training.checkpoints import checkpoint_problem, save_checkpoint, write_manifest
 
@@ -96,9 +97,8 @@ def test_package_source_never_unpickles_or_trusts_remote_code():
 def test_weights_are_written_and_read_as_safetensors_only(saved_pipeline, tmp_path):
     """A saved pipeline holds safetensors weights only; a folder whose UNet has only a pickle (``.bin``)
     is refused by ``ScratchDiffusionPipeline.from_pretrained`` and the metrics loader, unloaded."""
-    from scratch_diffusion.pipelines.pipeline_scratch_diffusion import SavedPipelineError
-
     from scratch_diffusion import ScratchDiffusionPipeline, metrics
+    from scratch_diffusion.pipelines.pipeline_scratch_diffusion import SavedPipelineError
 
     assert sorted(p.name for p in (saved_pipeline / "unet").iterdir()) == [
         "config.json", "diffusion_pytorch_model.safetensors"

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+
 from scratch_diffusion.training.checkpoints import (
     TrainingProgress,
     list_checkpoints,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from scratch_diffusion.training.cli import parse_args, validate_args
 from scratch_diffusion.training.train import main
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from scratch_diffusion.training import data as data_module
 from scratch_diffusion.training.cli import parse_args
 from scratch_diffusion.training.data import (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from scratch_diffusion.training.cli import parse_args
 from scratch_diffusion.training.data import drop_labels
 from scratch_diffusion.training.losses import (
@@ -12,7 +13,6 @@ from scratch_diffusion.training.losses import (
     make_objective,
     min_snr_weights,
 )
-
 from scratch_schedulers import ScratchDDPMScheduler, ScratchFlowMatchScheduler
 
 

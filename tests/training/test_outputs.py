@@ -14,6 +14,7 @@ import torch
 from huggingface_hub import HfApi, ModelCard, RepoUrl
 from huggingface_hub.errors import HfHubHTTPError
 from PIL import Image
+
 from scratch_diffusion.training.train import main
 
 from .conftest import FAKE_TOKEN
@@ -44,6 +45,7 @@ def test_output_folder_pipeline_card_and_snippet(
 
     # The saved UNet holds the EMA weights of the last checkpoint, not the raw weights.
     from safetensors.torch import load_file
+
     from scratch_diffusion.pipelines import ScratchDiffusionPipeline
 
     pipeline = ScratchDiffusionPipeline.from_pretrained(str(out))
