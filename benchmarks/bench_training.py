@@ -4,16 +4,18 @@ Both loops train the same UNet2DModel preset with the same AdamW, batch and reso
 
 * **bare** — synthetic tensors already in memory: ``randint`` timesteps, ``randn`` noise,
   ``add_noise``, forward, MSE, backward, ``optimizer.step``, ``zero_grad``. Nothing else.
-* **train.py** — ``scratch_diffusion.training.train.train`` on the built-in digits (decoded once
+* **train.py** — ``scratch_diffusion.training.run_training`` on the built-in digits (decoded once
   into tensors): Accelerate's ``accumulate``, the epoch-seeded DataLoader, the counter-based
   generator, augmentation, gradient clipping, the LR schedule, EMA, tensorboard logging and
   tqdm. Checkpoints and sample grids are switched off (they are periodic, not per step), and
-  the first update of each loop is excluded from the timing as warm-up.
+  the first update of each loop is excluded from the timing as warm-up (the trainer's own
+  ``TrainingSummary`` timing).
 
 The loops alternate ``--repeats`` times and the medians are compared. On a GPU the clock is wall
-time. On a CPU it is the process's CPU time with one torch thread (``--clock cpu``), which
-measures the work each loop does and stays meaningful on a machine shared with other jobs;
-``--clock wall`` measures wall time instead. Prints one table and the ratio (target ≥ 0.85).
+time. On a CPU it is the process's CPU time with one torch thread (``--clock cpu``:
+``TrainingSummary.cpu_seconds_per_step`` for train.py), which measures the work each loop does
+and stays meaningful on a machine shared with other jobs; ``--clock wall`` measures wall time
+instead. Prints one table and the ratio (target ≥ 0.85).
 
     python benchmarks/bench_training.py                      # small UNet, 16×16, batch 64
     python benchmarks/bench_training.py --preset tiny --steps 20
@@ -26,17 +28,15 @@ import os
 import statistics
 import tempfile
 import time
-import types
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
-from scratch_diffusion.training import train as train_module
+from scratch_diffusion.training import run_training
 from scratch_diffusion.training.cli import parse_args as parse_train_args
 from scratch_diffusion.training.losses import make_objective
 from scratch_diffusion.training.models import build_unet
-from scratch_diffusion.training.train import make_optimizer, train
+from scratch_diffusion.training.optimization import make_optimizer
 
 
 def bare_loop(preset: str, batch: int, resolution: int, steps: int, clock) -> float:
@@ -64,11 +64,8 @@ def bare_loop(preset: str, batch: int, resolution: int, steps: int, clock) -> fl
     return steps * batch / (clock() - start)
 
 
-def train_py_loop(preset: str, batch: int, resolution: int, steps: int, clock) -> float:
-    """Images/s of train.py's loop, as timed by ``train`` itself (first update excluded) on ``clock``."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # a fresh Accelerator per run
+def train_py_loop(preset: str, batch: int, resolution: int, steps: int, clock_name: str) -> float:
+    """Images/s of train.py's loop, as timed by the trainer itself (first update excluded) on ``clock_name``."""
     with tempfile.TemporaryDirectory() as output_dir:
         argv = [
             "--output_dir", os.path.join(output_dir, "bench"),
@@ -82,8 +79,10 @@ def train_py_loop(preset: str, batch: int, resolution: int, steps: int, clock) -
             "--eval_batch_size", "1",
             "--ddpm_num_inference_steps", "1",
         ]  # fmt: skip
-        with mock.patch.object(train_module, "time", types.SimpleNamespace(perf_counter=clock)):
-            return train(parse_train_args(argv)).images_per_second
+        summary = run_training(argv)
+    if clock_name == "wall":
+        return summary.images_per_second
+    return batch / summary.cpu_seconds_per_step  # one process, no accumulation: `batch` images per update
 
 
 def main() -> None:
@@ -106,7 +105,7 @@ def main() -> None:
     results: dict[str, list[float]] = {"bare loop": [], "train.py loop": []}
     for repeat in range(a.repeats):
         results["bare loop"].append(bare_loop(a.preset, a.batch_size, a.resolution, a.steps, clock))
-        results["train.py loop"].append(train_py_loop(a.preset, a.batch_size, a.resolution, a.steps, clock))
+        results["train.py loop"].append(train_py_loop(a.preset, a.batch_size, a.resolution, a.steps, a.clock))
         print(
             f"repeat {repeat + 1}/{a.repeats}: bare {results['bare loop'][-1]:.1f} img/s, "
             f"train.py {results['train.py loop'][-1]:.1f} img/s",

@@ -1,5 +1,16 @@
 """The scratch-diffusion pipeline, installed as ``scratch_diffusion.pipelines``."""
 
-from .pipeline_scratch_diffusion import ScratchDiffusionPipeline, resolve_parametrization
+from .loading import load_pipeline, looks_like_local_path
+from .parametrization import resolve_parametrization
+from .pipeline_scratch_diffusion import ScratchDiffusionPipeline
+from .saved_format import SavedPipelineError, check_saved_folder, read_json_object
 
-__all__ = ["ScratchDiffusionPipeline", "resolve_parametrization"]
+__all__ = [
+    "SavedPipelineError",
+    "ScratchDiffusionPipeline",
+    "check_saved_folder",
+    "load_pipeline",
+    "looks_like_local_path",
+    "read_json_object",
+    "resolve_parametrization",
+]

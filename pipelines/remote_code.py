@@ -122,7 +122,7 @@ def write_shipped_code(save_directory: str | os.PathLike, pipeline_cls: type, co
     if missing:  # the folder would name classes that neither story A nor B could load
         raise ValueError(
             f"{missing} are scratch-diffusion classes the shipped {BUNDLE_FILE} does not contain; "
-            "import them in pipeline_scratch_diffusion.py (SHIPPED_SCHEDULERS) so they are bundled."
+            "add them to SHIPPED_SCHEDULERS in saved_format.py so they are bundled."
         )
     if is_shipped_class(pipeline_cls):
         (root / BUNDLE_FILE).write_text(source, encoding="utf-8")

@@ -3,8 +3,9 @@
 If the data are a Gaussian mixture, the Bayes-optimal denoiser is known in closed form. Plugging it
 in place of a trained network isolates the *sampler*: whatever error remains in the samples comes
 from the scheduler's discretisation (or from a bug), not from a model. This module provides that
-denoiser, a sampling loop for any diffusers-style scheduler, and error statistics that compare the
-samples with the mixture they should reproduce.
+denoiser and a sampling loop for any diffusers-style scheduler; the error statistics that compare
+the samples with the mixture they should reproduce live in :mod:`.mixture_statistics` and are
+re-exported here.
 
 Math. Let the data be ``x0 ~ Σ_k w_k N(μ_k, s_k² I)`` in ``d`` dimensions and let a scheduler
 corrupt them as ``x_t = a_t·x0 + b_t·ε`` with ``ε ~ N(0, I)``. Then, with ``v_k = a² s_k² + b²``,
@@ -28,7 +29,7 @@ Example:
     >>> samples, nfe = sample_with(DDIMScheduler(clip_sample=False), mixture, 50, n_samples=1000)
     >>> stats = mixture_error(samples, mixture)  # compare with sampling_noise(mixture, 1000)
 
-Run ``python -m scratch_schedulers.exact_denoiser`` for a table of error versus model evaluations.
+``python benchmarks/bench_exact_denoiser.py`` prints a table of error versus model evaluations.
 
 Note:
     DDPM/DDIM schedulers (diffusers' and ours) clip ``x̂0`` to ``[-1, 1]`` by default
@@ -40,24 +41,22 @@ Note:
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-PredictionType = Literal["epsilon", "sample", "v_prediction", "flow_velocity"]
-PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample", "v_prediction", "flow_velocity")
+from .mixture_statistics import mixture_error, sampling_noise
+from .noise_path import PREDICTION_TYPES, PredictionType
 
 __all__ = [
     "PREDICTION_TYPES",
     "ExactDenoiser",
     "GaussianMixture",
     "error_table",
-    "format_table",
     "mixture_error",
     "sample_with",
     "sampling_noise",
@@ -182,7 +181,7 @@ class GaussianMixture:
             return a * eps_hat - b * x0_hat
         if prediction_type == "flow_velocity":
             return eps_hat - x0_hat
-        raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {list(PREDICTION_TYPES)}")
 
     def _posterior(self, x_t: torch.Tensor, a: float, b: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns the flattened samples ``(n, d)``, responsibilities ``(K, n)`` and variances ``(K,)``.
@@ -345,121 +344,6 @@ def sample_with(
     return x, model.nfe
 
 
-def _directions(dim: int, n_directions: int) -> torch.Tensor:
-    """Fixed unit projection directions: evenly spaced half-circle angles in 2-D, seeded draws otherwise."""
-    if dim == 1:
-        return torch.ones(1, 1, dtype=torch.float64)
-    if dim == 2:
-        angles = torch.arange(n_directions, dtype=torch.float64) * math.pi / n_directions
-        return torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
-    g = torch.Generator().manual_seed(0)
-    dirs = torch.randn(n_directions, dim, generator=g, dtype=torch.float64)
-    return dirs / dirs.norm(dim=1, keepdim=True)
-
-
-def _mixture_quantiles(
-    locs: torch.Tensor, scales: torch.Tensor, weights: torch.Tensor, u: torch.Tensor, grid_size: int = 2049
-) -> torch.Tensor:
-    """Quantiles of the 1-D mixtures ``F_j = Σ_k w_k N(locs[j, k], scales[k]²)`` at the levels ``u``.
-
-    The CDF is tabulated on a grid spanning ±10 spreads, inverted by linear interpolation, then
-    polished by three Newton steps kept inside the bracketing grid cell (error ≪ 1e-9).
-
-    Returns a tensor of shape ``(J, len(u))``.
-    """
-
-    def cdf(x: torch.Tensor) -> torch.Tensor:
-        return (weights * torch.special.ndtr((x[..., None] - locs[:, None, :]) / scales)).sum(-1)
-
-    def pdf(x: torch.Tensor) -> torch.Tensor:
-        z = (x[..., None] - locs[:, None, :]) / scales
-        return (weights / scales * torch.exp(-0.5 * z * z)).sum(-1) / math.sqrt(2.0 * math.pi)
-
-    lo = (locs - 10 * scales).min(dim=1).values
-    hi = (locs + 10 * scales).max(dim=1).values
-    steps = torch.linspace(0.0, 1.0, grid_size, dtype=torch.float64)
-    grid = lo[:, None] + (hi - lo)[:, None] * steps  # (J, G)
-    table = cdf(grid)
-    levels = u.expand(len(locs), -1).contiguous()
-    right = torch.searchsorted(table, levels).clamp(1, grid_size - 1)
-    x_lo, x_hi = grid.gather(1, right - 1), grid.gather(1, right)
-    f_lo, f_hi = table.gather(1, right - 1), table.gather(1, right)
-    x = x_lo + (x_hi - x_lo) * ((levels - f_lo) / (f_hi - f_lo).clamp_min(1e-300)).clamp(0, 1)
-    for _ in range(3):
-        x = (x - (cdf(x) - levels) / pdf(x).clamp_min(1e-300)).clamp(x_lo, x_hi)
-    return x
-
-
-def mixture_error(samples: torch.Tensor, mixture: GaussianMixture, n_directions: int = 16) -> dict[str, float]:
-    """How far ``samples`` are from ``mixture``.
-
-    Each sample is assigned to its most probable component under the mixture itself (the
-    responsibilities at ``a = 1, b = 0``; for well separated components this is the nearest
-    component, and the truncation it causes is negligible). From the assignment:
-
-    * ``weight_error``: ``max_k |n_k / n − w_k|``;
-    * ``std_error``: ``max_k |ŝ_k / s_k − 1|`` where ``ŝ_k² = mean over the component's samples and
-      coordinates of (x − x̄_k)²``;
-    * ``mean_error``: ``max_k |x̄_k − μ_k| / s_k`` (component mean offset in its own std units);
-    * ``sliced_wasserstein``: the single scalar summary, ``mean_θ W1(θ·samples, θ·mixture)`` over
-      fixed unit directions θ, each W1 computed against the *exact* projected mixture
-      ``Σ_k w_k N(θ·μ_k, s_k²)`` as ``(1/n) Σ_i |x_(i) − F⁻¹((i − ½)/n)|`` (midpoint rule in
-      quantile space). It is zero only for the right distribution and shrinks like ``1/√n``
-      for exact samples, so compare it with ``sampling_noise``.
-
-    A component that receives no sample gets ``std_error = mean_error = inf``.
-
-    Args:
-        samples: Samples, shape ``(n, d)``.
-        mixture: The distribution they should follow.
-        n_directions: Number of projection directions for the sliced Wasserstein distance.
-
-    Returns:
-        A dict with the four statistics above, as floats.
-    """
-    x = torch.as_tensor(samples).to(torch.float64).reshape(-1, mixture.dim)
-    n = x.shape[0]
-    if not bool(torch.isfinite(x).all()):
-        inf = float("inf")
-        return {"sliced_wasserstein": inf, "weight_error": inf, "std_error": inf, "mean_error": inf}
-    assignment = mixture.responsibilities(x, 1.0, 0.0).argmax(dim=1)
-    weight_error = std_error = mean_error = 0.0
-    for k in range(len(mixture.weights)):
-        members = x[assignment == k]
-        weight_error = max(weight_error, abs(len(members) / n - float(mixture.weights[k])))
-        if len(members) < 2:
-            std_error = mean_error = float("inf")
-            continue
-        center = members.mean(dim=0)
-        std_hat = float((members - center).square().mean().sqrt())
-        std_error = max(std_error, abs(std_hat / float(mixture.stds[k]) - 1.0))
-        mean_error = max(mean_error, float((center - mixture.means[k]).norm()) / float(mixture.stds[k]))
-
-    dirs = _directions(mixture.dim, n_directions)
-    projected = torch.sort(x @ dirs.T, dim=0).values.T  # (J, n)
-    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    quantiles = _mixture_quantiles(dirs @ mixture.means.T, mixture.stds, mixture.weights, u)
-    sliced = float((projected - quantiles).abs().mean())
-    return {
-        "sliced_wasserstein": sliced,
-        "weight_error": weight_error,
-        "std_error": std_error,
-        "mean_error": mean_error,
-    }
-
-
-def sampling_noise(mixture: GaussianMixture, n_samples: int, repeats: int = 8, seed: int = 12345) -> dict[str, float]:
-    """The error statistics of *exact* samples of the same size, averaged over ``repeats`` draws.
-
-    This is the floor a perfect sampler reaches: "within sampling noise" means
-    ``mixture_error(samples)[key] <= C * sampling_noise(...)[key]`` (plus a small slack) for a
-    modest factor ``C``. Averaging several draws makes the floor a stable yardstick.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    runs = [mixture_error(mixture.sample(n_samples, generator), mixture) for _ in range(repeats)]
-    return {key: sum(run[key] for run in runs) / repeats for key in runs[0]}
-
-
 def error_table(
     scheduler_factories: Mapping[str, Callable[[], Any]],
     step_counts: Iterable[int],
@@ -492,77 +376,3 @@ def error_table(
             samples, nfe = sample_with(factory(), mixture, steps, n_samples=n_samples, seed=seed)
             rows.append({"scheduler": name, "steps": steps, "nfe": nfe, **mixture_error(samples, mixture)})
     return rows
-
-
-_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("scheduler", "scheduler"),
-    ("steps", "steps"),
-    ("nfe", "NFE"),
-    ("sliced_wasserstein", "sliced W1"),
-    ("weight_error", "weight err"),
-    ("std_error", "std err (rel)"),
-    ("mean_error", "mean err (/std)"),
-)
-
-
-def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A markdown table of ``error_table`` rows (floats with four significant digits)."""
-
-    def cell(value: Any) -> str:
-        if value is None:
-            return "—"
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return str(value)
-
-    lines = [
-        "| " + " | ".join(title for _, title in _COLUMNS) + " |",
-        "|" + "|".join("---" if key == "scheduler" else "---:" for key, _ in _COLUMNS) + "|",
-    ]
-    lines += ["| " + " | ".join(cell(row.get(key)) for key, _ in _COLUMNS) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def default_factories() -> dict[str, Callable[[], Any]]:
-    """diffusers' DDPM, DDIM and flow Euler schedulers and, when importable, this project's."""
-    from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
-
-    factories: dict[str, Callable[[], Any]] = {
-        "diffusers DDPMScheduler": lambda: DDPMScheduler(clip_sample=False),
-        "diffusers DDIMScheduler": lambda: DDIMScheduler(clip_sample=False, timestep_spacing="trailing"),
-        "diffusers FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
-    }
-    try:
-        from scratch_schedulers import (
-            ScratchDDIMScheduler,
-            ScratchDDPMScheduler,
-            ScratchFlowMatchScheduler,
-        )
-    except ImportError:
-        return factories
-    factories.update(
-        {
-            "ScratchDDPMScheduler": lambda: ScratchDDPMScheduler(clip_sample=False),
-            "ScratchDDIMScheduler": lambda: ScratchDDIMScheduler(clip_sample=False, timestep_spacing="trailing"),
-            "ScratchFlowMatchScheduler": ScratchFlowMatchScheduler,
-            "ScratchFlowMatchScheduler (heun)": lambda: ScratchFlowMatchScheduler(solver="heun"),
-        }
-    )
-    return factories
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Prints the error-versus-NFE table for the default schedulers."""
-    parser = argparse.ArgumentParser(description="Error of exact-denoiser samples versus model evaluations.")
-    parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50, 100])
-    parser.add_argument("--n-samples", type=int, default=4000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # the tensors are tiny: more threads only add synchronisation overhead
-    rows = error_table(default_factories(), args.steps, n_samples=args.n_samples, seed=args.seed)
-    print(f"Exact denoiser on GaussianMixture.example(), {args.n_samples} samples, seed {args.seed}\n")
-    print(format_table(rows))
-
-
-if __name__ == "__main__":
-    main()

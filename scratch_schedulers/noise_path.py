@@ -2,8 +2,9 @@
 
 Following "Step-by-Step Diffusion" (Nakkiran et al., 2024), DDPM, DDIM and flow matching are
 one family of reverse samplers over a Gaussian path; they differ only in the path and in how
-they step along it. This module holds everything about the *path*; ``samplers.py`` holds the
-update rules and the three scheduler classes are thin diffusers-API views over both.
+they step along it. This module holds everything about the *path* (its argument checks are in
+``validation.py``); ``samplers.py`` holds the update rules and the three scheduler classes are
+thin diffusers-API views over both.
 
 Notation
 --------
@@ -23,57 +24,36 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
+from .validation import (
+    check_beta_bounds,
+    check_choice,
+    check_inference_steps,
+    check_num_train_timesteps,
+    check_trained_betas,
+)
+
+VPPredictionType = Literal["epsilon", "sample", "v_prediction"]
+FlowPredictionType = Literal["flow_velocity"]
+PredictionType = Literal[VPPredictionType, FlowPredictionType]
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"]
 TimestepSpacing = Literal["leading", "trailing", "linspace"]
-PredictionType = Literal["epsilon", "sample", "v_prediction", "flow_velocity"]
+TimeShiftType = Literal["exponential", "linear"]
+NoisePath = Literal["vp", "flow"]
 
-BETA_SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
-TIMESTEP_SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
-VP_PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample", "v_prediction")
-FLOW_PREDICTION_TYPES: tuple[str, ...] = ("flow_velocity",)
+# The allowed values, read off the aliases above so the annotation and the check cannot drift apart.
+BETA_SCHEDULES: tuple[str, ...] = get_args(BetaSchedule)
+TIMESTEP_SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
+TIME_SHIFT_TYPES: tuple[str, ...] = get_args(TimeShiftType)
+VP_PREDICTION_TYPES: tuple[str, ...] = get_args(VPPredictionType)
+FLOW_PREDICTION_TYPES: tuple[str, ...] = get_args(FlowPredictionType)
 # The one list of parametrisations, by path: every other module (pipeline, trainer, harness) reads it here.
 PREDICTION_TYPES_BY_PATH: dict[str, tuple[str, ...]] = {"vp": VP_PREDICTION_TYPES, "flow": FLOW_PREDICTION_TYPES}
 PREDICTION_TYPES: tuple[str, ...] = (*VP_PREDICTION_TYPES, *FLOW_PREDICTION_TYPES)
-# Schedules are tabulated per training timestep; far beyond any published model (1000–4000), and
-# refused before a multi-gigabyte table is allocated for a typo such as 10**9.
-MAX_TRAIN_TIMESTEPS = 100_000
-
-
-def check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
-    """Raise ``ValueError`` naming ``value`` and the allowed values unless ``value in allowed``."""
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(allowed)}.")
-
-
-def check_num_train_timesteps(value: object) -> None:
-    """``num_train_timesteps`` must be an int in [1, MAX_TRAIN_TIMESTEPS] (checked before any allocation)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"num_train_timesteps={value!r} must be an int in [1, {MAX_TRAIN_TIMESTEPS}].")
-    if not 1 <= value <= MAX_TRAIN_TIMESTEPS:
-        raise ValueError(f"num_train_timesteps={value} must be a positive integer ≤ {MAX_TRAIN_TIMESTEPS}.")
-
-
-def check_device(device: object) -> None:
-    """``device`` for ``set_timesteps``: None, a torch.device, or a string torch understands."""
-    if device is None or isinstance(device, torch.device):
-        return
-    try:
-        torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(
-            f"device={device!r} is not a torch device; pass e.g. 'cpu', 'cuda', 'cuda:0', 'mps' or a torch.device."
-        ) from None
-
-
-def check_positive(name: str, value: object) -> None:
-    """A config number that must be finite and > 0 (NaN and inf included in the refusal)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 < value < math.inf:
-        raise ValueError(f"{name}={value!r} is not allowed; pass a finite number > 0.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,7 +67,7 @@ def cosine_alpha_bar(t: float) -> float:
 
 
 def make_betas(
-    beta_schedule: str,
+    beta_schedule: BetaSchedule,
     num_train_timesteps: int,
     beta_start: float = 0.0001,
     beta_end: float = 0.02,
@@ -100,23 +80,11 @@ def make_betas(
     check_num_train_timesteps(num_train_timesteps)
     if trained_betas is not None:
         betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64)).to(torch.float32)
-        if betas.ndim != 1 or len(betas) != num_train_timesteps:
-            raise ValueError(
-                f"trained_betas has {tuple(betas.shape)} values but num_train_timesteps={num_train_timesteps}; "
-                "pass exactly one beta per training timestep."
-            )
-        if not bool(((betas > 0) & (betas < 1)).all()):
-            bad = betas[~((betas > 0) & (betas < 1))][:3].tolist()
-            raise ValueError(f"trained_betas must lie in the open interval (0, 1); got values such as {bad}.")
+        check_trained_betas(betas, num_train_timesteps)
         return betas
     check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
     if beta_schedule != "squaredcos_cap_v2":  # the others ramp from beta_start to beta_end
-        for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 <= value < 1:
-                raise ValueError(
-                    f"{name}={value!r} is not allowed for beta_schedule={beta_schedule!r}; "
-                    "β must lie in [0, 1) (the defaults are beta_start=0.0001, beta_end=0.02)."
-                )
+        check_beta_bounds(beta_schedule, beta_start, beta_end)
     T = num_train_timesteps
     if beta_schedule == "linear":
         return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
@@ -145,7 +113,7 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
 
 
 def spaced_timesteps(
-    spacing: str, num_train_timesteps: int, num_inference_steps: int, steps_offset: int = 0
+    spacing: TimestepSpacing, num_train_timesteps: int, num_inference_steps: int, steps_offset: int = 0
 ) -> np.ndarray:
     """Descending int64 timesteps of a discrete sampler (Lin et al., 2024, Table 2).
 
@@ -166,35 +134,6 @@ def spaced_timesteps(
     return grid
 
 
-def check_inference_steps(num_inference_steps: object, num_train_timesteps: int) -> None:
-    """Validate ``1 ≤ num_inference_steps ≤ num_train_timesteps`` with a message naming both."""
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-        raise TypeError(f"num_inference_steps must be an int, got {num_inference_steps!r}.")
-    if not 1 <= num_inference_steps <= num_train_timesteps:
-        raise ValueError(
-            f"num_inference_steps={num_inference_steps} must be between 1 and "
-            f"num_train_timesteps={num_train_timesteps}."
-        )
-
-
-def check_custom_timesteps(timesteps: Sequence[float], upper: float, *, integer: bool) -> np.ndarray:
-    """Custom timesteps as a strictly descending array inside [0, upper); else a clear error."""
-    values = np.asarray(
-        timesteps.detach().cpu() if isinstance(timesteps, torch.Tensor) else timesteps, dtype=np.float64
-    )
-    if values.ndim != 1 or len(values) == 0:
-        raise ValueError(f"timesteps must be a non-empty 1-D sequence, got {timesteps!r}.")
-    if not np.isfinite(values).all():
-        raise ValueError(f"timesteps must be finite, got {values.tolist()}.")
-    if integer and not np.all(values == np.round(values)):
-        raise ValueError(f"timesteps must be integers for a discrete scheduler, got {values.tolist()}.")
-    if np.any(np.diff(values) >= 0):
-        raise ValueError(f"timesteps must be strictly descending, got {values.tolist()}.")
-    if values[0] >= upper or values[-1] < 0:
-        raise ValueError(f"timesteps must lie in [0, {upper:g}), got {values.tolist()}.")
-    return values
-
-
 # --------------------------------------------------------------------------------------------
 # Flow-matching σ grids (the time-shift family of SD3 / Flux)
 # --------------------------------------------------------------------------------------------
@@ -205,9 +144,9 @@ def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
-def time_shift(sigmas: np.ndarray, mu: float, kind: str = "exponential") -> np.ndarray:
+def time_shift(sigmas: np.ndarray, mu: float, kind: TimeShiftType = "exponential") -> np.ndarray:
     """Dynamic shift with μ: e^μ/(e^μ + (1/σ − 1)) (``exponential``) or μ/(μ + (1/σ − 1)) (``linear``)."""
-    check_choice("time_shift_type", kind, ("exponential", "linear"))
+    check_choice("time_shift_type", kind, TIME_SHIFT_TYPES)
     m = math.exp(mu) if kind == "exponential" else mu
     return m / (m + (1 / sigmas - 1))
 
@@ -255,9 +194,18 @@ def velocity_to_eps(u: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> 
     return x_t + (1 - sigma) * u
 
 
-def target_for(prediction_type: str, x0: torch.Tensor, eps: torch.Tensor, a=None, b=None) -> torch.Tensor:
-    """The regression target of a parametrisation: ε, x0, v = a·ε − b·x0, or u = ε − x0."""
-    check_choice("prediction_type", prediction_type, (*VP_PREDICTION_TYPES, "flow_velocity"))
+def target_for(
+    prediction_type: PredictionType,
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    a: torch.Tensor | float | None = None,
+    b: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """The regression target of a parametrisation: ε, x0, v = a·ε − b·x0 (needs a, b), or u = ε − x0.
+
+    Inverse of :func:`split_prediction` at the same path point.
+    """
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
     if prediction_type == "epsilon":
         return eps
     if prediction_type == "sample":
@@ -268,21 +216,20 @@ def target_for(prediction_type: str, x0: torch.Tensor, eps: torch.Tensor, a=None
 
 
 def split_prediction(
-    model_output: torch.Tensor, x_t: torch.Tensor, a: torch.Tensor, b: torch.Tensor, prediction_type: str
+    model_output: torch.Tensor, x_t: torch.Tensor, a: torch.Tensor, b: torch.Tensor, prediction_type: PredictionType
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (x̂0, ε̂) from a model output of the given parametrisation at path point (a, b)."""
+    """Return (x̂0, ε̂) from a model output of the given parametrisation at path point (a, b).
+
+    For ``flow_velocity`` the path is a = 1 − σ, b = σ and only ``b`` (= σ) is read.
+    """
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
     if prediction_type == "epsilon":
         return eps_to_x0(model_output, x_t, a, b), model_output
     if prediction_type == "sample":
         return model_output, x0_to_eps(model_output, x_t, a, b)
     if prediction_type == "v_prediction":
         return v_to_x0(model_output, x_t, a, b), v_to_eps(model_output, x_t, a, b)
-    if prediction_type == "flow_velocity":
-        return velocity_to_x0(model_output, x_t, b), velocity_to_eps(model_output, x_t, b)
-    raise ValueError(
-        f"prediction_type={prediction_type!r} is not supported; choose one of "
-        f"{[*VP_PREDICTION_TYPES, 'flow_velocity']}."
-    )
+    return velocity_to_x0(model_output, x_t, b), velocity_to_eps(model_output, x_t, b)
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,7 +247,7 @@ class Parametrization:
         prediction_type: ``epsilon``, ``sample``, ``v_prediction`` (VP) or ``flow_velocity`` (flow).
     """
 
-    path: Literal["vp", "flow"]
+    path: NoisePath
     prediction_type: PredictionType
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,9 +18,21 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' loader looks it up here)
 from diffusers.utils.torch_utils import randn_tensor
 
-from .noise_path import split_prediction, x0_to_eps
+from .noise_path import BetaSchedule, TimestepSpacing, VPPredictionType, split_prediction, x0_to_eps
 from .samplers import ddim_noise_std, reverse_step
-from .scheduling_vp import DiscreteVPScheduler, ScratchSchedulerOutput, check_step_shapes
+from .scheduling_common import Generators, StepResult, check_step_shapes, in_working_precision, step_result
+from .scheduling_vp import DiscreteVPScheduler
+
+
+class DDIMStepCoefficients(NamedTuple):
+    """One row of the DDIM table: the path points of the step from t to the schedule's next t′."""
+
+    a: torch.Tensor  # √ᾱ_t
+    b: torch.Tensor  # √(1 − ᾱ_t)
+    a_next: torch.Tensor  # √ᾱ_t′
+    b_next: torch.Tensor  # √(1 − ᾱ_t′)
+    var_next: torch.Tensor  # 1 − ᾱ_t′
+    sigma: torch.Tensor  # σ_t at η = 1 (Eq. 16), 0 where it is NaN
 
 
 class ScratchDDIMScheduler(DiscreteVPScheduler):
@@ -33,25 +46,28 @@ class ScratchDDIMScheduler(DiscreteVPScheduler):
         set_alpha_to_one: the last step lands on ᾱ = 1 (x0 itself) if True, else on ᾱ_0.
     """
 
-    _table_columns = ("a", "b", "a_next", "b_next", "var_next", "sigma")
+    _row_type = DDIMStepCoefficients
 
+    # The keys repeat ScratchDDPMScheduler's on purpose: @register_to_config turns exactly these
+    # arguments, in diffusers' order and with its defaults, into the config (DDIMScheduler's, key for
+    # key; tests/scratch_schedulers/test_api.py), so they cannot be shared through a base signature.
     @register_to_config
     def __init__(
         self,
         num_train_timesteps: int = 1000,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
-        beta_schedule: str = "linear",
+        beta_schedule: BetaSchedule = "linear",
         trained_betas: np.ndarray | list[float] | None = None,
         clip_sample: bool = True,
         set_alpha_to_one: bool = True,
         steps_offset: int = 0,
-        prediction_type: str = "epsilon",
+        prediction_type: VPPredictionType = "epsilon",
         thresholding: bool = False,
         dynamic_thresholding_ratio: float = 0.995,
         clip_sample_range: float = 1.0,
         sample_max_value: float = 1.0,
-        timestep_spacing: str = "leading",
+        timestep_spacing: TimestepSpacing = "leading",
         rescale_betas_zero_snr: bool = False,
     ):
         self._init_path()
@@ -61,9 +77,11 @@ class ScratchDDIMScheduler(DiscreteVPScheduler):
     def _final_alpha_bar(self) -> float:
         return 1.0 if self.config.set_alpha_to_one else float(self._alpha_bar[0])
 
-    def _coefficients(self, alpha_bar_t, alpha_bar_next) -> dict[str, torch.Tensor]:
+    def _columns(self, alpha_bar_t: torch.Tensor, alpha_bar_next: torch.Tensor) -> DDIMStepCoefficients:
         sigma = ddim_noise_std(alpha_bar_t, alpha_bar_next, eta=1.0)  # σ_t at η = 1, Eq. (16)
-        return {"sigma": sigma.nan_to_num()}
+        (a, b), (a_next, b_next) = self._path_scales(alpha_bar_t), self._path_scales(alpha_bar_next)
+        return DDIMStepCoefficients(a=a, b=b, a_next=a_next, b_next=b_next, var_next=1 - alpha_bar_next,
+                                    sigma=sigma.nan_to_num())
 
     def step(
         self,
@@ -72,10 +90,10 @@ class ScratchDDIMScheduler(DiscreteVPScheduler):
         sample: torch.Tensor,
         eta: float = 0.0,
         use_clipped_model_output: bool = False,
-        generator: torch.Generator | list[torch.Generator] | None = None,
+        generator: Generators = None,
         variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
-    ) -> ScratchSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+    ) -> StepResult:
         """One DDIM step from ``timestep`` to the next timestep of the schedule (Eq. 12).
 
         Args:
@@ -96,24 +114,17 @@ class ScratchDDIMScheduler(DiscreteVPScheduler):
             raise ValueError("pass either generator or variance_noise to step(), not both.")
         check_step_shapes(model_output, sample)
         c = self._row(timestep)
-        dtype = sample.dtype
-        x_t = sample.float() if dtype in (torch.float16, torch.bfloat16) else sample  # upcast half precision
-        if model_output.dtype != x_t.dtype:
-            model_output = model_output.to(x_t.dtype)
+        x_t, model_output = in_working_precision(sample, model_output)
 
-        x0, eps = split_prediction(model_output, x_t, c["a"], c["b"], self.config.prediction_type)
+        x0, eps = split_prediction(model_output, x_t, c.a, c.b, self.config.prediction_type)
         x0 = self._clip_or_threshold(x0)
         if use_clipped_model_output:
-            eps = x0_to_eps(x0, x_t, c["a"], c["b"])
+            eps = x0_to_eps(x0, x_t, c.a, c.b)
         if eta == 0:  # Eq. 12 with σ_t = 0: x_next = a_next·x̂0 + b_next·ε̂
-            prev_sample = reverse_step(x0, eps, c["a_next"], c["var_next"], direction=c["b_next"])
+            prev_sample = reverse_step(x0, eps, c.a_next, c.var_next, direction=c.b_next)
         else:
             if variance_noise is None:
                 variance_noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                               dtype=model_output.dtype)
-            prev_sample = reverse_step(x0, eps, c["a_next"], c["var_next"], eta * c["sigma"], variance_noise)
-        if dtype != x_t.dtype:
-            prev_sample, x0 = prev_sample.to(dtype), x0.to(dtype)
-        if not return_dict:
-            return prev_sample, x0
-        return ScratchSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+            prev_sample = reverse_step(x0, eps, c.a_next, c.var_next, eta * c.sigma, variance_noise)
+        return step_result(prev_sample, x0, sample.dtype, return_dict)

@@ -8,7 +8,7 @@ x_{t−1} = μ̃_t(x_t, x̂0) + s_t·z, where μ̃_t is the posterior mean of Eq
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
@@ -16,11 +16,27 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' loader looks it up here)
 from diffusers.utils.torch_utils import randn_tensor
 
-from .noise_path import check_choice, split_prediction
+from .noise_path import BetaSchedule, TimestepSpacing, VPPredictionType, split_prediction
 from .samplers import ddpm_posterior_coefficients, posterior_mean
-from .scheduling_vp import DiscreteVPScheduler, ScratchSchedulerOutput, check_step_shapes
+from .scheduling_common import Generators, check_step_shapes, in_working_precision
+from .scheduling_vp import DiscreteVPScheduler
+from .validation import check_choice
 
-VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
+VarianceType = Literal["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"]
+VARIANCE_TYPES: tuple[str, ...] = get_args(VarianceType)
+
+
+class DDPMStepCoefficients(NamedTuple):
+    """One row of the DDPM table: the coefficients of the step from t to the schedule's next t′."""
+
+    a: torch.Tensor  # √ᾱ_t
+    b: torch.Tensor  # √(1 − ᾱ_t)
+    coef_x0: torch.Tensor  # μ̃_t's weight of x̂0 (Eq. 7)
+    coef_xt: torch.Tensor  # μ̃_t's weight of x_t
+    posterior_std: torch.Tensor  # √β̃_t
+    posterior_log_var: torch.Tensor  # log β̃_t (β̃_t clamped at 1e-20)
+    log_beta: torch.Tensor  # log β of the (possibly strided) step, β = 1 − ᾱ_t/ᾱ_t′
+    beta_std: torch.Tensor  # √β
 
 
 class ScratchDDPMScheduler(DiscreteVPScheduler):
@@ -42,7 +58,7 @@ class ScratchDDPMScheduler(DiscreteVPScheduler):
         rescale_betas_zero_snr: rescale β to zero terminal SNR (Lin et al., 2024).
     """
 
-    _table_columns = ("a", "b", "coef_x0", "coef_xt", "posterior_std", "posterior_log_var", "log_beta", "beta_std")
+    _row_type = DDPMStepCoefficients
 
     @register_to_config
     def __init__(
@@ -50,18 +66,16 @@ class ScratchDDPMScheduler(DiscreteVPScheduler):
         num_train_timesteps: int = 1000,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
-        beta_schedule: str = "linear",
+        beta_schedule: BetaSchedule = "linear",
         trained_betas: np.ndarray | list[float] | None = None,
-        variance_type: Literal[
-            "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"
-        ] = "fixed_small",
+        variance_type: VarianceType = "fixed_small",
         clip_sample: bool = True,
-        prediction_type: str = "epsilon",
+        prediction_type: VPPredictionType = "epsilon",
         thresholding: bool = False,
         dynamic_thresholding_ratio: float = 0.995,
         clip_sample_range: float = 1.0,
         sample_max_value: float = 1.0,
-        timestep_spacing: str = "leading",
+        timestep_spacing: TimestepSpacing = "leading",
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ):
@@ -69,51 +83,38 @@ class ScratchDDPMScheduler(DiscreteVPScheduler):
         self.variance_type = variance_type
         self._init_path()
 
-    def _coefficients(self, alpha_bar_t, alpha_bar_next) -> dict[str, torch.Tensor]:
+    def _columns(self, alpha_bar_t: torch.Tensor, alpha_bar_next: torch.Tensor) -> DDPMStepCoefficients:
         coef_x0, coef_xt, posterior_var = ddpm_posterior_coefficients(alpha_bar_t, alpha_bar_next)
         posterior_var = posterior_var.clamp(min=1e-20)  # β̃_t, kept > 0 for its logarithm
         beta = 1 - alpha_bar_t / alpha_bar_next  # β of the (possibly strided) step t → next
-        return {
-            "coef_x0": coef_x0,
-            "coef_xt": coef_xt,
-            "posterior_std": posterior_var**0.5,
-            "posterior_log_var": posterior_var.log(),
-            "log_beta": beta.log(),
-            "beta_std": beta**0.5,
-        }
+        a, b = self._path_scales(alpha_bar_t)
+        return DDPMStepCoefficients(
+            a=a,
+            b=b,
+            coef_x0=coef_x0,
+            coef_xt=coef_xt,
+            posterior_std=posterior_var**0.5,
+            posterior_log_var=posterior_var.log(),
+            log_beta=beta.log(),
+            beta_std=beta**0.5,
+        )
 
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: int | torch.Tensor,
-        sample: torch.Tensor,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        return_dict: bool = True,
-    ) -> ScratchSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        """One ancestral step x_t → x_{t_next} (Ho et al., 2020, Algorithm 2).
-
-        Args:
-            model_output: the model's prediction at (sample, timestep); twice the channels of
-                ``sample`` when ``variance_type`` is ``learned``/``learned_range``.
-            timestep: the current timestep, a value of ``self.timesteps``.
-            sample: x_t, shape (B, C, ...).
-            generator: torch generator(s) for the injected noise.
-            return_dict: return a :class:`ScratchSchedulerOutput` rather than a tuple.
-        """
+    def _step(
+        self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, generator: Generators
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ancestral step x_t → x_{t_next} (Ho et al., 2020, Algorithm 2); ``model_output`` has
+        twice the channels of ``sample`` when ``variance_type`` is ``learned``/``learned_range``."""
         learned = self.variance_type in ("learned", "learned_range")
         check_step_shapes(model_output, sample, allow_variance=learned)
         c = self._row(timestep)
-        dtype = sample.dtype
-        x_t = sample.float() if dtype in (torch.float16, torch.bfloat16) else sample  # upcast half precision
         predicted_variance = None
         if model_output.shape[1] != sample.shape[1]:
             model_output, predicted_variance = model_output.split(sample.shape[1], dim=1)
-        if model_output.dtype != x_t.dtype:
-            model_output = model_output.to(x_t.dtype)
+        x_t, model_output = in_working_precision(sample, model_output)
 
-        x0, _ = split_prediction(model_output, x_t, c["a"], c["b"], self.config.prediction_type)
+        x0, _ = split_prediction(model_output, x_t, c.a, c.b, self.config.prediction_type)
         x0 = self._clip_or_threshold(x0)
-        mean = posterior_mean(x0, x_t, c["coef_x0"], c["coef_xt"])  # μ̃_t, Eq. (7): DDIM at η = 1
+        mean = posterior_mean(x0, x_t, c.coef_x0, c.coef_xt)  # μ̃_t, Eq. (7): DDIM at η = 1
 
         # Noise is drawn at every step (also the last, where it is scaled by 0) so the loop never
         # needs to read the timestep back from the device.
@@ -124,20 +125,16 @@ class ScratchDDPMScheduler(DiscreteVPScheduler):
             prev_sample = mean + std * (timestep > 0) * noise
         else:  # no noise is added at t = 0 (Algorithm 2, line 3)
             prev_sample = mean + std * noise if int(timestep) > 0 else mean
-        if dtype != x_t.dtype:
-            prev_sample, x0 = prev_sample.to(dtype), x0.to(dtype)
-        if not return_dict:
-            return prev_sample, x0
-        return ScratchSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        return prev_sample, x0
 
-    def _noise_std(self, c: dict, predicted_variance: torch.Tensor | None):
+    def _noise_std(self, c: DDPMStepCoefficients, predicted_variance: torch.Tensor | None) -> torch.Tensor:
         """s_t of x_{t−1} = μ̃_t + s_t·z for each ``variance_type``."""
         kind = self.variance_type
         if kind in ("fixed_small", "fixed_small_log"):
-            return c["posterior_std"]
+            return c.posterior_std
         if kind in ("fixed_large", "fixed_large_log"):  # diffusers returns √(log β) = NaN for *_log
-            return c["beta_std"]
+            return c.beta_std
         if kind == "learned":
             return predicted_variance.float().clamp(min=0).sqrt()
         frac = (predicted_variance.float() + 1) / 2  # learned_range, Nichol & Dhariwal (2021) Eq. 15
-        return torch.exp(0.5 * (frac * c["log_beta"] + (1 - frac) * c["posterior_log_var"]))
+        return torch.exp(0.5 * (frac * c.log_beta + (1 - frac) * c.posterior_log_var))

@@ -10,22 +10,18 @@ convention (``order = 2``, interior timesteps repeated) so a plain ``for t in ti
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' loader looks it up here)
 from diffusers.utils.torch_utils import randn_tensor
 
 from .noise_path import (
+    TIME_SHIFT_TYPES,
+    TimeShiftType,
     append_dims,
-    check_choice,
-    check_custom_timesteps,
-    check_device,
-    check_inference_steps,
-    check_num_train_timesteps,
-    check_positive,
     shift_sigmas,
     stretch_to_terminal,
     time_shift,
@@ -33,18 +29,29 @@ from .noise_path import (
     velocity_to_x0,
 )
 from .samplers import euler_step, heun_step, reverse_step
-from .scheduling_vp import (
-    ScratchSchedulerOutput,
+from .scheduling_common import (
+    Generators,
+    ScratchScheduler,
     as_timestep_tensor,
     check_same_shape,
     check_step_shapes,
     check_timestep_batch,
+    in_working_precision,
+)
+from .validation import (
+    check_choice,
+    check_custom_timesteps,
+    check_device,
+    check_inference_steps,
+    check_num_train_timesteps,
+    check_positive,
 )
 
-SOLVERS = ("euler", "heun")
+FlowSolver = Literal["euler", "heun"]
+SOLVERS: tuple[str, ...] = get_args(FlowSolver)
 
 
-class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
+class ScratchFlowMatchScheduler(ScratchScheduler):
     """Euler / Heun sampler for flow-matching models (velocity u = ε − x0).
 
     Args:
@@ -60,7 +67,6 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
     """
 
     _compatibles = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]  # noqa: RUF012
-    init_noise_sigma = 1.0
 
     @register_to_config
     def __init__(
@@ -73,12 +79,12 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         base_image_seq_len: int | None = 256,
         max_image_seq_len: int | None = 4096,
         shift_terminal: float | None = None,
-        time_shift_type: Literal["exponential", "linear"] = "exponential",
+        time_shift_type: TimeShiftType = "exponential",
         stochastic_sampling: bool = False,
-        solver: Literal["euler", "heun"] = "euler",
+        solver: FlowSolver = "euler",
     ):
         check_choice("solver", solver, SOLVERS)
-        check_choice("time_shift_type", time_shift_type, ("exponential", "linear"))
+        check_choice("time_shift_type", time_shift_type, TIME_SHIFT_TYPES)
         check_num_train_timesteps(num_train_timesteps)
         check_positive("shift", shift)
         if shift_terminal is not None and not 0 <= shift_terminal < 1:
@@ -101,9 +107,6 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = 0
         self._position = 0
         self._heun_pending: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
 
     # ---- schedule ----------------------------------------------------------------------------
 
@@ -208,10 +211,6 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         check_same_shape(sample, noise, "sample", "noise")
         return noise - sample
 
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | None = None) -> torch.Tensor:
-        """Identity: flow models take x_σ unscaled."""
-        return sample
-
     # ---- sampling ----------------------------------------------------------------------------
 
     def _euler_sigmas(self, timestep: float | torch.Tensor):
@@ -253,29 +252,15 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
             host = float(sigma), float(sigma_next - sigma)
         return host
 
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: float | torch.Tensor,
-        sample: torch.Tensor,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        return_dict: bool = True,
-    ) -> ScratchSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        """One Euler step, or one Heun stage, of dx/dσ = u from ``timestep`` to the next σ.
-
-        Args:
-            model_output: predicted velocity u = ε − x0 at (sample, timestep).
-            timestep: the current timestep t = σ·T, a value of ``self.timesteps``.
-            sample: x_σ, shape (B, C, ...).
-            generator: torch generator(s) for ``stochastic_sampling``.
-            return_dict: return a :class:`ScratchSchedulerOutput` rather than a tuple.
-        """
+    def _step(
+        self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor, generator: Generators
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One Euler step, or one Heun stage, of dx/dσ = u from ``timestep`` (t = σ·T) to the next σ;
+        ``model_output`` is the velocity u = ε − x0 and ``generator`` drives ``stochastic_sampling``."""
         if self._grid is None:
             raise ValueError("num_inference_steps is None: call set_timesteps() before step().")
         check_step_shapes(model_output, sample)
-        dtype = sample.dtype
-        x = sample if dtype == torch.float32 else sample.float()
-        u = model_output if model_output.dtype == torch.float32 else model_output.float()
+        x, u = in_working_precision(sample, model_output, torch.float32)  # float32 throughout, as diffusers
         host = self._host_euler_step(timestep)
         if host is not None:  # Euler, host timestep: one fused kernel each for x + (σ_next − σ)·u, x − σ·u
             sigma, dt = host
@@ -291,11 +276,7 @@ class ScratchFlowMatchScheduler(SchedulerMixin, ConfigMixin):
                                            noise_std=sigma_next, noise=z)
             else:
                 prev_sample = euler_step(x, u, sigma, sigma_next)
-        if dtype != torch.float32:
-            prev_sample, x0 = prev_sample.to(dtype), x0.to(dtype)
-        if not return_dict:
-            return prev_sample, x0
-        return ScratchSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        return prev_sample, x0
 
     def _heun_stage(self, u: torch.Tensor, timestep, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictor (even positions) or corrector (odd) of a Heun step; the last step is Euler.

@@ -3,33 +3,31 @@
 The chain has T training timesteps with ᾱ_t from :mod:`.noise_path`; a sampler visits a
 descending subset of them. ``set_timesteps`` precomputes, for every timestep of that subset, the
 path coefficients of the step it starts (a_t, b_t, a_next, b_next, noise scales) into one
-table indexed by the timestep value, so ``step`` is a table row look-up on the timestep's own
-device plus elementwise maths: no host–device synchronisation and no hidden step counter.
+float32 table indexed by the timestep value, so ``step`` is a table row look-up on the timestep's
+own device plus elementwise maths: no host–device synchronisation and no hidden step counter.
+Each scheduler names its columns with a ``NamedTuple`` (``DDPMStepCoefficients``,
+``DDIMStepCoefficients``): a row is that tuple of 0-d tensors, on the host or on the device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from diffusers.configuration_utils import ConfigMixin
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput
 
 from .noise_path import (
+    TIMESTEP_SPACINGS,
     VP_PREDICTION_TYPES,
     append_dims,
-    check_choice,
-    check_custom_timesteps,
-    check_device,
-    check_positive,
     make_betas,
     rescale_zero_terminal_snr,
     spaced_timesteps,
 )
 from .samplers import dynamic_threshold
+from .scheduling_common import ScratchScheduler, as_timestep_tensor, check_same_shape, check_timestep_batch
+from .validation import check_choice, check_custom_timesteps, check_device, check_positive
 
 # diffusers' Karras-family schedulers that share our VP config keys (`from_config` either way).
 # DPMSolverSDEScheduler is left out: it is a dummy object unless torchsde is installed.
@@ -53,89 +51,15 @@ VP_COMPATIBLES = [
 NOT_IN_SCHEDULE = -2  # marker in the previous-timestep table
 
 
-@dataclass
-class ScratchSchedulerOutput(BaseOutput):
-    """Output of every scratch scheduler's ``step``.
+class DiscreteVPScheduler(ScratchScheduler):
+    """Base of :class:`ScratchDDPMScheduler` and :class:`ScratchDDIMScheduler` (not used directly).
 
-    Attributes:
-        prev_sample: x at the next (less noisy) timestep, shape of ``sample``.
-        pred_original_sample: the model's estimate x̂0 (after clipping/thresholding).
+    Subclasses set ``_row_type``, the ``NamedTuple`` of their table columns, and build its
+    columns over a grid in :meth:`_columns`.
     """
-
-    prev_sample: torch.Tensor
-    pred_original_sample: torch.Tensor | None = None
-
-
-def as_timestep_tensor(timestep: int | float | torch.Tensor) -> torch.Tensor:
-    """A single timestep as a 0-d tensor on its own device (a Python number goes to the CPU)."""
-    t = torch.as_tensor(timestep)
-    if t.numel() != 1:
-        raise ValueError(f"step() takes a single timestep, got a tensor of shape {tuple(t.shape)}.")
-    return t.reshape(())
-
-
-def check_step_shapes(model_output: torch.Tensor, sample: torch.Tensor, allow_variance: bool = False) -> None:
-    """``model_output`` must match ``sample`` (or carry a variance channel block when learned).
-
-    Also checks what is known on the host without reading values: both are floating-point tensors
-    on one device. The *values* are not checked (that would need a host–device sync per step): a
-    NaN or inf in ``model_output`` propagates into ``prev_sample`` (see the README, "Reliability").
-    """
-    if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
-        raise TypeError(
-            f"model_output and sample must be torch tensors, got {type(model_output).__name__} and "
-            f"{type(sample).__name__}."
-        )
-    if not (model_output.is_floating_point() and sample.is_floating_point()):
-        raise TypeError(
-            f"model_output has dtype {model_output.dtype} and sample {sample.dtype}; both must be floating point "
-            "(torch.float16, torch.bfloat16, torch.float32 or torch.float64)."
-        )
-    if model_output.device != sample.device:
-        raise ValueError(
-            f"model_output is on device {model_output.device} but sample is on {sample.device}; "
-            "both must be on the same device."
-        )
-    same = model_output.shape == sample.shape
-    doubled = (
-        allow_variance
-        and model_output.ndim == sample.ndim
-        and model_output.shape[1] == 2 * sample.shape[1]
-        and model_output.shape[2:] == sample.shape[2:]
-        and model_output.shape[0] == sample.shape[0]
-    )
-    if not (same or doubled):
-        raise ValueError(
-            f"model_output has shape {tuple(model_output.shape)} but sample has shape {tuple(sample.shape)}; "
-            "they must match" + (" (or model_output may have twice the channels)" if allow_variance else "") + "."
-        )
-
-
-def check_same_shape(x: torch.Tensor, noise: torch.Tensor, x_name: str, noise_name: str) -> None:
-    """Training helpers take a clean batch and noise of the very same shape."""
-    if tuple(x.shape) != tuple(noise.shape):
-        raise ValueError(
-            f"{noise_name} has shape {tuple(noise.shape)} but {x_name} has shape {tuple(x.shape)}; they must match."
-        )
-
-
-def check_timestep_batch(timesteps: torch.Tensor | float, like: torch.Tensor) -> None:
-    """One timestep for the whole batch, or one per example of ``like`` (B, ...)."""
-    count = torch.as_tensor(timesteps).numel()
-    if count != 1 and (like.ndim == 0 or count != like.shape[0]):
-        raise ValueError(
-            f"got {count} timesteps for a batch of shape {tuple(like.shape)}; pass one timestep, or one per example "
-            f"({like.shape[0] if like.ndim else 1})."
-        )
-
-
-class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
-    """Base of :class:`ScratchDDPMScheduler` and :class:`ScratchDDIMScheduler` (not used directly)."""
 
     _compatibles = VP_COMPATIBLES
-    order = 1
-    init_noise_sigma = 1.0
-    _table_columns: tuple[str, ...] = ()
+    _row_type: Any  # the NamedTuple class of the table columns, set by each subclass
 
     # ---- construction ------------------------------------------------------------------------
 
@@ -143,7 +67,7 @@ class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
         """Validate the config and build β, ᾱ and the default (all training steps) schedule."""
         cfg = self.config
         check_choice("prediction_type", cfg.prediction_type, VP_PREDICTION_TYPES)
-        check_choice("timestep_spacing", cfg.timestep_spacing, ("leading", "trailing", "linspace"))
+        check_choice("timestep_spacing", cfg.timestep_spacing, TIMESTEP_SPACINGS)
         if not 0 < cfg.dynamic_thresholding_ratio <= 1:
             raise ValueError(f"dynamic_thresholding_ratio={cfg.dynamic_thresholding_ratio} must be in (0, 1].")
         check_positive("clip_sample_range", cfg.clip_sample_range)
@@ -160,15 +84,12 @@ class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # float32, as diffusers exposes it
         self.one = torch.tensor(1.0)
-        # The coefficient tables are derived in float64 from the very ᾱ values that add_noise uses
-        # in training (float32), so sampling and training see one path.
+        # A host copy of ᾱ for checks that must not touch a tensor (the zero-SNR guard); the
+        # coefficient tables themselves are computed in float32 (see _set_schedule).
         self._alpha_bar = self.alphas_cumprod.to(torch.float64).numpy()
         self.num_inference_steps: int | None = None
         self.custom_timesteps = False
         self._set_schedule(np.arange(cfg.num_train_timesteps)[::-1].copy(), device=None)
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
 
     # ---- schedules ---------------------------------------------------------------------------
 
@@ -211,16 +132,13 @@ class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
         # (x̂0 = (x − b·ε)/a and β = 1 − ᾱ_t/ᾱ_next amplify last-bit differences near both ends).
         alpha_bar_t = self.alphas_cumprod[torch.from_numpy(grid)]
         alpha_bar_next = torch.cat([alpha_bar_t[1:], torch.tensor([self._final_alpha_bar()], dtype=torch.float32)])
-        a_t, b_t = self._path_scales(alpha_bar_t)
-        a_next, b_next = self._path_scales(alpha_bar_next)
-        columns = {"a": a_t, "b": b_t, "a_next": a_next, "b_next": b_next, "var_next": 1 - alpha_bar_next,
-                   **self._coefficients(alpha_bar_t, alpha_bar_next)}
-        table = np.full((T, len(self._table_columns)), np.nan, dtype=np.float32)
-        table[grid] = torch.stack([columns[name] for name in self._table_columns], dim=1).numpy()
+        columns = self._columns(alpha_bar_t, alpha_bar_next)
+        table = np.full((T, len(columns)), np.nan, dtype=np.float32)
+        table[grid] = torch.stack(tuple(columns), dim=1).numpy()
         self._table_cpu = torch.from_numpy(table)
         # Host timesteps get prebuilt rows of 0-d float32 CPU tensors: the cheapest scalar operands
         # on any device, and float32 arithmetic throughout (as in diffusers).
-        self._host_rows = {int(t): dict(zip(self._table_columns, self._table_cpu[int(t)].unbind())) for t in grid}
+        self._host_rows = {int(t): self._row_type._make(self._table_cpu[int(t)].unbind()) for t in grid}
         self._tables: dict[torch.device, torch.Tensor] = {}
 
     @staticmethod
@@ -233,8 +151,8 @@ class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
         """ᾱ after the last timestep: 1 (x0 itself); DDIM may use ᾱ_0 instead."""
         return 1.0
 
-    def _coefficients(self, alpha_bar_t: torch.Tensor, alpha_bar_next: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Sampler-specific per-step coefficients beyond a, b, a_next, b_next (float32 tensors over the grid)."""
+    def _columns(self, alpha_bar_t: torch.Tensor, alpha_bar_next: torch.Tensor) -> Any:
+        """The table columns over the grid, as a ``_row_type`` of float32 vectors (ᾱ_t and ᾱ_next per step)."""
         raise NotImplementedError
 
     def _check_terminal_snr(self, grid: np.ndarray) -> None:
@@ -270,8 +188,8 @@ class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
             self._check_terminal_snr(np.array([index]))
         return index
 
-    def _row(self, timestep: int | float | torch.Tensor) -> dict[str, torch.Tensor]:
-        """Coefficients of the step starting at ``timestep``, as 0-d tensors.
+    def _row(self, timestep: int | float | torch.Tensor) -> Any:
+        """Coefficients of the step starting at ``timestep``: a ``_row_type`` of 0-d tensors.
 
         A Python or CPU timestep is validated on the host and gives CPU scalars (usable with
         tensors on any device); a timestep on an accelerator indexes a copy of the table on that
@@ -284,7 +202,7 @@ class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
         if table is None:
             table = self._tables[t.device] = self._table_cpu.to(t.device)
         row = table.index_select(0, t.long().reshape(1))[0].unbind()  # table[t] would call .item()
-        return dict(zip(self._table_columns, row))
+        return self._row_type._make(row)
 
     def _clip_or_threshold(self, x0: torch.Tensor) -> torch.Tensor:
         """Dynamic thresholding if enabled (it takes precedence), else clipping to ±clip_sample_range."""
@@ -332,7 +250,3 @@ class DiscreteVPScheduler(SchedulerMixin, ConfigMixin):
         check_same_shape(sample, noise, "sample", "noise")
         a, b = self._signal_noise(timesteps, sample)
         return a * noise - b * sample
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
-        """Identity: VP models take x_t unscaled (kept for API compatibility)."""
-        return sample

@@ -1,10 +1,14 @@
 """Training for scratch-diffusion, installed as ``scratch_diffusion.training``.
 
-``train.py`` is the script (``accelerate launch training/train.py …``); it reads top to bottom and
-delegates everything else to the modules here:
+``train.py`` is the command line (``accelerate launch training/train.py …``, or
+``accelerate launch -m scratch_diffusion.training.train …``); :func:`run_training` is the same
+from Python. The loop lives in ``trainer``; everything else in the modules here:
 
 ===================  ==========================================================================
 ``cli``              the command line (diffusers' ``train_unconditional.py`` names) and its checks
+``trainer``          :func:`train` / :func:`run_training`: accelerate, the loop, the outputs
+``monitoring``       :class:`TrainingSummary`, the buffered loss log, non-finite-loss checks
+``optimization``     AdamW and the EMA weights
 ``data``             datasets → uint8 tensors decoded once, the epoch-seeded sampler, augmentation
 ``models``           ``UNet2DModel`` presets (tiny / small / base) or a JSON config
 ``losses``           the DDPM-family and flow-matching objectives (noise from the schedulers)
@@ -14,3 +18,21 @@ delegates everything else to the modules here:
 ``hub``              ``HfApi.create_repo`` + ``upload_folder``
 ===================  ==========================================================================
 """
+
+from .checkpoints import CheckpointError
+from .cli import ConfigError
+from .data import DataError
+from .hub import HubError
+from .monitoring import NonFiniteLossError, TrainingSummary
+from .trainer import OutputWriteError, run_training
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "HubError",
+    "NonFiniteLossError",
+    "OutputWriteError",
+    "TrainingSummary",
+    "run_training",
+]

@@ -16,11 +16,14 @@ import argparse
 import math
 import os
 
+from scratch_diffusion.images import IMAGE_EXTENSIONS, is_image_file
+from scratch_diffusion.pipelines.loading import looks_like_local_path
 from scratch_diffusion.pipelines.pipeline_scratch_diffusion import MAX_BATCH_SIZE
-from scratch_schedulers.noise_path import MAX_TRAIN_TIMESTEPS
+from scratch_schedulers.noise_path import VP_PREDICTION_TYPES
+from scratch_schedulers.validation import MAX_TRAIN_TIMESTEPS
 
 from .checkpoints import CHECKPOINT_RE, CheckpointError, check_checkpoint
-from .data import IMAGE_EXTENSIONS
+from .hub import repo_id_problem
 from .models import PRESETS, load_unet_config, min_resolution
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
@@ -65,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--objective", choices=("ddpm", "flow"), default="ddpm", help="training objective")
     model.add_argument(
         "--prediction_type",
-        choices=("epsilon", "v_prediction", "sample"),
+        choices=VP_PREDICTION_TYPES,
         help="what a ddpm UNet predicts; unset: epsilon (flow always predicts the velocity ε − x0)",
     )
     model.add_argument("--ddpm_num_steps", type=int, default=1000, help="training timesteps T (both objectives)")
@@ -162,7 +165,7 @@ def validate_args(args: argparse.Namespace) -> None:
             _contains_image(args.train_data_dir),
             f"--train_data_dir {args.train_data_dir!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}).",
         )
-    if args.dataset_name is not None and _looks_like_path(args.dataset_name):
+    if args.dataset_name is not None and looks_like_local_path(args.dataset_name):
         _check(os.path.exists(args.dataset_name), f"--dataset_name {args.dataset_name!r}: no such local path.")
 
     for name in ("train_batch_size", "eval_batch_size", "num_epochs", "gradient_accumulation_steps"):
@@ -254,14 +257,8 @@ def validate_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"--resume_from_checkpoint: {err}") from None
 
     if args.hub_model_id is not None:
-        from huggingface_hub.utils import validate_repo_id
-
-        try:
-            validate_repo_id(args.hub_model_id)
-        except ValueError as err:
-            raise ConfigError(
-                f"--hub_model_id {args.hub_model_id!r} is not a Hub repo id ({err}); pass 'name' or 'your-name/name'."
-            ) from None
+        problem = repo_id_problem(args.hub_model_id)
+        _check(problem is None, str(problem))
 
     if args.push_to_hub:
         _check(args.hub_model_id is not None, "--push_to_hub needs --hub_model_id (e.g. 'your-name/ddpm-digits').")
@@ -280,10 +277,5 @@ FLOAT_ARGS = (
 )  # fmt: skip
 
 
-def _looks_like_path(name: str) -> bool:
-    """Hub ids are 'name' or 'owner/name'; anything else is meant as a local path."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1
-
-
 def _contains_image(folder: str) -> bool:
-    return any(f.lower().endswith(IMAGE_EXTENSIONS) for _, _, files in os.walk(folder) for f in files)
+    return any(is_image_file(f) for _, _, files in os.walk(folder) for f in files)

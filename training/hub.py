@@ -44,6 +44,17 @@ def _scrub(message: str, token: str | None) -> str:
     return message.replace(token, "<token>") if token else message
 
 
+def repo_id_problem(repo_id: str) -> str | None:
+    """What is wrong with ``--hub_model_id`` ``repo_id`` as a Hub repo id (huggingface_hub's rules), or None."""
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as err:
+        return f"--hub_model_id {repo_id!r} is not a Hub repo id ({err}); pass 'name' or 'your-name/name'."
+    return None
+
+
 def push_command(folder: str, repo_id: str) -> str:
     """The shell command that re-runs the push of ``folder`` to ``repo_id`` (token from env or login)."""
     return (
@@ -106,12 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prog = "scratch_diffusion.training.hub"
     from huggingface_hub import get_token
-    from huggingface_hub.utils import validate_repo_id
 
-    try:
-        validate_repo_id(args.hub_model_id)
-    except ValueError as err:
-        print(f"{prog}: error: --hub_model_id {args.hub_model_id!r} is not a Hub repo id ({err}).", file=sys.stderr)
+    problem = repo_id_problem(args.hub_model_id)
+    if problem is not None:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
     if not os.path.isdir(args.output_dir):
         print(f"{prog}: error: --output_dir {args.output_dir!r} is not a folder.", file=sys.stderr)

@@ -27,6 +27,7 @@ from scratch_diffusion import (
     ScratchDDIMScheduler,
     ScratchDDPMScheduler,
     ScratchDiffusionPipeline,
+    ScratchDPMSolverScheduler,
     ScratchFlowMatchScheduler,
 )
 
@@ -37,6 +38,8 @@ SCHEDULERS = {
     "scratch-ddim": ScratchDDIMScheduler,
     "scratch-flow-euler": ScratchFlowMatchScheduler,
     "scratch-flow-heun": lambda: ScratchFlowMatchScheduler(solver="heun"),
+    "scratch-dpmsolver": ScratchDPMSolverScheduler,
+    "scratch-dpmsolver-flow-uniform-grid": lambda: ScratchDPMSolverScheduler(time_grid="flow_uniform"),
     "diffusers-ddpm": DDPMScheduler,
     "diffusers-ddim": DDIMScheduler,
     "diffusers-euler": EulerDiscreteScheduler,
@@ -52,10 +55,13 @@ def make_pipeline(scheduler=None, **unet_overrides) -> ScratchDiffusionPipeline:
     return pipe
 
 
-def reference_loop(unet, scheduler, num_inference_steps, seed, eta=0.0, class_labels=None):
-    """The sampling loop spelled out the way diffusers' Stable Diffusion pipelines call a scheduler."""
-    generator = torch.manual_seed(seed)
-    x = randn_tensor(SHAPE, generator=generator) * getattr(scheduler, "init_noise_sigma", 1.0)
+def reference_loop(unet, scheduler, num_inference_steps, generator, eta=0.0, class_labels=None, batch_size=2):
+    """The sampling loop spelled out the way diffusers' Stable Diffusion pipelines call a scheduler.
+
+    ``generator`` is one ``torch.Generator`` or a list with one per image; images in [0, 1], (B, C, H, W).
+    """
+    shape = (batch_size, *SHAPE[1:])
+    x = randn_tensor(shape, generator=generator, dtype=unet.dtype) * getattr(scheduler, "init_noise_sigma", 1.0)
     scheduler.set_timesteps(num_inference_steps)
     accepted = inspect.signature(scheduler.step).parameters
     kwargs = {k: v for k, v in {"eta": eta, "generator": generator}.items() if k in accepted}
@@ -74,7 +80,7 @@ def test_scheduler_matrix_matches_reference_loop(name):
     expected_evaluations = 4 * pipe.scheduler.order - (pipe.scheduler.order - 1)  # Heun: 2n − 1
     assert len(counter.calls) == expected_evaluations == pipe.num_timesteps
     counter.remove()
-    expected = reference_loop(pipe.unet, SCHEDULERS[name](), 4, seed=0, eta=0.5)
+    expected = reference_loop(pipe.unet, SCHEDULERS[name](), 4, torch.manual_seed(0), eta=0.5)
     assert images.shape == SHAPE and torch.isfinite(images).all()
     torch.testing.assert_close(images, expected, rtol=0, atol=1e-6)
 
@@ -84,6 +90,8 @@ def test_flow_timesteps_reach_the_unet_as_floats():
     counter = CallCounter(pipe.unet)
     pipe(num_inference_steps=3, output_type="np")
     assert all(t.dtype.is_floating_point for _, t in counter.calls)
+    torch.testing.assert_close(torch.stack([t for _, t in counter.calls]), pipe.scheduler.timesteps, rtol=0, atol=0)
+    assert not torch.equal(pipe.scheduler.timesteps, pipe.scheduler.timesteps.round())  # fractional, not cast
 
 
 @pytest.mark.parametrize(
@@ -104,13 +112,15 @@ def test_flow_timesteps_reach_the_unet_as_floats():
     ],
 )
 def test_scheduler_swap_with_from_config(trained, swaps):
-    """Story D in one process: pipe.scheduler = X.from_config(pipe.scheduler.config) samples."""
+    """Story D in one process: pipe.scheduler = X.from_config(pipe.scheduler.config) samples as X does."""
     pipe = make_pipeline(trained())
     for scheduler_class in swaps:
         pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
         assert type(pipe.scheduler) is scheduler_class and pipe.config.scheduler[1] == scheduler_class.__name__
-        images = pipe(batch_size=2, num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
-        assert images.shape == (2, 8, 8, 3) and np.isfinite(images).all()
+        images = pipe(batch_size=2, num_inference_steps=3, generator=torch.manual_seed(0), output_type="pt").images
+        reference = scheduler_class.from_config(pipe.scheduler.config)
+        expected = reference_loop(pipe.unet, reference, 3, torch.manual_seed(0))
+        torch.testing.assert_close(images, expected, rtol=0, atol=1e-6, msg=scheduler_class.__name__)
 
 
 # ---- parametrisation -------------------------------------------------------------------------
@@ -165,7 +175,11 @@ def test_explicit_prediction_type_overrides_the_scheduler():
     with pytest.raises(ValueError, match="trained on the 'vp' path to predict 'v_prediction'"):
         pipe(num_inference_steps=2)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
-    assert pipe(num_inference_steps=2, output_type="np").images.shape == (1, 8, 8, 3)
+    images = pipe(num_inference_steps=2, generator=torch.manual_seed(0), output_type="pt").images
+    expected = reference_loop(
+        pipe.unet, DDIMScheduler.from_config(pipe.scheduler.config), 2, torch.manual_seed(0), batch_size=1
+    )
+    torch.testing.assert_close(images, expected, rtol=0, atol=1e-6)
 
 
 # ---- classifier-free guidance ----------------------------------------------------------------
@@ -216,34 +230,40 @@ def test_no_class_labels_on_a_conditional_unet_samples_the_null_class():
 
 
 def test_output_types():
+    """pil, np and pt are one sample in three forms: (B, H, W, C) floats, 8-bit images, (B, C, H, W) floats."""
     pipe = make_pipeline()
-    pil = pipe(batch_size=2, num_inference_steps=2).images
+    pil = pipe(batch_size=2, num_inference_steps=2, generator=torch.manual_seed(0)).images
     assert len(pil) == 2 and all(isinstance(im, PIL.Image.Image) and im.size == (8, 8) for im in pil)
     array = pipe(batch_size=2, num_inference_steps=2, output_type="np", generator=torch.manual_seed(0)).images
     assert isinstance(array, np.ndarray) and array.shape == (2, 8, 8, 3) and 0 <= array.min() <= array.max() <= 1
-    tensor = pipe(batch_size=2, num_inference_steps=2, output_type="pt").images
+    assert array.std() > 0  # a real sample, not a constant image
+    np.testing.assert_array_equal(np.stack([np.asarray(im) for im in pil]), (array * 255).round().astype(np.uint8))
+    tensor = pipe(batch_size=2, num_inference_steps=2, output_type="pt", generator=torch.manual_seed(0)).images
     assert isinstance(tensor, torch.Tensor) and tensor.shape == (2, 3, 8, 8)
+    np.testing.assert_array_equal(tensor.permute(0, 2, 3, 1).numpy(), array)
     (as_tuple,) = pipe(
         batch_size=2, num_inference_steps=2, output_type="np", generator=torch.manual_seed(0), return_dict=False
     )
     np.testing.assert_array_equal(as_tuple, array)
 
 
+def seeded(*seeds: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
 @pytest.mark.parametrize("scheduler_class", [ScratchDDIMScheduler, ScratchDDPMScheduler])
 def test_a_generator_list_seeds_each_image(scheduler_class):
+    """Image i draws its initial noise — and DDPM's per-step noise — from generator i alone."""
     pipe = make_pipeline(scheduler_class())
-    both = pipe(
-        batch_size=2,
-        num_inference_steps=3,
-        output_type="np",
-        generator=[torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)],
-    ).images
-    second = pipe(
-        batch_size=1, num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(2)
-    ).images
-    if scheduler_class is ScratchDDIMScheduler:  # deterministic after the initial noise: exactly per image
-        np.testing.assert_allclose(both[1], second[0], atol=1e-5)
-    assert not np.allclose(both[0], both[1])
+    counter = CallCounter(pipe.unet)
+    both = pipe(batch_size=2, num_inference_steps=3, output_type="pt", generator=seeded(1, 2)).images
+    assert [batch for batch, _ in counter.calls] == [2, 2, 2] and pipe.num_timesteps == 3
+    counter.remove()
+    expected = reference_loop(pipe.unet, scheduler_class(), 3, seeded(1, 2))
+    torch.testing.assert_close(both, expected, rtol=0, atol=1e-6)
+    second = pipe(batch_size=1, num_inference_steps=3, output_type="pt", generator=seeded(2)).images
+    torch.testing.assert_close(both[1:], second, rtol=0, atol=1e-5)  # the same image, sampled alone
+    assert not torch.allclose(both[0], both[1])
 
 
 def test_callback_on_step_end_sees_and_replaces_latents():

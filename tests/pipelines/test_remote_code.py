@@ -12,7 +12,13 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from scratch_diffusion import ScratchDDIMScheduler, ScratchDiffusionPipeline, ScratchFlowMatchScheduler
+from scratch_diffusion import (
+    ScratchDDIMScheduler,
+    ScratchDDPMScheduler,
+    ScratchDiffusionPipeline,
+    ScratchDPMSolverScheduler,
+    ScratchFlowMatchScheduler,
+)
 from scratch_diffusion.pipelines import remote_code
 
 from .helpers import tiny_unet
@@ -38,13 +44,17 @@ def test_bundle_module_behaves_like_the_installed_package(tmp_path):
     try:
         spec.loader.exec_module(bundle)
         assert bundle.running_from_bundle() and bundle.shipped_source() == path.read_text()
-        for cls in (ScratchDDIMScheduler, ScratchFlowMatchScheduler):
+        for cls in (ScratchDDPMScheduler, ScratchDDIMScheduler, ScratchFlowMatchScheduler, ScratchDPMSolverScheduler):
             ours, shipped = cls(), getattr(bundle, cls.__name__)()
             ours.set_timesteps(5)
             shipped.set_timesteps(5)
+            torch.testing.assert_close(shipped.timesteps, ours.timesteps, rtol=0, atol=0)
             x, out = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
             t = ours.timesteps[1]
-            torch.testing.assert_close(shipped.step(out, t, x).prev_sample, ours.step(out, t, x).prev_sample)
+            expected = ours.step(out, t, x, generator=torch.manual_seed(0)).prev_sample  # DDPM adds seeded noise
+            got = shipped.step(out, t, x, generator=torch.manual_seed(0)).prev_sample
+            assert not torch.equal(expected, x)
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
     finally:
         del sys.modules[spec.name]
 

@@ -2,7 +2,7 @@
 
 Faults are injected at documented seams, never through hooks in the package:
 
-* a non-finite loss — :class:`PoisonedObjective` wraps the objective that ``train.make_objective``
+* a non-finite loss — :class:`PoisonedObjective` wraps the objective that ``trainer.make_objective``
   returns (monkeypatched in an in-process ``train.main`` run) and multiplies chosen losses by NaN;
 * a full disk or read-only folder at save time — ``accelerate.Accelerator.save_state`` or
   ``export.save_pipeline`` is wrapped to fail (``OSError(ENOSPC)``) after writing part of a file;
@@ -39,13 +39,9 @@ def train_argv(out: Path, unet_json: Path, *extra: str, steps: int = 4, every: i
 
 
 def run_main(argv: list[str]) -> int:
-    """``train.main`` in this process, with accelerate's shared state reset (several runs per test)."""
-    from accelerate.state import AcceleratorState, GradientState
-
+    """``train.main`` in this process (each run builds its own Accelerator: several runs per test)."""
     from scratch_diffusion.training.train import main
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
     return main(argv)
 
 
@@ -70,7 +66,7 @@ class PoisonedObjective:
 
 def poison(monkeypatch, bad_calls: set[int]) -> None:
     """From now on, the objective's calls listed in ``bad_calls`` (1-based, per run) return a NaN loss."""
-    from scratch_diffusion.training import train as train_module
+    from scratch_diffusion.training import trainer as train_module
 
     real = getattr(train_module.make_objective, "unpoisoned", train_module.make_objective)
 

@@ -95,7 +95,7 @@ class Case:
 
 
 def free_memory(nbytes: int):
-    return mock.patch("scratch_diffusion.pipelines.pipeline_scratch_diffusion._free_memory", return_value=nbytes)
+    return mock.patch("scratch_diffusion.pipelines.inputs.free_memory", return_value=nbytes)
 
 
 def _pipe_call_low_memory(env: Env):

@@ -1,7 +1,8 @@
 """Security: no unpickling of user data, no remote code without consent, no token leaks, no path traversal.
 
-* Weights are read and written as safetensors only; every ``torch.load`` in the package passes
-  ``weights_only=True`` (checked on the source by :func:`test_package_source_never_unpickles_or_trusts_remote_code`).
+* Weights are read and written as safetensors only; every call that resolves to ``torch.load``
+  (through any import alias, or as ``torch.serialization.load``) passes ``weights_only=True``
+  (checked on the source by :func:`test_package_source_never_unpickles_or_trusts_remote_code`).
 * accelerate writes the training state's optimizer, LR scheduler, EMA, progress and RNG states as
   pickles and unpickles the registered objects with ``weights_only=False``; train.py loads every
   pickle of a checkpoint with ``weights_only=True`` first and refuses anything else.
@@ -31,6 +32,12 @@ PACKAGE_DIRS = ("scratch_schedulers", "pipelines", "training", "scratch_diffusio
 UNPICKLERS = {"pickle", "dill", "cloudpickle", "marshal", "shelve", "joblib", "_pickle"}
 
 
+TORCH_LOADS = {"torch.load", "torch.serialization.load"}
+TORCH_SAVES = {"torch.save", "torch.serialization.save"}
+# Modules whose bare-name import of an (un)pickling function is refused outright.
+IMPORT_REFUSED_FROM = {"torch", "torch.serialization"} | UNPICKLERS
+
+
 def _keyword(call: ast.Call, name: str):
     for keyword in call.keywords:
         if keyword.arg == name:
@@ -38,29 +45,66 @@ def _keyword(call: ast.Call, name: str):
     return None
 
 
+def import_aliases(tree: ast.Module) -> dict[str, str]:
+    """The dotted name each imported name of a module stands for, wherever in the module it is imported.
+
+    ``import torch as T`` ⇒ ``T: torch``; ``import torch.serialization`` ⇒ ``torch: torch``;
+    ``from torch import load as L`` ⇒ ``L: torch.load``. Relative imports are the package's own code.
+    """
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    aliases[alias.asname] = alias.name
+                else:
+                    top = alias.name.split(".")[0]
+                    aliases[top] = top
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return aliases
+
+
+def resolved_name(func: ast.expr, aliases: dict[str, str]) -> str | None:
+    """The dotted name a called expression resolves to (``T.serialization.load`` ⇒ ``torch.serialization.load``)."""
+    attributes = []
+    while isinstance(func, ast.Attribute):
+        attributes.append(func.attr)
+        func = func.value
+    if not isinstance(func, ast.Name):
+        return None  # a call on a call result or subscript: not a module function
+    return ".".join([aliases.get(func.id, func.id), *reversed(attributes)])
+
+
 def unsafe_calls(source: str, filename: str) -> list[str]:
-    """Every place in ``source`` that could unpickle, run code, or load without safetensors."""
+    """Every place in ``source`` that could unpickle, run code, or load without safetensors.
+
+    Calls are matched by what they resolve to through the module's imports, so an alias
+    (``import torch as T``, ``from torch import load as L``) or ``torch.serialization.load`` is
+    checked like ``torch.load``: it must pass ``weights_only=True`` as a literal keyword.
+    """
+    tree = ast.parse(source, filename)
+    aliases = import_aliases(tree)
     problems = []
-    for node in ast.walk(ast.parse(source, filename)):
+    for node in ast.walk(tree):
         where = f"{filename}:{getattr(node, 'lineno', '?')}"
-        if isinstance(node, ast.ImportFrom) and node.module in ({"torch"} | UNPICKLERS):
+        if isinstance(node, ast.ImportFrom) and node.module in IMPORT_REFUSED_FROM:
             problems += [f"{where}: from {node.module} import {a.name}" for a in node.names
                          if a.name in {"load", "loads", "Unpickler", "save"}]  # fmt: skip
         if not isinstance(node, ast.Call):
             continue
-        func = node.func
-        name = func.id if isinstance(func, ast.Name) else None
-        owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else None
-        attr = func.attr if isinstance(func, ast.Attribute) else None
-        if name in {"eval", "exec"}:
-            problems.append(f"{where}: {name}()")
-        if owner == "torch" and attr == "load" and _keyword(node, "weights_only") is not True:
-            problems.append(f"{where}: torch.load without weights_only=True")
-        if owner == "torch" and attr == "save":
-            problems.append(f"{where}: torch.save writes a pickle")
-        if owner in UNPICKLERS and attr in {"load", "loads", "Unpickler", "open"}:
-            problems.append(f"{where}: {owner}.{attr}")
-        if owner in {"np", "numpy"} and attr == "load" and _keyword(node, "allow_pickle") is True:
+        name = resolved_name(node.func, aliases)
+        module, _, attr = (name or "").rpartition(".")
+        if name in {"eval", "exec", "builtins.eval", "builtins.exec"}:
+            problems.append(f"{where}: {attr}()")
+        if name in TORCH_LOADS and _keyword(node, "weights_only") is not True:
+            problems.append(f"{where}: {name} without weights_only=True")
+        if name in TORCH_SAVES:
+            problems.append(f"{where}: {name} writes a pickle")
+        if module in UNPICKLERS and attr in {"load", "loads", "Unpickler", "open"}:
+            problems.append(f"{where}: {name}")
+        if name in {"numpy.load", "np.load"} and _keyword(node, "allow_pickle") is True:
             problems.append(f"{where}: np.load(allow_pickle=True)")
         if _keyword(node, "trust_remote_code") is True:
             problems.append(f"{where}: trust_remote_code=True")
@@ -85,6 +129,40 @@ exec("1")
     assert unsafe_calls("torch.load('x', weights_only=True)\nf(trust_remote_code=flag)", "ok.py") == []
 
 
+@pytest.mark.parametrize(
+    ("imports", "call"),
+    [
+        ("import torch as T", "T.load"),
+        ("from torch import load as L", "L"),
+        ("import torch", "torch.serialization.load"),
+        ("import torch.serialization", "torch.serialization.load"),
+        ("import torch.serialization as ts", "ts.load"),
+        ("from torch import serialization", "serialization.load"),
+        ("from torch import serialization as S", "S.load"),
+        ("from torch.serialization import load as read", "read"),
+    ],
+)
+def test_the_source_scan_resolves_aliases_of_torch_load(imports, call):
+    """Inside a function, after an aliased import: each call is caught unless it passes a literal weights_only=True."""
+
+    def torch_load_problems(weights_only: str) -> list[str]:
+        source = f"def read_weights(path, options):\n    {imports}\n    return {call}(path{weights_only})\n"
+        return [p for p in unsafe_calls(source, "aliased.py") if "without weights_only=True" in p]
+
+    for unsafe in ("", ", weights_only=False", ", weights_only=options", ", **options"):
+        (problem,) = torch_load_problems(unsafe)
+        assert problem.startswith("aliased.py:3: torch.") and "load without weights_only=True" in problem
+    assert torch_load_problems(", weights_only=True") == []
+
+
+def test_the_source_scan_resolves_aliases_of_other_unpicklers():
+    source = "import pickle as P\nimport torch as T\nfrom numpy import load as npl\n"
+    source += "P.loads(b'')\nT.save({}, 'x')\nnpl('x', allow_pickle=True)\nT.nn.Linear(1, 1)\n"
+    assert [p.split(": ", 1)[1] for p in unsafe_calls(source, "m.py")] == [
+        "pickle.loads", "torch.save writes a pickle", "np.load(allow_pickle=True)"
+    ]  # fmt: skip
+
+
 def test_package_source_never_unpickles_or_trusts_remote_code():
     """The installed package's own code: torch.load only with weights_only=True, no pickle/eval/exec,
     no hard-coded trust_remote_code=True, no non-safetensors serialization."""
@@ -96,9 +174,9 @@ def test_package_source_never_unpickles_or_trusts_remote_code():
 
 def test_weights_are_written_and_read_as_safetensors_only(saved_pipeline, tmp_path):
     """A saved pipeline holds safetensors weights only; a folder whose UNet has only a pickle (``.bin``)
-    is refused by ``ScratchDiffusionPipeline.from_pretrained`` and the metrics loader, unloaded."""
-    from scratch_diffusion import ScratchDiffusionPipeline, metrics
-    from scratch_diffusion.pipelines.pipeline_scratch_diffusion import SavedPipelineError
+    is refused by ``ScratchDiffusionPipeline.from_pretrained`` and ``load_pipeline``, unloaded."""
+    from scratch_diffusion import ScratchDiffusionPipeline
+    from scratch_diffusion.pipelines import SavedPipelineError, load_pipeline
 
     assert sorted(p.name for p in (saved_pipeline / "unet").iterdir()) == [
         "config.json", "diffusion_pytorch_model.safetensors"
@@ -110,7 +188,7 @@ def test_weights_are_written_and_read_as_safetensors_only(saved_pipeline, tmp_pa
 
     torch.save(load_file(weights), folder / "unet" / "diffusion_pytorch_model.bin")
     weights.unlink()
-    for load in (ScratchDiffusionPipeline.from_pretrained, metrics.load_pipeline):
+    for load in (ScratchDiffusionPipeline.from_pretrained, load_pipeline):
         with pytest.raises(SavedPipelineError, match=r"only pickle-based weights \['diffusion_pytorch_model.bin'\]"):
             load(folder)
 
@@ -153,14 +231,15 @@ def test_a_planted_pickle_in_a_checkpoint_is_never_unpickled(
 
 def test_the_shipped_code_never_runs_when_the_package_is_installed(saved_pipeline, tmp_path):
     """The shipped ``scratch_diffusion.py`` files are replaced by code that leaves a marker: loading with
-    ``ScratchDiffusionPipeline.from_pretrained`` (story A) or the metrics loader never runs them."""
-    from scratch_diffusion import ScratchDiffusionPipeline, metrics
+    ``ScratchDiffusionPipeline.from_pretrained`` (story A) or ``load_pipeline`` never runs them."""
+    from scratch_diffusion import ScratchDiffusionPipeline
+    from scratch_diffusion.pipelines import load_pipeline
 
     folder, marker = tmp_path / "tampered", tmp_path / "ran"
     shutil.copytree(saved_pipeline, folder)
     for shipped in (folder / "scratch_diffusion.py", folder / "scheduler" / "scratch_diffusion.py"):
         shipped.write_text(f"open({str(marker)!r}, 'w')\n" + shipped.read_text())
-    for load in (ScratchDiffusionPipeline.from_pretrained, metrics.load_pipeline):
+    for load in (ScratchDiffusionPipeline.from_pretrained, load_pipeline):
         pipe = load(folder)
         assert type(pipe) is ScratchDiffusionPipeline and type(pipe.scheduler).__module__.startswith("scratch_")
     assert not marker.exists()

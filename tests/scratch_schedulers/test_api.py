@@ -128,7 +128,8 @@ def test_public_api_members():
     for cls in OURS:
         scheduler = cls()
         assert scheduler.init_noise_sigma == 1.0 and len(scheduler) == 1000
-        assert scheduler.scale_model_input(torch.ones(1), 0) is not None
+        sample = torch.randn(1, 3, 4, 4)
+        assert scheduler.scale_model_input(sample, 0) is sample
         assert "timesteps" in inspect.signature(scheduler.set_timesteps).parameters
     assert ScratchFlowMatchScheduler(solver="heun").order == 2 and ScratchFlowMatchScheduler().order == 1
     ddpm = ScratchDDPMScheduler()
@@ -136,6 +137,22 @@ def test_public_api_members():
     assert [int(ddpm.previous_timestep(t)) for t in (100, 87, 50, 1, 0)] == [87, 50, 1, 0, -1]
     out = ddpm.step(torch.zeros(1, 1, 2, 2), 100, torch.zeros(1, 1, 2, 2), return_dict=False)
     assert isinstance(out, tuple) and len(out) == 2
+
+
+@pytest.mark.parametrize(("ours", "theirs"), PAIRS)
+def test_scale_model_input_returns_the_sample_unchanged_as_diffusers(ours, theirs):
+    """x_t goes to the model unscaled on both paths: DDPM/DDIM return the very tensor, as diffusers'
+    counterparts do; diffusers' FlowMatchEuler has no scale_model_input at all (ours adds the identity)."""
+    shared = {k: v for k, v in CONFIGS[ours].items() if k in inspect.signature(theirs.__init__).parameters}
+    mine, reference = ours(**CONFIGS[ours]), theirs(**shared)
+    mine.set_timesteps(4)
+    reference.set_timesteps(4)
+    sample = torch.randn(2, 3, 4, 4)
+    for t in mine.timesteps:
+        assert mine.scale_model_input(sample, t) is sample
+        if hasattr(reference, "scale_model_input"):
+            assert torch.equal(mine.scale_model_input(sample, t), reference.scale_model_input(sample, t))
+    assert hasattr(reference, "scale_model_input") == (theirs is not FlowMatchEulerDiscreteScheduler)
 
 
 def test_heun_runs_in_a_plain_loop_with_2n_minus_1_evaluations():

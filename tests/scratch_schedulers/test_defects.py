@@ -102,16 +102,41 @@ def test_add_noise_takes_a_batch_of_random_training_timesteps(scheduler):
         torch.testing.assert_close(scheduler.add_noise(x0, eps, t_float), (1 - sigma) * x0 + sigma * eps)
 
 
-def test_fixed_large_log_gives_finite_samples():
-    scheduler = ScratchDDPMScheduler(variance_type="fixed_large_log")
-    scheduler.set_timesteps(10)
-    x = torch.randn(1, 1, 4, 4)
+def ddpm_loop(scheduler, steps: int = 10) -> torch.Tensor:
+    """A seeded DDPM sampling loop driven by the denoiser-like stand-in model."""
+    scheduler.set_timesteps(steps)
+    x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(0)
     for t in scheduler.timesteps:
-        x = scheduler.step(denoiser_model(scheduler, x, t), t, x, generator=torch.manual_seed(0)).prev_sample
+        x = scheduler.step(denoiser_model(scheduler, x, t), t, x, generator=generator).prev_sample
+    return x
+
+
+def test_fixed_large_log_gives_finite_samples():
+    """``fixed_large_log`` samples exactly as ``fixed_large`` (std √β), and that is diffusers' fixed_large;
+    diffusers' own fixed_large_log takes √(log β) < 0 → NaN, the only difference."""
+    x = ddpm_loop(ScratchDDPMScheduler(variance_type="fixed_large_log"))
     assert torch.isfinite(x).all()
+    assert torch.equal(x, ddpm_loop(ScratchDDPMScheduler(variance_type="fixed_large")))
+    torch.testing.assert_close(x, ddpm_loop(DDPMScheduler(variance_type="fixed_large")), rtol=1e-5, atol=1e-5)
+    assert torch.isnan(ddpm_loop(DDPMScheduler(variance_type="fixed_large_log"))).all()
 
 
 def test_shift_terminal_with_a_single_step_is_finite():
+    """One step has one σ, both the first and the last: it must be σ_max = 1, where the loop starts from pure
+    noise, so the terminal σ cannot also be 0.1; the schedule is the unstretched one, σ = [1, 0] at t = 1000,
+    and the step lands on x0. From two steps on the last σ is the terminal one (diffusers returns NaN at n = 1)."""
     scheduler = ScratchFlowMatchScheduler(shift=3.0, shift_terminal=0.1)
     scheduler.set_timesteps(1)
     assert torch.isfinite(scheduler.sigmas).all()
+    assert scheduler.sigmas.tolist() == [1.0, 0.0] and scheduler.timesteps.tolist() == [1000.0]
+    x0, eps = torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4)
+    torch.testing.assert_close(scheduler.step(eps - x0, scheduler.timesteps[0], eps).prev_sample, x0)
+    for steps in (2, 3, 10):
+        scheduler.set_timesteps(steps)
+        assert float(scheduler.sigmas[0]) == 1.0 and float(scheduler.sigmas[-1]) == 0.0
+        assert float(scheduler.sigmas[-2]) == pytest.approx(0.1, abs=1e-6), (steps, scheduler.sigmas)
+    theirs = FlowMatchEulerDiscreteScheduler(shift=3.0, shift_terminal=0.1)
+    with pytest.warns(RuntimeWarning):
+        theirs.set_timesteps(1)
+    assert torch.isnan(theirs.sigmas[0])

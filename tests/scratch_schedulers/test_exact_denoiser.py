@@ -28,6 +28,7 @@ from diffusers import (
     FlowMatchHeunDiscreteScheduler,
 )
 
+from benchmarks.bench_exact_denoiser import default_factories, format_table, main
 from scratch_schedulers import (
     ScratchDDIMScheduler,
     ScratchDDPMScheduler,
@@ -40,14 +41,12 @@ from scratch_schedulers.exact_denoiser import (
     GaussianMixture,
     _path_coefficients,
     _prediction_type,
-    default_factories,
     error_table,
-    format_table,
-    main,
     mixture_error,
     sample_with,
     sampling_noise,
 )
+from scratch_schedulers.noise_path import PREDICTION_TYPES, PREDICTION_TYPES_BY_PATH
 
 N_SAMPLES = 4000  # distribution tests
 N_PATHS = 1000  # path-wise (deterministic ODE) tests
@@ -68,15 +67,6 @@ FLOW_EULER: dict[str, Factory] = {
     "ours": ScratchFlowMatchScheduler,
 }
 IMPLEMENTATIONS = ("diffusers", "ours")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The tensors are tiny: on a shared 2-core machine extra threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +147,7 @@ def test_from_pure_noise_the_denoiser_returns_the_mixture_mean(mixture: Gaussian
 @pytest.mark.parametrize(("a", "b"), [(1.0, 1e-12), (1e-12, 1.0), (1.0 - 1e-9, 1e-9), (1e-6, 1e-6)])
 def test_no_nan_near_the_ends_of_the_path(mixture: GaussianMixture, a: float, b: float) -> None:
     x = 3.0 * torch.randn(200, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    for kind in ("epsilon", "sample", "v_prediction", "flow_velocity"):
+    for kind in PREDICTION_TYPES:
         assert torch.isfinite(mixture.model_output(x, a, b, kind)).all(), (kind, a, b)
     if b < 1e-8:
         torch.testing.assert_close(mixture.denoise(x, a, b), x / a, rtol=1e-6, atol=1e-6)
@@ -270,7 +260,7 @@ def test_ddim_is_parametrisation_invariant_with_an_exact_model(
         kind: sample_with(
             factory(clip_sample=False, prediction_type=kind), mixture, 20, N_PATHS, noise=noise[:N_PATHS]
         )[0]
-        for kind in ("epsilon", "sample", "v_prediction")
+        for kind in PREDICTION_TYPES_BY_PATH["vp"]
     }
     torch.testing.assert_close(runs["sample"], runs["epsilon"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(runs["v_prediction"], runs["epsilon"], rtol=1e-4, atol=1e-4)
@@ -350,7 +340,7 @@ def test_error_table_lists_every_scheduler_and_step_count(mixture: GaussianMixtu
         assert f"{row['sliced_wasserstein']:.4g}" in line
 
 
-def test_module_entry_point_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+def test_benchmark_entry_point_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     main(["--steps", "2", "--n-samples", "200"])
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     names = list(default_factories())

@@ -47,7 +47,7 @@ def hf_home(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def fresh_accelerate_state():
-    """In-process runs each build their own Accelerator."""
+    """For tests that build an ``Accelerator`` themselves (trainer runs need nothing: ``make_accelerator`` resets)."""
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)

@@ -88,6 +88,7 @@ def test_dataloader_batches_are_slices():
     batches = list(make_dataloader(dataset, batch_size=4, seed=0))
     assert [len(b["images"]) for b in batches] == [4, 4, 2]
     seen = torch.cat([b["images"][:, 0, 0, 0] for b in batches])
+    assert seen.tolist() == list(EpochSampler(10, seed=0))  # consecutive slices of the epoch's permutation
     assert sorted(seen.tolist()) == list(range(10))
 
 
@@ -101,11 +102,16 @@ def test_augment():
     crops = augment(wide, 8, True, g.manual_seed(5))
     assert crops.shape == (4, 3, 8, 8)
     assert torch.equal(crops, augment(wide, 8, True, g.manual_seed(5)))
+    for crop, image in zip(crops, wide.float() / 127.5 - 1):  # an 8-wide window of the image, maybe mirrored
+        windows = [image[..., j : j + 8] for j in range(12 - 8 + 1)]
+        assert any(torch.equal(crop, w) or torch.equal(crop, w.flip(-1)) for w in windows)
     mixed = [torch.zeros(1, 8, 9, dtype=torch.uint8), torch.zeros(1, 10, 8, dtype=torch.uint8)]
     assert augment(mixed, 8, False, g).shape == (2, 1, 8, 8)
     flips = augment(square[:1].expand(64, 3, 8, 8), 8, True, g.manual_seed(0))
-    flipped = (flips != square.float()[:1] / 127.5 - 1).flatten(1).any(1)
+    original = square.float()[0] / 127.5 - 1
+    flipped = (flips != original).flatten(1).any(1)
     assert 0 < flipped.sum() < 64
+    assert all(torch.equal(f, original.flip(-1)) for f in flips[flipped])  # a flip is the horizontal mirror
 
 
 @pytest.mark.parametrize("bad", ["caption"])

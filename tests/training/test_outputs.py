@@ -33,9 +33,7 @@ def _snippet(card_text: str) -> str:
     return re.search(r"```python\n(.*?)```", card_text, re.S).group(1)
 
 
-def test_output_folder_pipeline_card_and_snippet(
-    tmp_path, tiny_unet_json, hf_home, fresh_accelerate_state, monkeypatch
-):
+def test_output_folder_pipeline_card_and_snippet(tmp_path, tiny_unet_json, hf_home, monkeypatch):
     out = tmp_path / "digits-cond"
     assert main(_argv(out, tiny_unet_json, "--class_conditional", "--prediction_type", "v_prediction")) == 0
     names = {p.name for p in out.iterdir()}
@@ -79,7 +77,7 @@ def test_output_folder_pipeline_card_and_snippet(
         assert sample.size == (16, 16)
 
 
-def test_flow_output_and_hub_dataset_metadata(tmp_path, tiny_unet_json, hf_home, fresh_accelerate_state, monkeypatch):
+def test_flow_output_and_hub_dataset_metadata(tmp_path, tiny_unet_json, hf_home, monkeypatch):
     import datasets
 
     def load_dataset(name, config=None, **kwargs):  # a Hub dataset, served from memory
@@ -148,7 +146,7 @@ def _assert_token_nowhere(root: Path, *texts: str) -> None:
             assert FAKE_TOKEN.encode() not in path.read_bytes(), f"the token leaked into {path}"
 
 
-def test_push_to_hub(tmp_path, tiny_unet_json, hf_home, fresh_accelerate_state, monkeypatch, capfd, caplog):
+def test_push_to_hub(tmp_path, tiny_unet_json, hf_home, monkeypatch, capfd, caplog):
     hub = FakeHub(monkeypatch)
     out = tmp_path / "pushed"
     argv = _argv(out, tiny_unet_json, "--push_to_hub", "--hub_model_id", "me/digits", "--hub_private_repo")
@@ -175,7 +173,7 @@ def test_push_to_hub(tmp_path, tiny_unet_json, hf_home, fresh_accelerate_state, 
     _assert_token_nowhere(tmp_path, captured.out, captured.err, caplog.text, card.content)
 
 
-def test_push_uses_the_environment_token(tmp_path, tiny_unet_json, hf_home, fresh_accelerate_state, monkeypatch):
+def test_push_uses_the_environment_token(tmp_path, tiny_unet_json, hf_home, monkeypatch):
     hub = FakeHub(monkeypatch)
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     out = tmp_path / "env"
@@ -186,9 +184,7 @@ def test_push_uses_the_environment_token(tmp_path, tiny_unet_json, hf_home, fres
     _assert_token_nowhere(tmp_path)
 
 
-def test_failed_upload_keeps_the_output_and_exits_1(
-    tmp_path, tiny_unet_json, hf_home, fresh_accelerate_state, monkeypatch, capfd, caplog
-):
+def test_failed_upload_keeps_the_output_and_exits_1(tmp_path, tiny_unet_json, hf_home, monkeypatch, capfd, caplog):
     FakeHub(monkeypatch, fail="upload_folder")
     out = tmp_path / "kept"
     argv = _argv(out, tiny_unet_json, "--push_to_hub", "--hub_model_id", "me/kept", "--hub_token", FAKE_TOKEN)
@@ -203,9 +199,7 @@ def test_failed_upload_keeps_the_output_and_exits_1(
 
 
 @pytest.mark.parametrize("fail", ["create_repo"])
-def test_unreachable_repo_fails_before_training(
-    tmp_path, tiny_unet_json, hf_home, fresh_accelerate_state, monkeypatch, capfd, fail
-):
+def test_unreachable_repo_fails_before_training(tmp_path, tiny_unet_json, hf_home, monkeypatch, capfd, fail):
     hub = FakeHub(monkeypatch, fail=fail)
     out = tmp_path / "early"
     argv = _argv(out, tiny_unet_json, "--push_to_hub", "--hub_model_id", "me/early", "--hub_token", FAKE_TOKEN)

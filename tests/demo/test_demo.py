@@ -1,27 +1,31 @@
-"""`python -m scratch_diffusion.demo --quick` end to end: every output exists and parses; re-runs say what they reuse.
+"""`python -m scratch_diffusion.demo --quick` end to end: every output exists, parses and is consistent.
 
 The full demo (≈ 5 min of training) is not part of the suite; ``--quick`` trains a toy UNet for a
-few steps and scores a few dozen samples per setting, so only the plumbing is checked here, not
-the quality bar.
+few steps and scores a few dozen samples per setting. The numbers are checked for consistency
+(ratios, sample counts, the verdict against ``QUALITY_BAR``), not for reaching the bar: the toy
+model misses it, and the verdict must say so.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from scratch_diffusion import demo, metrics
+from scratch_diffusion import demo
+
+from ..metrics.helpers import empty_classifier_cache
 
 
 @pytest.fixture(scope="module")
 def classifier_cache(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("classifier-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(metrics.CACHE_ENV_VAR, str(directory))
+    with empty_classifier_cache(tmp_path_factory) as directory:
         yield directory
 
 
@@ -102,12 +106,32 @@ def test_metrics_json_table_and_figure(quick_run):
         )
         for key in ("fd", "fd_real_baseline", "fd_real_baseline_std", "fd_noise_ceiling", "fd_ratio", "class_match"):
             assert isinstance(row[key], float), key
+        assert row["n_baseline"] == row["n"] and row["baseline_draws"] == 10
+        assert row["fd_ratio"] == pytest.approx(row["fd"] / row["fd_real_baseline"])
+        assert 0 < row["fd_real_baseline_std"] < row["fd_real_baseline"] < row["fd_noise_ceiling"]
+        assert 0 <= row["class_match"] <= 1 and 0 <= row["confident_fraction"] <= 1
+        assert row["nfe"] == (2 * row["steps"] - 1 if row["sampler"] == "flow Heun" else row["steps"])
+        assert row["seconds"] > 0
+    assert report["sampling_seconds"] == pytest.approx(sum(row["seconds"] for row in report["results"]))
     final = [row for row in report["results"] if row["stage"] == "final"]
     assert {row["guidance_scale"] for row in final} == {demo.DEFAULTS["guidance_scale"]}
     guided = [row for row in report["results"] if row["stage"] == "guidance"]
     assert {row["guidance_scale"] for row in guided} == set(demo.QUICK["guidance_sweep"])
-    assert report["best"] in final
-    assert set(report["quality_bar"]) >= {"fd_ratio_max", "class_match_min", "met"}
+    assert report["best"] == min(final, key=lambda row: row["fd_ratio"])
+    assert report["phase_seconds"].keys() == {"train", "load", "sweep", "guidance", "final"}
+    assert all(seconds > 0 for seconds in report["phase_seconds"].values())
+    assert sum(report["phase_seconds"].values()) <= report["seconds_total"]
+    assert training["images_per_second"] > 0 and report["settings"]["max_train_steps"] == training["steps"]
+
+    verdict, best = report["quality_bar"], report["best"]
+    assert {k: verdict[k] for k in demo.QUALITY_BAR} == demo.QUALITY_BAR
+    assert verdict["fd_ratio"] == best["fd_ratio"] and verdict["class_match"] == best["class_match"]
+    assert verdict["guided_scales"] == list(demo.QUICK["guidance_sweep"])
+    assert verdict["guided_class_match_min"] == min(row["class_match"] for row in guided)
+    lowest_match = min(best["class_match"], verdict["guided_class_match_min"])
+    fd_ok = best["fd_ratio"] <= demo.QUALITY_BAR["fd_ratio_max"]
+    assert verdict["met"] is (fd_ok and lowest_match >= demo.QUALITY_BAR["class_match_min"])
+    assert verdict["met"] is False  # 20 steps of a toy UNet are far from the bar
 
     table = (out / "metrics.md").read_text()
     rows = [
@@ -116,6 +140,7 @@ def test_metrics_json_table_and_figure(quick_run):
     assert len(rows) == len(report["results"]) + 4  # + the best setting's two-column summary table
     header = next(line for line in table.splitlines() if line.startswith("| stage"))
     assert all(row.count("|") == header.count("|") for row in rows[: len(report["results"])])
+    assert f"Quality bar ({demo.bar_text()}): **not met**." in table
 
     with Image.open(out / "demo.png") as image:
         image.verify()
@@ -129,7 +154,41 @@ def test_summary_names_outputs_best_and_load_command(quick_run):
     assert re.search(r"best: .*FD [\d.]+ vs real-data baseline [\d.]+ ± [\d.]+", printed)
     load = next(line for line in printed.splitlines() if "load it:" in line)
     assert "ScratchDiffusionPipeline" in load and str(out / "pipeline") in load
-    assert "digits classifier trained now" in printed or "digits classifier loaded from cache" in printed
+    assert "digits classifier trained now in" in printed  # the module's cache starts empty
+    assert f"quality bar ({demo.bar_text()}): NOT met" in printed
+
+
+def test_the_printed_bar_is_the_checked_constant():
+    assert demo.bar_text() == "FD ≤ 1.5× baseline, class match ≥ 90 %"
+    assert demo.bar_text({"fd_ratio_max": 2.0, "class_match_min": 0.75}) == "FD ≤ 2× baseline, class match ≥ 75 %"
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_table_command_prints_the_table_of_metrics_json(quick_run, tmp_path):
+    out, _ = quick_run
+    report = json.loads((out / "metrics.json").read_text())
+    command = [sys.executable, "-m", "scratch_diffusion.demo.readme_table", str(out / "metrics.json")]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert done.stdout == demo.readme_table(report) + "\n"
+    caption, table, verdict = done.stdout.strip().split("\n\n")
+    steps, minutes = report["training"]["steps"], report["training"]["seconds"] / 60
+    assert caption.startswith(f"Measured here ({steps} training steps in {minutes:.1f} min; whole demo ")
+    lines = table.splitlines()
+    assert "\n".join(lines[:2]) in README.read_text()  # the README shows this very table layout
+    assert len(lines) == 2 + len(report["results"])
+    for line, row in zip(lines[2:], report["results"]):
+        cells = [cell.strip().strip("*") for cell in line.strip("|").split("|")]
+        assert cells[:3] == [row["stage"], row["sampler"], str(row["steps"])]
+        assert cells[6:9] == [f"{row['fd']:.2f}", f"{row['fd_real_baseline']:.2f} ± {row['fd_real_baseline_std']:.2f}",
+                              f"{row['fd_ratio']:.2f}×"]  # fmt: skip
+        assert line.startswith("| **final** |") == (row == report["best"])
+    assert verdict.startswith(f"Quality bar ({demo.bar_text()}): not met — ")
+
+    (tmp_path / "bad.json").write_text("{}")
+    bad = subprocess.run([*command[:-1], str(tmp_path / "bad.json")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "is not a demo metrics.json" in bad.stderr
 
 
 def test_rerun_with_reuse_says_so_and_without_replaces(quick_run):
@@ -140,6 +199,7 @@ def test_rerun_with_reuse_says_so_and_without_replaces(quick_run):
     with _capture() as printed:
         assert demo.main([*common, "--reuse"]) == 0
     assert f"Reusing the trained pipeline at {out / 'pipeline'}" in printed.getvalue()
+    assert "digits classifier loaded from cache" in printed.getvalue()  # trained by the first run
     assert weights.stat().st_mtime_ns == before
     report = json.loads((out / "metrics.json").read_text())
     assert report["reused_pipeline"] is True and report["training"]["steps"] == demo.QUICK["max_train_steps"]

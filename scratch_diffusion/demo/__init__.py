@@ -1,0 +1,118 @@
+"""The demo behind ``make demo``: train on the built-in digits, sample with every sampler, measure.
+
+    python -m scratch_diffusion.demo                      # ≈ 5 min training + a few minutes of sampling
+    python -m scratch_diffusion.demo --reuse              # keep the trained model, re-sample and re-measure
+    python -m scratch_diffusion.demo --quick              # seconds: a toy UNet, for tests
+
+Five steps, each with a progress bar:
+
+1. **train** a small class-conditional ``UNet2DModel`` on scikit-learn's digits (16×16) with
+   ``scratch_diffusion.training.run_training`` in this process (two torch threads by default);
+2. the trainer **saves** the pipeline, its model card and tensorboard logs in ``<output_dir>/pipeline``;
+3. **sample** with each sampler that reads the trained parametrisation (flow Euler and flow Heun
+   for a flow model; DDPM and DDIM for a DDPM-family one) at several step counts, one requested
+   class per image (drawn like the data's labels), and with classifier-free guidance at several scales;
+4. **evaluate** every sample set with :mod:`scratch_diffusion.metrics` (Fréchet distance in a digits
+   classifier's feature space, beside the real-vs-real baseline at the same sample size) and write
+   ``metrics.json``, ``metrics.md`` and the figure ``demo.png`` (grids: one row per class; quality
+   against steps);
+5. **print** where everything is, the best sampler beside the baseline, and how to load the pipeline.
+
+Sampling cost is kept in check in three stages:
+
+* ``sweep``: every sampler × step count at guidance ``--guidance_scale`` (default 1: the
+  conditional model alone, one UNet evaluation per step), on ``--num_sweep_samples`` images;
+* ``guidance``: the sweep's best sampler/steps at each scale of ``--guidance_sweep`` (w > 1 runs
+  the conditional and null-class halves in one batch: twice the cost), same number of images;
+* ``final``: the ``--num_final`` best sweep settings again, on ``--num_eval_samples`` images (1000
+  by default: the Fréchet distance is noisy below that). The reported "best" comes from this stage.
+
+Every Fréchet distance is printed beside the real-vs-real baseline at the same sample size.
+
+Nothing is reused silently: without ``--reuse`` an earlier run's outputs in ``--output_dir`` are
+replaced (the run says so); with ``--reuse`` the trained pipeline is kept and the run says which.
+The digits classifier of the metric is cached across runs (``$SCRATCH_DIFFUSION_CACHE``); the run
+says whether it was loaded or trained.
+
+The README's demo table is printed from a run's ``metrics.json`` by
+``python -m scratch_diffusion.demo.readme_table outputs/demo/metrics.json``.
+
+Modules (the names below are re-exported here):
+
+================  ===========================================================================
+``config``        ``DEFAULTS``, ``QUICK``, :class:`DemoConfig` and its checks
+``cli``           the command line and ``main``
+``outputs``       replacing an earlier run's outputs, or checking what ``--reuse`` keeps
+``training``      steps 1-2 through ``run_training``; ``--train_minutes`` calibration
+``sampling``      step 3: :class:`SampleSet`, the samplers, sampling and scoring a stage
+``quality``       ``QUALITY_BAR`` and the verdict
+``report``        ``metrics.md`` and the README table, from ``metrics.json``'s content
+``figure``        ``demo.png``
+``phases``        ``run``: one function per phase
+``readme_table``  ``python -m scratch_diffusion.demo.readme_table metrics.json``
+================  ===========================================================================
+"""
+
+from scratch_diffusion.demo.cli import build_parser, main
+from scratch_diffusion.demo.config import (
+    DEFAULTS,
+    PIPELINE_SUBDIR,
+    QUICK,
+    QUICK_UNET,
+    SAMPLERS,
+    DemoConfig,
+    DemoError,
+    resolve_config,
+)
+from scratch_diffusion.demo.figure import GRID_COLUMNS, class_grid, save_figure
+from scratch_diffusion.demo.outputs import OUTPUT_FILES, prepare_output_dir
+from scratch_diffusion.demo.phases import load_command, run
+from scratch_diffusion.demo.quality import QUALITY_BAR, bar_text, guided_text, quality_verdict
+from scratch_diffusion.demo.report import metrics_markdown, readme_table, results_table
+from scratch_diffusion.demo.sampling import (
+    SampleSet,
+    evaluations_per_image,
+    make_scheduler,
+    pick_best,
+    requested_labels,
+    run_stage,
+    sample_set,
+)
+from scratch_diffusion.demo.training import calibrate_steps, train_model, training_argv
+
+__all__ = [
+    "DEFAULTS",
+    "GRID_COLUMNS",
+    "OUTPUT_FILES",
+    "PIPELINE_SUBDIR",
+    "QUALITY_BAR",
+    "QUICK",
+    "QUICK_UNET",
+    "SAMPLERS",
+    "DemoConfig",
+    "DemoError",
+    "SampleSet",
+    "bar_text",
+    "build_parser",
+    "calibrate_steps",
+    "class_grid",
+    "evaluations_per_image",
+    "guided_text",
+    "load_command",
+    "main",
+    "make_scheduler",
+    "metrics_markdown",
+    "pick_best",
+    "prepare_output_dir",
+    "quality_verdict",
+    "readme_table",
+    "requested_labels",
+    "resolve_config",
+    "results_table",
+    "run",
+    "run_stage",
+    "sample_set",
+    "save_figure",
+    "train_model",
+    "training_argv",
+]

@@ -1,0 +1,152 @@
+"""The demo's settings: the defaults ``make demo`` trains with, the ``--quick`` overrides, and their checks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+PIPELINE_SUBDIR = "pipeline"
+SAMPLERS = {"flow": ("flow Euler", "flow Heun"), "vp": ("DDIM", "DDPM")}
+
+# The recipe `make demo` trains with, sized for about 5 minutes of training on 2 CPU cores (the README's
+# demo section shows what it scores; it does not list alternatives tried).
+DEFAULTS = {
+    "objective": "flow",
+    "prediction_type": None,  # ddpm only: epsilon (default) or v_prediction
+    "model": "tiny",
+    "max_train_steps": 800,
+    "train_batch_size": 64,
+    "learning_rate": 1e-3,
+    "lr_warmup_steps": 100,
+    "class_dropout_prob": 0.1,
+    "step_counts": (5, 10, 25, 50),
+    "guidance_scale": 1.0,
+    "guidance_sweep": (1.5, 3.0),
+    "num_sweep_samples": 200,
+    "num_eval_samples": 1000,
+    "num_final": 2,
+}
+# --quick: a toy UNet (two levels, no attention) and a handful of steps and samples, for tests.
+QUICK_UNET = {
+    "block_out_channels": [8, 16],
+    "layers_per_block": 1,
+    "down_block_types": ["DownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "UpBlock2D"],
+    "norm_num_groups": 4,
+    "add_attention": False,
+}
+QUICK = {
+    "max_train_steps": 20,
+    "train_batch_size": 16,
+    "lr_warmup_steps": 2,
+    "step_counts": (2, 4),
+    "guidance_sweep": (2.0,),
+    "num_sweep_samples": 40,
+    "num_eval_samples": 60,
+    "num_final": 1,
+}
+
+
+class DemoError(RuntimeError):
+    """A bad command line or output folder, found before any work (exit status 2)."""
+
+
+@dataclass
+class DemoConfig:
+    """The resolved settings of one run (command line over ``QUICK`` over ``DEFAULTS``)."""
+
+    output_dir: Path
+    reuse: bool
+    quick: bool
+    seed: int
+    num_threads: int
+    device: str
+    objective: str
+    prediction_type: str | None
+    model: str
+    max_train_steps: int | None
+    train_minutes: float | None
+    train_batch_size: int
+    learning_rate: float
+    lr_warmup_steps: int
+    class_dropout_prob: float
+    use_ema: bool
+    step_counts: list[int]
+    guidance_scale: float
+    guidance_sweep: list[float]
+    num_sweep_samples: int
+    num_eval_samples: int
+    num_final: int
+    sample_batch_size: int
+
+    @property
+    def pipeline_dir(self) -> Path:
+        return self.output_dir / PIPELINE_SUBDIR
+
+
+def resolve_config(args: argparse.Namespace) -> DemoConfig:
+    """Fill unset options from ``QUICK`` (with ``--quick``) then ``DEFAULTS``; raise DemoError on bad values."""
+    base = {**DEFAULTS, **(QUICK if args.quick else {})}
+
+    def pick(name):
+        value = getattr(args, name)
+        return base[name] if value is None else value
+
+    objective = pick("objective")
+    if objective == "flow" and args.prediction_type is not None:
+        raise DemoError("--prediction_type applies to --objective ddpm; flow matching predicts the velocity.")
+    max_train_steps = pick("max_train_steps") if args.train_minutes is None else None
+    config = DemoConfig(
+        output_dir=Path(args.output_dir),
+        reuse=args.reuse,
+        quick=args.quick,
+        seed=args.seed,
+        num_threads=args.num_threads,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        objective=objective,
+        prediction_type=(args.prediction_type or "epsilon") if objective == "ddpm" else None,
+        model=pick("model"),
+        max_train_steps=max_train_steps,
+        train_minutes=args.train_minutes,
+        train_batch_size=pick("train_batch_size"),
+        learning_rate=pick("learning_rate"),
+        lr_warmup_steps=pick("lr_warmup_steps"),
+        class_dropout_prob=pick("class_dropout_prob"),
+        use_ema=args.use_ema,
+        step_counts=sorted(set(pick("step_counts"))),
+        guidance_scale=pick("guidance_scale"),
+        guidance_sweep=list(pick("guidance_sweep")),
+        num_sweep_samples=pick("num_sweep_samples"),
+        num_eval_samples=pick("num_eval_samples"),
+        num_final=pick("num_final"),
+        sample_batch_size=args.sample_batch_size,
+    )
+    checks = [
+        (config.max_train_steps is None or config.max_train_steps >= 1, "--max_train_steps must be ≥ 1"),
+        (config.train_minutes is None or config.train_minutes > 0, "--train_minutes must be > 0"),
+        (all(n >= 1 for n in config.step_counts), "--step_counts must be ≥ 1"),
+        (config.num_sweep_samples >= 10, "--num_sweep_samples must be ≥ 10 (one per class at least)"),
+        (config.num_eval_samples >= 10, "--num_eval_samples must be ≥ 10"),
+        (config.num_final >= 1, "--num_final must be ≥ 1"),
+        (config.sample_batch_size >= 1, "--sample_batch_size must be ≥ 1"),
+        (config.num_threads >= 0, "--num_threads must be ≥ 0"),
+        (0 <= config.class_dropout_prob < 1, "--class_dropout_prob must be in [0, 1)"),
+        (config.class_dropout_prob > 0 or config.reuse, "--class_dropout_prob 0 trains no null class: no guidance"),
+        (config.guidance_scale >= 0 and all(g >= 0 for g in config.guidance_sweep), "guidance scales must be ≥ 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise DemoError(message + ".")
+    return config
+
+
+def use_quick_unet(config: DemoConfig) -> None:
+    """With ``--quick`` and no ``--model``: write :data:`QUICK_UNET` into the output folder and train that."""
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    quick_unet = config.output_dir / "quick_unet.json"
+    quick_unet.write_text(json.dumps(QUICK_UNET))
+    config.model = str(quick_unet)

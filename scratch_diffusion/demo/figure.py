@@ -1,0 +1,134 @@
+"""The demo's figure ``demo.png``: sample grids (one row per class) and quality against cost and guidance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from scratch_diffusion.demo.quality import QUALITY_BAR, class_match_bar_text, fd_bar_text
+from scratch_diffusion.demo.sampling import SampleSet, pick_best
+
+GRID_COLUMNS = 8  # samples per class in each grid of the figure
+
+
+def class_grid(sample: SampleSet, num_classes: int, columns: int = GRID_COLUMNS, pad: int = 1) -> np.ndarray:
+    """A (rows = classes) × ``columns`` mosaic in [0, 1] of the first images of each class (white gaps)."""
+    images = (sample.images[:, 0].clamp(-1, 1).numpy() + 1) / 2
+    h, w = images.shape[1:]
+    grid = np.ones((num_classes * (h + pad) + pad, columns * (w + pad) + pad), np.float32)
+    for c in range(num_classes):
+        members = np.flatnonzero(sample.labels.numpy() == c)[:columns]
+        for j, index in enumerate(members):
+            top, left = pad + c * (h + pad), pad + j * (w + pad)
+            grid[top : top + h, left : left + w] = images[index]
+    return grid
+
+
+def save_figure(
+    sweep: list[SampleSet], guidance: list[SampleSet], final: list[SampleSet], path: Path, num_classes: int
+) -> None:
+    """The demo's figure (matplotlib, Agg).
+
+    Rows of sample grids (one row of digits per class): one per sampler across the step counts, and
+    one across guidance scales at the sweep's best sampler/steps. Below, FD / baseline and class
+    match against UNet evaluations per image, and both against the guidance scale.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samplers = list(dict.fromkeys(s.sampler for s in sweep))
+    steps = sorted({s.steps for s in sweep})
+    scales = sorted([pick_best(sweep), *guidance], key=lambda s: s.guidance_scale)
+    cols = max(len(steps), len(scales), 4)
+    panel_rows = len(samplers) + (1 if guidance else 0)
+    fig = plt.figure(figsize=(2.3 * cols, 2.95 * panel_rows + 3.4), dpi=100)
+    grid = fig.add_gridspec(panel_rows + 1, cols, height_ratios=[2.95] * panel_rows + [3.4])
+
+    def panel(row: int, col: int, sample: SampleSet, title: str) -> None:
+        ax = fig.add_subplot(grid[row, col])
+        ax.imshow(class_grid(sample, num_classes), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        r = sample.results
+        ax.set_title(f"{title}\nFD ×{r['fd_ratio']:.2f}, match {100 * r['class_match']:.0f} %", fontsize=7.5)
+        if col == 0:
+            ax.set_ylabel("class 0 → 9", fontsize=7.5)
+
+    by_key = {(s.sampler, s.steps): s for s in sweep}
+    for i, sampler in enumerate(samplers):
+        for j, n_steps in enumerate(steps):
+            if (sampler, n_steps) in by_key:
+                panel(i, j, by_key[(sampler, n_steps)], f"{sampler}, {n_steps} steps")
+    if guidance:
+        for j, sample in enumerate(scales):
+            panel(len(samplers), j, sample, f"{sample.sampler}, {sample.steps} st., w={sample.guidance_scale:g}")
+
+    plot_quality_vs_cost(
+        fig.add_subplot(grid[-1, : cols // 2]), fig.add_subplot(grid[-1, cols // 2 : 3 * cols // 4]), sweep, final
+    )
+    ax_w = fig.add_subplot(grid[-1, 3 * cols // 4 :])
+    if guidance:
+        plot_guidance(ax_w, scales)
+    else:
+        ax_w.axis("off")
+    for ax in fig.axes:
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_quality_vs_cost(ax_fd, ax_match, sweep: list[SampleSet], final: list[SampleSet]) -> None:
+    """FD / baseline (log-log) and class match against UNet evaluations per image, one line per sampler."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    samplers = list(dict.fromkeys(s.sampler for s in sweep))
+    for k, sampler in enumerate(samplers):
+        rows = sorted((s for s in sweep if s.sampler == sampler), key=lambda s: s.nfe)
+        color = f"C{k}"
+        x = [s.nfe for s in rows]
+        ax_fd.plot(x, [s.results["fd_ratio"] for s in rows], "o-", color=color, label=f"{sampler}, n={rows[0].n}")
+        ax_match.plot(x, [100 * s.results["class_match"] for s in rows], "o-", color=color, label=sampler)
+        for s in rows:
+            ax_fd.annotate(str(s.steps), (s.nfe, s.results["fd_ratio"]), fontsize=6, xytext=(2, 3),
+                           textcoords="offset points")  # fmt: skip
+        finals = [s for s in final if s.sampler == sampler]
+        if finals:
+            ax_fd.plot([s.nfe for s in finals], [s.results["fd_ratio"] for s in finals], "*", ms=10, color=color,
+                       label=f"{sampler}, n={finals[0].n}")  # fmt: skip
+            ax_match.plot([s.nfe for s in finals], [100 * s.results["class_match"] for s in finals], "*", ms=10,
+                          color=color)  # fmt: skip
+    ax_fd.axhline(1.0, color="k", lw=0.8, label="real vs real")
+    ax_fd.axhline(QUALITY_BAR["fd_ratio_max"], color="k", lw=0.8, ls="--", label=f"bar ({fd_bar_text()})")
+    for ax in (ax_fd, ax_match):
+        ax.set_xscale("log")
+        ax.set_xlabel("UNet evaluations per image", fontsize=8)
+    ax_fd.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    for axis in (ax_fd.xaxis, ax_fd.yaxis, ax_match.xaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(NullFormatter())
+    ax_fd.set_ylabel("FD / real baseline (same n)", fontsize=8)
+    ax_fd.set_title(f"quality vs cost (w={sweep[0].guidance_scale:g}; point labels: steps)", fontsize=8.5)
+    ax_fd.legend(fontsize=6, loc="upper right")
+    bar_label = f"bar ({class_match_bar_text()})"
+    ax_match.axhline(100 * QUALITY_BAR["class_match_min"], color="k", lw=0.8, ls="--", label=bar_label)
+    ax_match.set_ylabel("classified as requested (%)", fontsize=8)
+    ax_match.set_title("class match", fontsize=8.5)
+    ax_match.legend(fontsize=6)
+
+
+def plot_guidance(ax_w, scales: list[SampleSet]) -> None:
+    """FD / baseline (left axis) and class match (right axis) against the guidance scale of one sampler/steps."""
+    ws = [s.guidance_scale for s in scales]
+    ax_w.plot(ws, [s.results["fd_ratio"] for s in scales], "o-", color="C3")
+    ax_w.set_ylabel("FD / real baseline", color="C3", fontsize=8)
+    ax_w2 = ax_w.twinx()
+    ax_w2.plot(ws, [100 * s.results["class_match"] for s in scales], "s--", color="C2")
+    ax_w2.set_ylabel("class match (%)", color="C2", fontsize=8)
+    ax_w.set_xlabel("guidance scale w", fontsize=8)
+    ax_w.set_title(f"guidance ({scales[0].sampler}, {scales[0].steps} st.)", fontsize=8.5)

@@ -1,0 +1,46 @@
+"""The output folder: what an earlier run left is replaced (saying so), or kept with ``--reuse``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from scratch_diffusion.demo.config import DemoConfig, DemoError
+
+OUTPUT_FILES = ("metrics.json", "metrics.md", "demo.png", "training.json")  # beside pipeline/
+REPORT_FILES = OUTPUT_FILES[:3]  # rewritten by every run, --reuse included
+
+
+def prepare_output_dir(config: DemoConfig) -> dict | None:
+    """Clear an earlier run's outputs (saying so), or check what ``--reuse`` keeps.
+
+    Returns the earlier ``training.json`` record with ``--reuse`` (None when there is none).
+    Only files this demo writes are removed; anything else in the folder is left alone.
+    """
+    out, pipeline = config.output_dir, config.pipeline_dir
+    if config.reuse:
+        if not (pipeline / "model_index.json").is_file():
+            raise DemoError(f"--reuse: no trained pipeline at {pipeline} (no model_index.json); run without --reuse.")
+        record_path = out / "training.json"
+        record = json.loads(record_path.read_text()) if record_path.is_file() else None
+        how = (
+            f"{record['objective']}, {record['steps']} steps, {record['seconds'] / 60:.1f} min"
+            if record
+            else "no training.json beside it"
+        )
+        print(f"Reusing the trained pipeline at {pipeline} ({how}); training skipped (--reuse).")
+        for name in REPORT_FILES:
+            if (out / name).is_file():
+                print(f"  {out / name} will be replaced.")
+        return record
+    if pipeline.exists():
+        if any(pipeline.iterdir()) and not (pipeline / "model_index.json").is_file():
+            raise DemoError(
+                f"{pipeline} exists and is not a pipeline written by the demo; move it or pick --output_dir."
+            )
+        print(f"Replacing the earlier run in {out}: removing {pipeline} (pass --reuse to keep a trained model).")
+        shutil.rmtree(pipeline)
+    for name in OUTPUT_FILES:
+        if (out / name).is_file():
+            (out / name).unlink()
+    return None

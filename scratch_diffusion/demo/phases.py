@@ -1,0 +1,188 @@
+"""The demo run, one function per phase: train (or reuse), load, sample and score, write, summarise."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from scratch_diffusion import metrics
+from scratch_diffusion.demo.config import SAMPLERS, DemoConfig, DemoError
+from scratch_diffusion.demo.figure import save_figure
+from scratch_diffusion.demo.outputs import prepare_output_dir
+from scratch_diffusion.demo.quality import bar_text, guided_text, quality_verdict
+from scratch_diffusion.demo.report import metrics_markdown
+from scratch_diffusion.demo.sampling import SampleSet, pick_best, run_stage
+from scratch_diffusion.demo.training import train_model
+
+
+@contextlib.contextmanager
+def timed(phase_seconds: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the wall time of the block to ``phase_seconds[phase]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        phase_seconds[phase] = phase_seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class Stages:
+    """The three sampling stages' sample sets; ``best`` comes from the final stage."""
+
+    sweep: list[SampleSet]
+    guidance: list[SampleSet]
+    final: list[SampleSet]
+
+    @property
+    def everything(self) -> list[SampleSet]:
+        return self.sweep + self.guidance + self.final
+
+    @property
+    def best(self) -> SampleSet:
+        return pick_best(self.final)
+
+
+def train_or_reuse(config: DemoConfig) -> dict | None:
+    """Steps 1-2: train into ``config.pipeline_dir`` and write ``training.json``, or keep it with ``--reuse``.
+
+    Returns the training record (with ``--reuse``: the earlier one, or None without ``training.json``).
+    """
+    record = prepare_output_dir(config)
+    if config.reuse:
+        print("[1/5] Training skipped (--reuse)")
+        print(f"[2/5] Pipeline, model card and tensorboard logs: {config.pipeline_dir}")
+        return record
+    print(f"[1/5] Training: {config.objective} objective, {config.model} UNet, class-conditional, built-in digits")
+    record = train_model(config)
+    (config.output_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"[2/5] Saved pipeline, model card and tensorboard logs to {config.pipeline_dir} "
+          f"({record['steps']} steps in {record['seconds'] / 60:.1f} min)")  # fmt: skip
+    return record
+
+
+def load_pipeline_and_classifier(config: DemoConfig):
+    """The trained class-conditional pipeline on ``config.device`` and the metric's digits classifier."""
+    from scratch_diffusion.pipelines import ScratchDiffusionPipeline
+
+    pipe = ScratchDiffusionPipeline.from_pretrained(str(config.pipeline_dir)).to(config.device)
+    pipe.set_progress_bar_config(disable=True)  # the demo's bars count every UNet evaluation instead
+    if pipe.num_classes is None:
+        raise DemoError(f"{config.pipeline_dir} holds an unconditional UNet; the demo needs a class-conditional one.")
+    classifier = metrics.load_digits_classifier()
+    how = f"trained now in {classifier.training_seconds:.1f} s" if classifier.trained_now else "loaded from cache"
+    print(f"      metric: digits classifier {how} ({classifier.path}); held-out accuracy "
+          f"{100 * classifier.holdout_accuracy:.1f} %")  # fmt: skip
+    return pipe, classifier
+
+
+def sample_and_score(pipe, classifier, config: DemoConfig, phase_seconds: dict[str, float]) -> Stages:
+    """Step 3: sweep every sampler × steps; guidance scales at the sweep's best; the best few again at full size."""
+    samplers = SAMPLERS[pipe.trained_parametrization.path]
+    w = config.guidance_scale
+    sweep = [SampleSet(s, n, w, config.num_sweep_samples, "sweep") for s in samplers for n in config.step_counts]
+    print(f"[3/5] Sampling (sweep): {', '.join(samplers)} × {config.step_counts} steps, guidance w={w:g}, "
+          f"{config.num_sweep_samples} images each")  # fmt: skip
+    with timed(phase_seconds, "sweep"):
+        run_stage(pipe, sweep, config, classifier, "sweep")
+    top = pick_best(sweep)
+    scales = [g for g in dict.fromkeys(config.guidance_sweep) if g != w]
+    guidance = [SampleSet(top.sampler, top.steps, g, config.num_sweep_samples, "guidance") for g in scales]
+    if guidance:
+        print(f"      guidance: {top.sampler}, {top.steps} steps (best of the sweep) at w = "
+              f"{', '.join(f'{g:g}' for g in scales)}, {config.num_sweep_samples} images each")  # fmt: skip
+        with timed(phase_seconds, "guidance"):
+            run_stage(pipe, guidance, config, classifier, "guidance")
+    ranked = sorted(sweep, key=lambda s: s.results["fd_ratio"])[: config.num_final]
+    final = [SampleSet(s.sampler, s.steps, w, config.num_eval_samples, "final") for s in ranked]
+    print(f"      final: the best {len(final)} of the sweep, {config.num_eval_samples} images each")
+    with timed(phase_seconds, "final"):
+        run_stage(pipe, final, config, classifier, "final")
+    return Stages(sweep, guidance, final)
+
+
+def build_report(config: DemoConfig, record: dict | None, pipe, classifier, stages: Stages) -> dict:
+    """The content of ``metrics.json`` (without the timings, which :func:`run` adds)."""
+    everything = stages.everything
+    return {
+        "output_dir": str(config.output_dir),
+        "pipeline": str(config.pipeline_dir),
+        "trained_parametrization": {
+            "noise_path": pipe.trained_parametrization.path,
+            "prediction_type": pipe.trained_parametrization.prediction_type,
+        },
+        "training": record,
+        "reused_pipeline": config.reuse,
+        "classifier": {
+            "path": str(classifier.path),
+            "trained_now": classifier.trained_now,
+            "holdout_accuracy": classifier.holdout_accuracy,
+        },
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "results": [s.row() for s in everything],
+        "best": stages.best.row(),
+        "sampling_seconds": sum(s.seconds for s in everything),
+        "quality_bar": quality_verdict(stages.best, [s for s in everything if s.guidance_scale > 1]),
+    }
+
+
+def write_outputs(config: DemoConfig, report: dict, stages: Stages, num_classes: int) -> None:
+    """Step 4: ``metrics.json``, ``metrics.md`` and ``demo.png`` in ``config.output_dir``."""
+    print("[4/5] Writing metrics.json, metrics.md and demo.png")
+    (config.output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (config.output_dir / "metrics.md").write_text(metrics_markdown(report))
+    save_figure(stages.sweep, stages.guidance, stages.final, config.output_dir / "demo.png", num_classes)
+
+
+def load_command(pipeline_dir: Path, steps: int, guidance_scale: float) -> str:
+    """A one-line shell command that loads the pipeline and saves one sample per class."""
+    code = (
+        "from scratch_diffusion import ScratchDiffusionPipeline as P; "
+        f"p = P.from_pretrained({json.dumps(str(pipeline_dir))}); "
+        f'[im.save(f"digit_{{i}}.png") for i, im in enumerate(p(batch_size=10, class_labels=list(range(10)), '
+        f"guidance_scale={guidance_scale:g}, num_inference_steps={steps}).images)]"
+    )
+    return f"python -c {shlex.quote(code)}"
+
+
+def print_summary(config: DemoConfig, report: dict, best: SampleSet) -> None:
+    """Step 5: where everything is, the best setting beside its baseline, the verdict, how to load the pipeline."""
+    r, verdict = best.results, report["quality_bar"]
+    print("[5/5] Summary")
+    print(f"  outputs:   {config.output_dir}/  (pipeline/ with README.md model card and logs/, "
+          f"metrics.json, metrics.md, demo.png)")  # fmt: skip
+    print(f"  best:      {best.name} ({best.nfe} UNet evaluations per image): FD {r['fd']:.2f} vs real-data "
+          f"baseline {r['fd_real_baseline']:.2f} ± {r['fd_real_baseline_std']:.2f} (×{r['fd_ratio']:.2f}, n={best.n}); "
+          f"noise {r['fd_noise_ceiling']:.0f}")  # fmt: skip
+    print(f"             classified as the requested class: {100 * r['class_match']:.1f} %{guided_text(verdict)} "
+          f"(classifier accuracy on real digits {100 * r['classifier_accuracy']:.1f} %)")  # fmt: skip
+    print(f"  quality bar ({bar_text(verdict)}): {'met' if verdict['met'] else 'NOT met'}")
+    print(f"  tensorboard --logdir {config.pipeline_dir / 'logs'}")
+    print(f"  load it:   {load_command(config.pipeline_dir, best.steps, best.guidance_scale)}")
+    print(f"  total time {report['seconds_total'] / 60:.1f} min")
+
+
+def run(config: DemoConfig) -> dict:
+    """Steps 1-5; returns the content of ``metrics.json`` (``phase_seconds``: train, load, sweep, guidance, final)."""
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    phase_seconds: dict[str, float] = {}
+    with timed(phase_seconds, "train"):
+        record = train_or_reuse(config)
+    with timed(phase_seconds, "load"):
+        pipe, classifier = load_pipeline_and_classifier(config)
+    stages = sample_and_score(pipe, classifier, config, phase_seconds)
+    report = build_report(config, record, pipe, classifier, stages)
+    report["phase_seconds"] = phase_seconds
+    report["seconds_total"] = time.perf_counter() - started
+    write_outputs(config, report, stages, pipe.num_classes)
+    print_summary(config, report, stages.best)
+    return report

@@ -1,0 +1,119 @@
+"""Step 4 of the demo in text: ``metrics.md``, and the README's demo table, both from ``metrics.json``'s content.
+
+``python -m scratch_diffusion.demo.readme_table outputs/demo/metrics.json`` prints the README's table.
+A report is the dict the demo writes as ``metrics.json``; its ``results`` rows and ``best`` row are
+:meth:`SampleSet.row` dicts (the setting, then :func:`scratch_diffusion.metrics.evaluate_samples`' numbers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from scratch_diffusion import metrics
+from scratch_diffusion.demo.quality import bar_text, guided_text
+
+
+class Column(NamedTuple):
+    header: str
+    align: str  # a markdown alignment row cell: "---" (left) or "---:" (right)
+    cell: Callable[[dict], str]
+
+
+def _column(header: str, cell: Callable[[dict], str], right: bool = True) -> Column:
+    return Column(header, "---:" if right else "---", cell)
+
+
+STAGE = _column("stage", lambda r: r["stage"], right=False)
+SAMPLER = _column("sampler", lambda r: r["sampler"], right=False)
+STEPS = _column("steps", lambda r: f"{r['steps']}")
+NFE = _column("UNet evals", lambda r: f"{r['nfe']}")
+GUIDANCE = _column("guidance", lambda r: f"{r['guidance_scale']:g}")
+N = _column("n", lambda r: f"{r['n']}")
+FD = _column("FD ↓", lambda r: f"{r['fd']:.2f}")
+FD_RATIO = _column("FD / baseline", lambda r: f"{r['fd_ratio']:.2f}×")
+CLASS_MATCH = _column("class match", lambda r: f"{100 * r['class_match']:.1f} %")
+CONFIDENT = _column("confident", lambda r: f"{100 * r['confident_fraction']:.1f} %")
+SECONDS = _column("sampling s", lambda r: f"{r['seconds']:.1f}")
+
+
+def _baseline(header: str) -> Column:
+    return _column(header, lambda r: f"{r['fd_real_baseline']:.2f} ± {r['fd_real_baseline_std']:.2f}")
+
+
+# metrics.md: every number of every row; the best row's FD and ratio in bold.
+METRICS_MD_COLUMNS = (STAGE, SAMPLER, STEPS, NFE, GUIDANCE, N, FD, _baseline("real baseline (same n)"), FD_RATIO,
+                      CLASS_MATCH, CONFIDENT, SECONDS)  # fmt: skip
+METRICS_MD_BOLD = (FD, FD_RATIO)
+# The README: no timings (machine-dependent beside the caption's totals); the best row's setting in bold too.
+README_COLUMNS = (STAGE, SAMPLER, STEPS, NFE, GUIDANCE, N, FD, _baseline("real baseline"), FD_RATIO, CLASS_MATCH)
+README_BOLD = (STAGE, SAMPLER, FD, FD_RATIO)
+
+
+def results_table(rows: list[dict], best: dict, columns: tuple[Column, ...], bold: tuple[Column, ...]) -> str:
+    """One markdown row per sample set; the ``bold`` columns of the ``best`` row in bold."""
+    lines = [
+        "| " + " | ".join(c.header for c in columns) + " |",
+        "|" + "|".join(c.align for c in columns) + "|",
+    ]
+    for row in rows:
+        cells = [f"**{c.cell(row)}**" if row == best and c in bold else c.cell(row) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def best_sentence(report: dict) -> str:
+    """The best setting beside its baseline, and the quality bar's verdict."""
+    best, verdict = report["best"], report["quality_bar"]
+    name = f"{best['sampler']}, {best['steps']} steps, w={best['guidance_scale']:g}"
+    return (
+        f"Best (final stage): **{name}** — FD {best['fd']:.2f} vs real-data baseline "
+        f"{best['fd_real_baseline']:.2f} ± {best['fd_real_baseline_std']:.2f} at n={best['n']} "
+        f"(×{best['fd_ratio']:.2f}); class match {100 * best['class_match']:.1f} %"
+        + guided_text(verdict)
+        + f". Quality bar ({bar_text(verdict)}): "
+        + ("met." if verdict["met"] else "**not met**.")
+    )
+
+
+def metrics_markdown(report: dict) -> str:
+    """The content of ``metrics.md``."""
+    record, parametrization, best = report["training"], report["trained_parametrization"], report["best"]
+    trained = f"{record['steps']} training steps in {record['seconds'] / 60:.1f} min." if record else "reused."
+    name = f"{best['sampler']}, {best['steps']} steps, w={best['guidance_scale']:g}"
+    return "\n".join(
+        [
+            "# Demo results",
+            "",
+            f"Model: {report['pipeline']} ({parametrization['noise_path']} path, "
+            f"{parametrization['prediction_type']}); " + trained,
+            "",
+            results_table(report["results"], best, METRICS_MD_COLUMNS, METRICS_MD_BOLD),
+            "",
+            best_sentence(report),
+            "",
+            metrics.markdown_summary(best, title=f"Best: {name}"),
+            "",
+        ]
+    )
+
+
+def readme_table(report: dict) -> str:
+    """The README's demo table with its caption and verdict line (what ``demo.readme_table`` prints)."""
+    record, settings, best, verdict = report["training"], report["settings"], report["best"], report["quality_bar"]
+    trained = f"{record['steps']} training steps in {record['seconds'] / 60:.1f} min" if record else "a reused pipeline"
+    caption = (
+        f"Measured here ({trained}; whole demo {report['seconds_total'] / 60:.1f} min; "
+        f"{settings['num_eval_samples']} samples in the final stage, {settings['num_sweep_samples']} in the sweep; "
+        "baseline = the same distance between real digit sets of the same size):"
+    )
+    guided = sorted(100 * row["class_match"] for row in report["results"] if row["guidance_scale"] > 1)
+    lowest, highest = (f"{guided[0]:.1f}", f"{guided[-1]:.1f}") if guided else ("", "")
+    guided_range = f", {lowest if lowest == highest else f'{lowest}–{highest}'} % with guidance" if guided else ""
+    verdict_line = (
+        f"Quality bar ({bar_text(verdict)}): {'met' if verdict['met'] else 'not met'} — {best['sampler']}, "
+        f"{best['steps']} steps: {best['fd_ratio']:.2f}×; class match {100 * best['class_match']:.1f} % unguided"
+        f"{guided_range}."
+    )
+    table = results_table(report["results"], best, README_COLUMNS, README_BOLD)
+    return "\n\n".join([caption, table, verdict_line])

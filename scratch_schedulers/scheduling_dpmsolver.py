@@ -1,0 +1,382 @@
+"""Multistep DPM-Solver++ (Lu et al., 2022) over the VP or the flow path, for 🤗 diffusers.
+
+The update rules are :func:`~scratch_schedulers.samplers.dpmpp_first_order_step` and its 2M/3M
+siblings, written once in the path's log-SNR λ = log(a/b). This class builds the grid of path
+points (a_i, b_i, λ_i) in float64 on the host in ``set_timesteps`` and, in ``step``, converts the
+model output into x̂0, keeps the last x̂0s (the multistep history) and calls the update rule.
+The config is key-for-key diffusers' ``DPMSolverMultistepScheduler`` (the ``dpmsolver++``
+family), plus ``time_grid`` (one choice instead of the ``use_*_sigmas`` booleans) and
+``third_order``. Deliberate differences from diffusers are listed in the class docstring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import register_to_config
+
+from .dpm_grids import (
+    TIME_GRIDS,
+    beta_levels,
+    exponential_levels,
+    flow_levels,
+    karras_levels,
+    spaced_dpm_timesteps,
+    time_grid_lambdas,
+    timesteps_of_levels,
+)
+from .noise_path import (
+    append_dims,
+    eps_to_x0,
+    make_betas,
+    rescale_zero_terminal_snr,
+    shift_sigmas,
+    v_to_x0,
+    velocity_to_x0,
+)
+from .samplers import dpmpp_first_order_step, dpmpp_second_order_step, dpmpp_third_order_step, dynamic_threshold
+from .scheduling_common import (
+    ScratchScheduler,
+    check_same_shape,
+    check_step_shapes,
+    check_timestep_batch,
+    in_working_precision,
+    step_result,
+)
+from .scheduling_vp import VP_COMPATIBLES
+from .validation import check_choice, check_custom_timesteps, check_device, check_inference_steps
+
+DPM_PREDICTION_TYPES = {"vp": ("epsilon", "sample", "v_prediction"), "flow": ("flow_prediction", "epsilon", "sample")}
+LEVEL_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
+
+
+class ScratchDPMSolverScheduler(ScratchScheduler):
+    """Multistep DPM-Solver++ of order 1–3 with the config of ``diffusers.DPMSolverMultistepScheduler``.
+
+    Args:
+        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr:
+            the VP training path (as in :class:`~scratch_schedulers.ScratchDDPMScheduler`).
+        solver_order: 1 (DDIM), 2 (2M) or 3 (3M).
+        prediction_type: ``epsilon``, ``sample``, ``v_prediction`` (VP path) or ``flow_prediction``
+            (u = ε − x0; flow path, which also takes ``epsilon`` and ``sample``).
+        thresholding, dynamic_thresholding_ratio, sample_max_value: Imagen's dynamic thresholding of x̂0.
+        algorithm_type: ``dpmsolver++`` only (the data-prediction solver).
+        solver_type: the 2M variant, ``midpoint`` (Algorithm 2) or ``heun`` (Taylor weights).
+        lower_order_final, euler_at_final, final_sigmas_type: as diffusers (order 1 at a step to σ = 0;
+            orders ≤ 2, 1 at the last two steps below 15 steps).
+        use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas, use_lu_lambdas: diffusers' VP grids.
+        use_flow_sigmas, flow_shift, use_dynamic_shifting, time_shift_type: the flow path x = (1 − σ)·x0 + σ·ε
+            with σ shifted by ``flow_shift`` (or e^μ from ``set_timesteps(mu=...)``).
+        lambda_min_clipped: timesteps with λ below this are not visited.
+        variance_type: ``learned``/``learned_range`` models return a variance block, ignored here.
+        timestep_spacing, steps_offset: diffusers' DPM-Solver spacings (``linspace``, ``leading``, ``trailing``).
+        time_grid: None (diffusers' grid from the keys above), or ``logsnr``, ``karras`` or ``flow_uniform``
+            (:func:`~scratch_schedulers.dpm_grids.time_grid_lambdas`); timesteps then sit exactly at
+            their noise level (fractional on the VP path).
+        third_order: ``taylor`` (weight 2·a·φ3 on D2, third order) or ``diffusers`` (a·φ3, as the
+            reference code: only second order; kept for step-by-step parity).
+
+    Differences from diffusers (each tested in ``tests/scratch_schedulers/test_dpmsolver.py``):
+    ᾱ = 0 with ``rescale_betas_zero_snr`` is kept exact (λ = −∞; diffusers sets ᾱ = 2⁻²⁴);
+    ``third_order="taylor"``; custom flow timesteps mean σ = t/T; ``final_sigmas_type="sigma_min"``
+    on the flow path ends at the smallest training σ (diffusers uses the VP value); float64 samples stay
+    float64; a ``use_*_sigmas`` key with ``use_flow_sigmas`` and a prediction type the path cannot
+    use raise a ``ValueError`` instead of sampling on mixed paths.
+    """
+
+    _compatibles = [*VP_COMPATIBLES]  # noqa: RUF012
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        solver_order: int = 2,
+        prediction_type: Literal["epsilon", "sample", "v_prediction", "flow_prediction"] = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        algorithm_type: Literal["dpmsolver++"] = "dpmsolver++",
+        solver_type: Literal["midpoint", "heun"] = "midpoint",
+        lower_order_final: bool = True,
+        euler_at_final: bool = False,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        use_lu_lambdas: bool = False,
+        use_flow_sigmas: bool = False,
+        flow_shift: float = 1.0,
+        final_sigmas_type: Literal["zero", "sigma_min"] = "zero",
+        lambda_min_clipped: float = -float("inf"),
+        variance_type: Literal["learned", "learned_range"] | None = None,
+        timestep_spacing: Literal["linspace", "leading", "trailing"] = "linspace",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        use_dynamic_shifting: bool = False,
+        time_shift_type: Literal["exponential"] = "exponential",
+        time_grid: Literal["logsnr", "karras", "flow_uniform"] | None = None,
+        third_order: Literal["taylor", "diffusers"] = "taylor",
+    ):
+        self._check_config()
+        self.path = "flow" if use_flow_sigmas else "vp"
+        betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas)
+        if rescale_betas_zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        if self.path == "vp":  # the flow path has no ᾱ (parametrization_of tells the paths apart by it)
+            self.betas, self.alphas, self.alphas_cumprod = betas, 1.0 - betas, alphas_cumprod
+        with np.errstate(divide="ignore"):  # s = b/a per training timestep; +∞ where ᾱ = 0
+            self._level_table = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).to(torch.float64).numpy()
+        self.sigmas = torch.from_numpy(self._level_table).to(torch.float32)
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.from_numpy(np.arange(num_train_timesteps)[::-1].copy())
+
+    def _check_config(self) -> None:
+        """Every refusal happens here, at construction, before any model evaluation."""
+        cfg = self.config
+        check_choice("solver_order", cfg.solver_order, (1, 2, 3))
+        check_choice("algorithm_type", cfg.algorithm_type, ("dpmsolver++",))
+        check_choice("solver_type", cfg.solver_type, ("midpoint", "heun"))
+        check_choice("final_sigmas_type", cfg.final_sigmas_type, ("zero", "sigma_min"))
+        check_choice("timestep_spacing", cfg.timestep_spacing, ("linspace", "leading", "trailing"))
+        check_choice("variance_type", cfg.variance_type, (None, "learned", "learned_range"))
+        check_choice("time_shift_type", cfg.time_shift_type, ("exponential",))
+        check_choice("time_grid", cfg.time_grid, (None, *TIME_GRIDS))
+        check_choice("third_order", cfg.third_order, ("taylor", "diffusers"))
+        path = "flow" if cfg.use_flow_sigmas else "vp"
+        allowed = DPM_PREDICTION_TYPES[path]
+        if cfg.prediction_type not in allowed:
+            raise ValueError(
+                f"prediction_type={cfg.prediction_type!r} cannot be used on the {path} path "
+                f"(use_flow_sigmas={cfg.use_flow_sigmas}); choose one of {list(allowed)}."
+            )
+        flags = [name for name in LEVEL_FLAGS if cfg[name]]
+        if len(flags) > 1 or (flags and (cfg.use_flow_sigmas or cfg.time_grid is not None)):
+            chosen = flags + ["use_flow_sigmas"] * cfg.use_flow_sigmas + [f"time_grid={cfg.time_grid!r}"] * (
+                cfg.time_grid is not None
+            )
+            raise ValueError(f"{chosen} choose the time grid in conflicting ways; set at most one of them.")
+        if cfg.time_grid is not None and cfg.flow_shift != 1.0:
+            raise ValueError(f"time_grid={cfg.time_grid!r} replaces flow_shift={cfg.flow_shift}; set flow_shift=1.0.")
+
+    # ---- schedule ----------------------------------------------------------------------------
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        mu: float | None = None,
+        timesteps: Sequence[float] | None = None,
+    ) -> None:
+        """Build the grid: ``num_inference_steps`` points as configured, or custom descending ``timesteps``.
+
+        ``mu`` (with ``use_dynamic_shifting``) shifts the flow grid by e^μ for this schedule only.
+        """
+        cfg = self.config
+        check_device(device)
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("set_timesteps needs exactly one of num_inference_steps (an int ≥ 1) or timesteps.")
+        if mu is not None and not cfg.use_dynamic_shifting:
+            raise ValueError(f"mu={mu} needs use_dynamic_shifting=True.")
+        if num_inference_steps is not None:
+            check_inference_steps(num_inference_steps, cfg.num_train_timesteps)
+        shift = float(np.exp(mu)) if mu is not None else cfg.flow_shift
+        levels, grid = self._flow_grid(num_inference_steps, timesteps, shift) if self.path == "flow" else (
+            self._vp_grid(num_inference_steps, timesteps))
+        # The path points are the float32 levels exposed as ``self.sigmas``, with a and b evaluated in float32
+        # by the same formulas as diffusers (a = 1/√(1 + s²), b = s·a): x̂0 = (x − b·ε)/a cancels badly near
+        # the clean end, so equal float32 scalars are what keeps the two schedulers' samples together.
+        levels = np.append(levels, self._final_level(shift)).astype(np.float32)
+        if self.path == "flow":
+            a, b = 1 - levels, levels
+        else:
+            with np.errstate(invalid="ignore"):
+                a = 1 / np.sqrt(levels**2 + 1)
+                b = np.where(np.isinf(levels), np.float32(1), levels * a)  # exact at s = ∞ (ᾱ = 0)
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        with np.errstate(divide="ignore"):
+            lam = np.log(a) - np.log(b)
+        if self.config.prediction_type == "epsilon" and np.any(a[:-1] == 0):
+            raise ValueError(
+                f"the grid starts where a = 0 (λ = −∞, timestep {grid[0]:g}): an ε-prediction says nothing about x0 "
+                "there. Use prediction_type='v_prediction'/'flow_prediction' or 'sample', or another spacing."
+            )
+        self.num_inference_steps = len(grid)
+        grid = torch.from_numpy(grid if grid.dtype == np.int64 else grid.astype(np.float32))
+        self.timesteps = grid.to(device)
+        self.sigmas = torch.from_numpy(levels).to(torch.float32)
+        host = lambda values: [torch.tensor(v, dtype=torch.float64) for v in values]  # noqa: E731
+        self._a, self._b, self._lam = host(a), host(b), host(lam)
+        self._b_ratio = host(b[1:] / b[:-1])
+        self._host_timesteps = grid.tolist()
+        self._first_index = {}
+        for i, t in enumerate(self._host_timesteps):
+            self._first_index.setdefault(t, i)
+        self.set_begin_index(0)
+
+    def _vp_grid(self, n: int | None, custom: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(s levels, timesteps) of a VP grid, without the final point."""
+        cfg, table = self.config, self._level_table
+        T = cfg.num_train_timesteps
+        if custom is not None:
+            t = check_custom_timesteps(custom, T, integer=True).astype(np.int64)
+            return table[t], t
+        with np.errstate(divide="ignore"):
+            lam_table = -np.log(table)
+        last_timestep = T - int(np.sum(lam_table < cfg.lambda_min_clipped))
+        finite = table[np.isfinite(table)]
+        s_min, s_max = float(finite[0]), float(finite[-1])
+        if cfg.time_grid is not None:  # fractional timesteps exactly at their level (linear in s, as diffusers)
+            top = last_timestep - 1 if np.isfinite(table[last_timestep - 1]) else last_timestep - 2
+            levels = np.exp(-time_grid_lambdas(cfg.time_grid, lam_table[top], lam_table[0], n))
+            t = np.interp(levels, table[: top + 1], np.arange(top + 1))
+            return np.interp(t, np.arange(top + 1), table[: top + 1]), t
+        if cfg.use_karras_sigmas or cfg.use_lu_lambdas:
+            levels = (karras_levels if cfg.use_karras_sigmas else exponential_levels)(s_min, s_max, n)
+            t = timesteps_of_levels(levels, table)
+            t = t if cfg.beta_schedule == "squaredcos_cap_v2" else t.round()
+        elif cfg.use_exponential_sigmas or cfg.use_beta_sigmas:
+            levels = (exponential_levels if cfg.use_exponential_sigmas else beta_levels)(s_min, s_max, n)
+            t = timesteps_of_levels(levels, table)
+        else:
+            t = spaced_dpm_timesteps(cfg.timestep_spacing, T, n, cfg.steps_offset, last_timestep)
+            levels = table[t]
+        return levels, t.astype(np.int64)  # diffusers truncates fractional timesteps
+
+    def _flow_grid(self, n: int | None, custom: Sequence[float] | None, shift: float) -> tuple[np.ndarray, np.ndarray]:
+        """(σ levels, timesteps) of a flow grid, without the final point; t = σ·T."""
+        T = self.config.num_train_timesteps
+        if custom is not None:
+            t = check_custom_timesteps(custom, T + 1e-3, integer=False)
+            return t / T, t
+        if self.config.time_grid is not None:
+            lam_min, lam_max = np.log(1 / (T - 1)), np.log(T - 1)  # σ from 1 − 1/T to 1/T
+            lam = time_grid_lambdas(self.config.time_grid, lam_min, lam_max, n)
+            levels = 1 / (1 + np.exp(lam))
+            return levels, levels * T
+        levels = flow_levels(n, T, shift)
+        return levels, (levels * T).astype(np.int64)
+
+    def _final_level(self, shift: float) -> float:
+        """Level after the last step: 0 (x0 itself) or the least noisy training level."""
+        if self.config.final_sigmas_type == "zero":
+            return 0.0
+        if self.path == "flow":
+            return float(shift_sigmas(1 / self.config.num_train_timesteps, shift))
+        return float(self._level_table[0])
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the loop at ``self.timesteps[begin_index]`` (image-to-image); clears the history."""
+        self._position = begin_index
+        self._history: list[tuple[int, torch.Tensor]] = []
+
+    # ---- sampling ----------------------------------------------------------------------------
+
+    def _step_index(self, timestep: float | torch.Tensor) -> int:
+        """Grid index of ``timestep``: the loop position, checked against a host timestep (an
+        accelerator timestep is not read back: the position counter is trusted)."""
+        n = self.num_inference_steps
+        if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
+            if self._position >= n:
+                raise ValueError(f"the loop has already taken all {n} steps; call set_timesteps() again.")
+            return self._position
+        value = float(torch.as_tensor(timestep).reshape(()))
+        if self._position < n and self._host_timesteps[self._position] == value:
+            return self._position
+        if value not in self._first_index:
+            shown = self._host_timesteps[:8]
+            raise ValueError(
+                f"timestep {value:g} is not in the current schedule {shown}{' …' if n > 8 else ''}; "
+                "pass a value from scheduler.timesteps."
+            )
+        return self._first_index[value]
+
+    def _order_at(self, i: int, available: int) -> int:
+        """Solver order of step i given ``available`` consecutive earlier x̂0s (diffusers' rule)."""
+        cfg, n = self.config, self.num_inference_steps
+        cap = cfg.solver_order
+        few = cfg.lower_order_final and n < 15
+        if i == n - 1 and (cfg.euler_at_final or few or cfg.final_sigmas_type == "zero"):
+            cap = 1  # to b_next = 0 (λ = +∞) only order 1 is finite, and it returns x̂0 exactly
+        elif i == n - 2 and few:
+            cap = min(cap, 2)
+        return min(cap, available + 1)
+
+    def _data_prediction(self, model_output: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
+        """x̂0 from the model output at grid point i, thresholded if configured."""
+        cfg, a, b = self.config, self._a[i], self._b[i]
+        if cfg.prediction_type == "epsilon":
+            x0 = eps_to_x0(model_output, x, a, b)
+        elif cfg.prediction_type == "v_prediction":
+            x0 = v_to_x0(model_output, x, a, b)
+        elif cfg.prediction_type == "flow_prediction":
+            x0 = velocity_to_x0(model_output, x, b)
+        else:
+            x0 = model_output
+        if cfg.thresholding:
+            x0 = dynamic_threshold(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+        return x0
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ):
+        """One multistep DPM-Solver++ step from ``timestep`` to the next grid point.
+
+        Args:
+            model_output: the model's prediction at (sample, timestep), in ``prediction_type``.
+            timestep: the current timestep, a value of ``self.timesteps``.
+            sample: x at that timestep, shape (B, C, ...).
+            generator, variance_noise: unused (the ``dpmsolver++`` family is deterministic); kept for the API.
+            return_dict: return a :class:`ScratchSchedulerOutput` rather than a tuple (prev_sample, x̂0).
+        """
+        if self.num_inference_steps is None:
+            raise ValueError("num_inference_steps is None: call set_timesteps() before step().")
+        check_step_shapes(model_output, sample, allow_variance=self.config.variance_type is not None)
+        i = self._step_index(timestep)
+        x, out = in_working_precision(sample, model_output)
+        x0 = self._data_prediction(out[:, : x.shape[1]], x, i)
+        history: list[torch.Tensor] = []  # x̂0 at grid points i − 1, i − 2 (consecutive ones only)
+        for j, earlier in reversed(self._history):
+            if j != i - 1 - len(history):
+                break
+            history.append(earlier)
+        order = self._order_at(i, len(history))
+        lam, a_next, b_ratio = self._lam, self._a[i + 1], self._b_ratio[i]
+        if order == 1:
+            prev_sample = dpmpp_first_order_step(x, x0, lam[i], lam[i + 1], a_next, b_ratio)
+        elif order == 2:
+            prev_sample = dpmpp_second_order_step(x, x0, history[0], lam[i - 1], lam[i], lam[i + 1], a_next, b_ratio,
+                                                  self.config.solver_type)
+        else:
+            prev_sample = dpmpp_third_order_step(x, x0, history[0], history[1], lam[i - 2], lam[i - 1], lam[i],
+                                                 lam[i + 1], a_next, b_ratio, self.config.third_order == "diffusers")
+        self._history = [*self._history[-1:], (i, x0)]  # 3M needs the last two
+        self._position = i + 1
+        return step_result(prev_sample, x0, sample.dtype, return_dict)
+
+    # ---- forward process (training, img2img) -------------------------------------------------
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = a_t·x0 + b_t·ε at training timesteps: VP a = √ᾱ_t (integer t), flow a = 1 − t/T."""
+        check_same_shape(original_samples, noise, "original_samples", "noise")
+        check_timestep_batch(timesteps, original_samples)
+        T = self.config.num_train_timesteps
+        t = torch.as_tensor(timesteps, device=original_samples.device)
+        if self.path == "flow":
+            sigma = append_dims(t.to(torch.float32) / T, original_samples.ndim).to(original_samples.dtype)
+            return (1 - sigma) * original_samples + sigma * noise
+        alpha_bar = self.alphas_cumprod.to(original_samples.device)[t.long()]
+        alpha_bar = append_dims(alpha_bar, original_samples.ndim).to(original_samples.dtype)
+        return alpha_bar**0.5 * original_samples + (1 - alpha_bar) ** 0.5 * noise
