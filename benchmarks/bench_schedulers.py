@@ -4,7 +4,7 @@ For each scheduler and shape, full ``for t in timesteps: step(...)`` loops (mode
 precomputed, so only the scheduler is timed) of ours and diffusers' alternate; the table gives
 the median µs/step of each and the median of the per-pair ratios (robust to load drift).
 Targets (issue 2): DDPM and DDIM ≤ 0.5× at (1,3,32,32) and ≤ 0.8× at
-(16,3,64,64); flow Euler ≤ 1.0×. Prints a markdown table.
+(16,3,64,64); flow Euler ≤ 1.0×; DPM-Solver++ (2M, issue 10) ≤ 1.0×. Prints a markdown table.
 
     python benchmarks/bench_schedulers.py [--repeats 7] [--steps 50]
 """
@@ -16,14 +16,20 @@ import statistics
 import time
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
-from scratch_schedulers import ScratchDDIMScheduler, ScratchDDPMScheduler, ScratchFlowMatchScheduler
+from scratch_schedulers import (
+    ScratchDDIMScheduler,
+    ScratchDDPMScheduler,
+    ScratchDPMSolverScheduler,
+    ScratchFlowMatchScheduler,
+)
 
 PAIRS = {
     "DDPM": (ScratchDDPMScheduler, DDPMScheduler, {}),
     "DDIM": (ScratchDDIMScheduler, DDIMScheduler, {"eta": 0.0}),
     "flow Euler": (ScratchFlowMatchScheduler, FlowMatchEulerDiscreteScheduler, {}),
+    "DPM-Solver++ 2M": (ScratchDPMSolverScheduler, DPMSolverMultistepScheduler, {}),
 }
 SHAPES = [(1, 3, 32, 32), (16, 3, 64, 64)]
 

@@ -97,6 +97,18 @@ def sample_shape(unet: UNet2DModel, batch_size: int) -> tuple[int, int, int, int
     return (batch_size, unet.config.in_channels, height, width)
 
 
+def check_latents(latents: object, shape: tuple[int, ...]) -> None:
+    """Given initial noise must be a floating-point tensor of the sample shape (its device and dtype are cast)."""
+    if not isinstance(latents, torch.Tensor) or not latents.dtype.is_floating_point:
+        raise ValueError(
+            f"latents must be a floating-point torch.Tensor of shape {shape}; got {type(latents).__name__}"
+            + (f" of dtype {latents.dtype}" if isinstance(latents, torch.Tensor) else "")
+            + "."
+        )
+    if tuple(latents.shape) != tuple(shape):
+        raise ValueError(f"latents have shape {tuple(latents.shape)}; expected {shape} (batch_size, C, H, W).")
+
+
 def check_sampling_memory(unet: UNet2DModel, batch_size: int, device: torch.device) -> None:
     """Refuse, before allocating, a batch whose sampling buffers alone exceed the device's free memory.
 

@@ -1,15 +1,20 @@
-"""What a pipeline's UNet was trained to predict, and whether its scheduler reads the output that way.
+"""What a pipeline's UNet was trained to predict, and whether its scheduler can sample it.
 
 A parametrisation is a (noise path, prediction type) pair: ``vp`` with ``epsilon``, ``sample``
 or ``v_prediction`` (Ho et al., 2020; Salimans & Ho, 2022), or ``flow`` with ``flow_velocity``
-(Lipman et al., 2023). Sampling with a scheduler of another parametrisation reads the UNet's
-output as the wrong quantity, so the pipeline records its own and checks every call.
+(Lipman et al., 2023). The pipeline records its UNet's, with the training ``noise_schedule``; a
+scheduler of another parametrisation samples it through the exact change of variables
+(``cross_path.py``), which needs that schedule.
 """
 
 from __future__ import annotations
 
-from scratch_schedulers import Parametrization, parametrization_of
+from collections.abc import Mapping
+
+from scratch_schedulers import Parametrization
 from scratch_schedulers.noise_path import PREDICTION_TYPES, PREDICTION_TYPES_BY_PATH
+
+from .cross_path import sampler_parametrization
 
 
 def resolve_parametrization(scheduler: object, prediction_type: str | None, noise_path: str | None) -> Parametrization:
@@ -29,7 +34,7 @@ def resolve_parametrization(scheduler: object, prediction_type: str | None, nois
         if noise_path == "flow":
             prediction_type = "flow_velocity"
         else:
-            of_scheduler = parametrization_of(scheduler)
+            of_scheduler = sampler_parametrization(scheduler)
             if noise_path is not None and of_scheduler.path != noise_path:
                 raise ValueError(
                     f"noise_path={noise_path!r} but the scheduler samples the {of_scheduler.path!r} path; "
@@ -46,13 +51,22 @@ def resolve_parametrization(scheduler: object, prediction_type: str | None, nois
     return Parametrization(noise_path, prediction_type)
 
 
-def check_scheduler_parametrization(scheduler: object, trained: Parametrization) -> None:
-    """Raise ``ValueError`` unless ``scheduler`` reads model outputs as the ``trained`` parametrisation."""
-    sampled = parametrization_of(scheduler)
-    if sampled != trained:
+def check_scheduler_parametrization(
+    scheduler: object, trained: Parametrization, noise_schedule: Mapping | None
+) -> Parametrization:
+    """The parametrisation ``scheduler`` samples with; ``ValueError`` if it cannot sample the ``trained`` model.
+
+    The same parametrisation samples natively; any other one that :func:`sampler_parametrization`
+    can describe goes through the change of variables, which needs the model's ``noise_schedule``.
+    """
+    sampled = sampler_parametrization(scheduler)
+    if sampled != trained and noise_schedule is None:
         raise ValueError(
             f"{type(scheduler).__name__} samples the {sampled.path!r} path with "
             f"prediction_type={sampled.prediction_type!r}, but the UNet was trained on the {trained.path!r} "
-            f"path to predict {trained.prediction_type!r}. Use a scheduler configured for "
+            f"path to predict {trained.prediction_type!r}, and this pipeline does not record the training "
+            "noise_schedule the conversion needs. Pass noise_schedule=... (the training scheduler's "
+            "num_train_timesteps and β keys) or use a scheduler configured for "
             f"(noise_path={trained.path!r}, prediction_type={trained.prediction_type!r})."
         )
+    return sampled

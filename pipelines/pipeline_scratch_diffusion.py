@@ -9,9 +9,11 @@ the conditional and unconditional halves in one batched forward pass:
 ŷ = ŷ_∅ + w·(ŷ_c − ŷ_∅), with the null class ∅ = ``num_class_embeds − 1``.
 
 The pipeline records what its UNet was trained to predict (``prediction_type``) on which noise
-path (``noise_path``) in ``model_index.json``, and refuses to sample with a scheduler that would
-read the model output differently (``parametrization.py``). Arguments are checked in ``inputs.py``,
-saved folders in ``saved_format.py``; the saved format is described in ``remote_code.py``.
+path (``noise_path``) with which training schedule (``noise_schedule``) in ``model_index.json``.
+A scheduler of another path or parametrisation samples it through the exact change of variables
+(``cross_path.py``); :meth:`ScratchDiffusionPipeline.invert` runs the deterministic sampler
+backwards (``inversion.py``). Arguments are checked in ``inputs.py``, saved folders in
+``saved_format.py``; the saved format is described in ``remote_code.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
 import torch
@@ -30,6 +32,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from scratch_schedulers import Parametrization
 
+from .cross_path import ModelCalls, ModelPath, noise_schedule_of, scheduler_model_calls
 from .inputs import (
     MAX_BATCH_SIZE,
     OUTPUT_TYPES,
@@ -37,11 +40,13 @@ from .inputs import (
     check_call_arguments,
     check_callback_inputs,
     check_conditioning,
+    check_latents,
     check_sampling_memory,
     class_label_tensor,
     sample_shape,
     warn_if_not_finite,
 )
+from .inversion import ImageInput, invert_images
 from .loading import looks_like_local_path
 from .parametrization import check_scheduler_parametrization, resolve_parametrization
 from .remote_code import (
@@ -78,9 +83,11 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
         prediction_type: what the UNet was trained to predict: ``epsilon``, ``sample``,
             ``v_prediction`` or ``flow_velocity``. Defaults to the scheduler's.
         noise_path: the path it was trained on: ``vp`` or ``flow``. Defaults to the scheduler's.
+        noise_schedule: the training path's config keys (``num_train_timesteps``; on the VP path also
+            the β keys). Defaults to the scheduler's when it samples the trained path.
 
-    Both are saved in ``model_index.json``; sampling with a scheduler that reads the model output
-    as something else raises ``ValueError``.
+    All three are saved in ``model_index.json``. A scheduler of another path or parametrisation
+    samples the UNet through the exact change of variables (``cross_path.py``).
     """
 
     model_cpu_offload_seq = "unet"
@@ -92,11 +99,19 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
         scheduler: SchedulerMixin,
         prediction_type: str | None = None,
         noise_path: str | None = None,
+        noise_schedule: Mapping | None = None,
     ):
         super().__init__()
         trained = resolve_parametrization(scheduler, prediction_type, noise_path)
+        if noise_schedule is None:
+            noise_schedule = noise_schedule_of(scheduler, trained.path)
+        else:
+            noise_schedule = dict(noise_schedule)
+            ModelPath.from_schedule(trained, noise_schedule)  # a bad schedule fails here, naming the key
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(prediction_type=trained.prediction_type, noise_path=trained.path)
+        self.register_to_config(
+            prediction_type=trained.prediction_type, noise_path=trained.path, noise_schedule=noise_schedule
+        )
 
     @property
     def trained_parametrization(self) -> Parametrization:
@@ -170,9 +185,24 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
         num_class_embeds = self.unet.config.num_class_embeds
         return None if num_class_embeds is None else num_class_embeds - 1
 
-    def check_parametrization(self) -> None:
-        """Raise ``ValueError`` unless the scheduler reads model outputs as the UNet was trained."""
-        check_scheduler_parametrization(self.scheduler, self.trained_parametrization)
+    def check_parametrization(self) -> Parametrization:
+        """The scheduler's parametrisation; ``ValueError`` if it cannot sample the UNet (``parametrization.py``)."""
+        return check_scheduler_parametrization(self.scheduler, self.trained_parametrization, self.config.noise_schedule)
+
+    def model_calls(self, targets: Sequence[str] | None, device: torch.device, levels=None) -> ModelCalls | None:
+        """The converted UNet calls for the scheduler's timesteps (or ``levels``); None when it samples natively."""
+        sampled = self.check_parametrization()
+        return scheduler_model_calls(
+            self.scheduler, sampled, self.trained_parametrization, self.config.noise_schedule, targets, device, levels
+        )
+
+    def predict(self, model_input: torch.Tensor, timestep, labels: torch.Tensor | None, guidance_scale: float):
+        """The UNet output at (model_input, timestep); with labels and w ≠ 1 the batch holds both CFG halves."""
+        model_output = self.unet(model_input, timestep, class_labels=labels).sample
+        if labels is not None and guidance_scale != 1:
+            conditional, unconditional = model_output.chunk(2)
+            model_output = unconditional + guidance_scale * (conditional - unconditional)
+        return model_output
 
     def check_inputs(
         self,
@@ -208,6 +238,14 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
             return None
         return class_label_tensor(class_labels, batch_size, self.num_classes, device)
 
+    def guided_class_labels(self, class_labels, batch_size: int, guidance_scale: float, device: torch.device):
+        """(labels, guided): with guidance the conditional half first, then the null class — one forward pass."""
+        labels = self.prepare_class_labels(class_labels, batch_size, device)
+        guided = labels is not None and guidance_scale != 1
+        if guided:
+            labels = torch.cat([labels, torch.full_like(labels, self.num_classes)])
+        return labels, guided
+
     def step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None, eta: float) -> dict:
         """``eta`` and ``generator`` for ``scheduler.step``, each only if ``step`` accepts it."""
         accepted = inspect.signature(self.scheduler.step).parameters
@@ -232,6 +270,7 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
         | MultiPipelineCallbacks
         | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        latents: torch.Tensor | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images.
 
@@ -254,13 +293,16 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
                 ``latents`` entry in its returned dict replaces the current sample.
             callback_on_step_end_tensor_inputs: names passed to the callback, from
                 ``["latents", "model_output"]``.
+            latents: the initial noise instead of drawing it, a float tensor of shape
+                (batch_size, C, H, W) (e.g. from :meth:`invert`); scaled by ``init_noise_sigma``
+                as drawn noise is, and cast to the UNet's device and dtype.
 
         Returns:
             ``ImagePipelineOutput(images=...)``, or ``(images,)`` if ``return_dict`` is False.
 
         Raises:
-            ValueError: for an argument out of its allowed set, or a scheduler whose parametrisation
-                differs from the one the UNet was trained with — always before any model evaluation.
+            ValueError: for an argument out of its allowed set, or a scheduler that cannot sample the
+                UNet (``cross_path.py``) — always before any model evaluation.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -275,13 +317,18 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
             eta,
         )
         device = self._execution_device
-        labels = self.prepare_class_labels(class_labels, batch_size, device)
-        guided = labels is not None and guidance_scale != 1
-        if guided:  # conditional half first, then the null class: one forward pass per step
-            labels = torch.cat([labels, torch.full_like(labels, self.num_classes)])
+        labels, guided = self.guided_class_labels(class_labels, batch_size, guidance_scale, device)
 
         shape = sample_shape(self.unet, batch_size)
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        else:
+            check_latents(latents, shape)
+            latents = latents.to(device=device, dtype=self.unet.dtype)
+        plan = None  # the scheduler samples the UNet's own parametrisation
+        if self.check_parametrization() != self.trained_parametrization:  # plan the conversion on a host grid
+            self.scheduler.set_timesteps(num_inference_steps)
+            plan = self.model_calls(None, device)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)
         self._num_timesteps = len(self.scheduler.timesteps)
@@ -291,10 +338,13 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = torch.cat([latents, latents]) if guided else latents
             model_input = scale_model_input(model_input, t)
-            model_output = self.unet(model_input, t, class_labels=labels).sample
-            if guided:
-                conditional, unconditional = model_output.chunk(2)
-                model_output = unconditional + guidance_scale * (conditional - unconditional)
+            if plan is None:
+                model_output = self.predict(model_input, t, labels, guidance_scale)
+            else:  # the change of variables: precomputed numbers and a timestep already on the device
+                call = plan.calls[i]
+                model_input = model_input * call.input_scale
+                model_output = self.predict(model_input, plan.timesteps[i], labels, guidance_scale)
+                model_output = call.read(model_output, model_input[: len(model_output)])[0]
             latents = self.scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
             if callback_on_step_end is not None:
                 tensors = {"latents": latents, "model_output": model_output}
@@ -312,3 +362,34 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+    # ---- inversion ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def invert(
+        self,
+        images: ImageInput,
+        num_inference_steps: int = 50,
+        class_labels: int | Sequence[int] | torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+    ) -> torch.Tensor:
+        r"""The noise that the deterministic sampler maps back to ``images`` (DDIM inversion; ``inversion.py``).
+
+        ``pipe(latents=pipe.invert(x, num_inference_steps=n), num_inference_steps=n)`` reconstructs ``x``
+        with the pipeline's (deterministic) scheduler and the same labels and guidance, up to an error
+        that falls as n grows.
+
+        Args:
+            images: as the pipeline outputs them: a (B, C, H, W) tensor in [0, 1] (``"pt"``), a
+                (B, H, W, C) array in [0, 1] (``"np"``), or PIL images (``"pil"``).
+            num_inference_steps: the sampler's steps n; n model evaluations (one per grid interval).
+            class_labels, guidance_scale: as in ``__call__``.
+
+        Returns:
+            float32 latents of shape (B, C, H, W) on the execution device.
+
+        Raises:
+            ValueError: for bad images or arguments, or a scheduler with ``init_noise_sigma`` ≠ 1 — before
+                any model evaluation.
+        """
+        return invert_images(self, images, num_inference_steps, class_labels, guidance_scale)

@@ -98,8 +98,13 @@ def time_grid_lambdas(grid: str, lambda_min: float, lambda_max: float, n: int) -
     * ``flow_uniform``: uniform in the flow time σ_flow = sigmoid(−λ) = b/(a + b) on n + 1 points
       from σ_flow(λ_min) to 0, the last (σ = 0, λ = +∞) left to the final step: the time of the
       rectified-flow path through the same SNRs (on a flow model, diffusers' unshifted flow grid).
-      It is the documented choice for few (≤ 10) model evaluations: it measured best among these
-      three with the exact denoiser at 10 steps (numbers in the report and test_dpmsolver.py).
+      It is the documented choice for few (5–20) model evaluations, on both paths: with the exact
+      denoiser its ODE endpoint error with 3M (``benchmarks/bench_few_step.py``) was the lowest of the
+      three in 17 of 18 cases (5/10/20 evaluations × VP/flow × three mixtures; logsnr won the 8-D
+      mixture on VP at 20), by 1.2–35× at 10 (logsnr and karras spend points at the ends of the λ
+      range); grids with the last point nearer σ = 0 (σ_i ∝ (1 − i/n)^p, p > 1) or uniform in
+      arctan(e^{c·λ}) measured worse. With the UniC corrector and the σ² final step
+      (``scheduling_dpmsolver.FEW_STEP_CONFIG``) logsnr and karras were 1.25–47× worse (example mixture).
     """
     if grid == "logsnr":
         return np.linspace(lambda_min, lambda_max, n)

@@ -51,6 +51,7 @@ import torch
 
 from .mixture_statistics import mixture_error, sampling_noise
 from .noise_path import PREDICTION_TYPES, PredictionType
+from .ode_reference import EndpointAccuracy, ode_endpoint_error, probability_flow_endpoint  # noqa: F401 (re-exported)
 
 __all__ = [
     "PREDICTION_TYPES",

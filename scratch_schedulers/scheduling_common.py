@@ -1,5 +1,11 @@
 """What every scratch scheduler shares, VP and flow alike: the output type, the ``step`` argument
-checks, the working precision of ``step`` and a small diffusers base class.
+checks (timesteps included), the working precision of ``step`` and a small diffusers base class.
+
+Any timestep: ``step(model_output, t, sample)`` takes any t in the path's range, not only the values of
+``scheduler.timesteps``. Its coefficients are those of the exact t (ᾱ_t on the VP chain, σ = t/T on the
+flow path), and it steps to the largest scheduled timestep strictly below t — or to the end (x0) from
+at or below the last one — so a loop continues with ``scheduler.timesteps[scheduler.timesteps < t]``.
+A (B,) tensor gives one timestep per example; each example then steps exactly as it would alone.
 
 Nothing here knows about a particular path; :mod:`.scheduling_vp` (DDPM, DDIM) and
 :mod:`.scheduling_flow_match` both build on it.
@@ -13,6 +19,8 @@ import torch
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
+
+from .noise_path import append_dims
 
 
 @dataclass
@@ -35,12 +43,59 @@ Generators = torch.Generator | list[torch.Generator] | None
 HALF_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def as_timestep_tensor(timestep: int | float | torch.Tensor) -> torch.Tensor:
-    """A single timestep as a 0-d tensor on its own device (a Python number goes to the CPU)."""
+def timestep_tensor(timestep: int | float | torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    """``step``'s timestep as a tensor on its own device (a Python number goes to the CPU): 0-d for one
+    timestep for the whole batch, (B,) for one per example of ``sample``; any other count is a ValueError."""
     t = torch.as_tensor(timestep)
-    if t.numel() != 1:
-        raise ValueError(f"step() takes a single timestep, got a tensor of shape {tuple(t.shape)}.")
-    return t.reshape(())
+    if t.numel() == 1:
+        return t.reshape(())
+    check_timestep_batch(t, sample)
+    return t.reshape(-1)
+
+
+def is_host(timestep: object) -> bool:
+    """A Python number or a CPU tensor: its value may be read without a host–device synchronisation."""
+    return not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu"
+
+
+def element_position(timestep: object, timesteps: torch.Tensor) -> int | None:
+    """The index i when ``timestep`` is the element view ``timesteps[i]`` (``for t in scheduler.timesteps``),
+    else None — read from the view's storage offset on the host, never from the (device) value."""
+    if not isinstance(timestep, torch.Tensor) or timestep.ndim != 0 or timesteps.ndim != 1:
+        return None
+    if (timestep._base if timestep._base is not None else timestep) is not (
+        timesteps._base if timesteps._base is not None else timesteps
+    ):
+        return None
+    offset, stride = timestep.storage_offset() - timesteps.storage_offset(), timesteps.stride(0)
+    i = offset // stride if stride > 0 else -1
+    return i if 0 <= i < len(timesteps) and i * stride == offset else None
+
+
+def check_step_timesteps(t: torch.Tensor, upper: float, integer: bool) -> None:
+    """Host timesteps given to ``step`` must lie in [0, upper] (integers on a discrete chain).
+
+    Any value in range is accepted, scheduled or not (README, "Any timestep"); device timesteps are
+    not passed here (reading them would synchronise).
+    """
+    inside = (t >= 0) & (t <= upper)  # NaN fails
+    if not bool(inside.all()):
+        bad = float(t.reshape(-1)[~inside.reshape(-1)][0])
+        raise ValueError(
+            f"timestep {bad:g} is not in the current schedule and outside [0, {upper:g}], the timesteps this "
+            f"scheduler's path is defined on; pass a value in that range (e.g. from scheduler.timesteps)."
+        )
+    if integer and t.is_floating_point() and not bool((t == t.round()).all()):
+        bad = float(t.reshape(-1)[(t != t.round()).reshape(-1)][0])
+        raise ValueError(
+            f"timestep {bad:g} is not in the current schedule and not an integer: a discrete VP chain has ᾱ only "
+            f"at the integer timesteps 0…{upper:g} (no interpolation); ScratchDPMSolverScheduler takes real timesteps."
+        )
+
+
+def per_example(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A 0-d coefficient as it is; a (B,) one on ``like``'s device with trailing dims to broadcast per example."""
+    return coefficient if coefficient.ndim == 0 else append_dims(coefficient.to(like.device), like.ndim)
 
 
 def check_step_shapes(model_output: torch.Tensor, sample: torch.Tensor, allow_variance: bool = False) -> None:
@@ -151,7 +206,8 @@ class ScratchScheduler(SchedulerMixin, ConfigMixin):
 
         Args:
             model_output: the model's prediction at (sample, timestep), in the scheduler's parametrisation.
-            timestep: the current timestep, a value of ``self.timesteps``.
+            timestep: the current timestep — any in the path's range, scheduled or not — or a (B,) tensor
+                of one per example (README, "Any timestep").
             sample: x_t, shape (B, C, ...).
             generator: torch generator(s) for the noise the step injects, if it injects any.
             return_dict: return a :class:`ScratchSchedulerOutput` rather than a tuple.

@@ -94,15 +94,16 @@ class ScratchDDIMScheduler(DiscreteVPScheduler):
         variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> StepResult:
-        """One DDIM step from ``timestep`` to the next timestep of the schedule (Eq. 12).
+        """One DDIM step (Eq. 12) from ``timestep`` to the largest scheduled timestep below it (the end, ᾱ = 1
+        or ᾱ_0, below the last one), with ᾱ at the exact ``timestep``.
 
         Args:
             model_output: the model's prediction at (sample, timestep).
-            timestep: the current timestep, a value of ``self.timesteps``.
+            timestep: any integer timestep in [0, T), or a (B,) tensor of one per example.
             sample: x_t, shape (B, C, ...).
             eta: η ≥ 0, the weight of fresh noise (0: deterministic DDIM, 1: DDPM posterior).
             use_clipped_model_output: re-derive ε̂ from the clipped/thresholded x̂0.
-            generator: torch generator(s) for the noise when η > 0.
+            generator: torch generator(s) for the noise when η > 0; a list of B draws example i's from the i-th.
             variance_noise: explicit noise z instead of drawing it (e.g. for CycleDiffusion).
             return_dict: return a :class:`ScratchSchedulerOutput` rather than a tuple.
         """
@@ -113,7 +114,7 @@ class ScratchDDIMScheduler(DiscreteVPScheduler):
         if variance_noise is not None and generator is not None:
             raise ValueError("pass either generator or variance_noise to step(), not both.")
         check_step_shapes(model_output, sample)
-        c = self._row(timestep)
+        c = self._row(timestep, sample)
         x_t, model_output = in_working_precision(sample, model_output)
 
         x0, eps = split_prediction(model_output, x_t, c.a, c.b, self.config.prediction_type)

@@ -18,7 +18,14 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .noise_path import BetaSchedule, TimestepSpacing, VPPredictionType, split_prediction
 from .samplers import ddpm_posterior_coefficients, posterior_mean
-from .scheduling_common import Generators, check_step_shapes, in_working_precision
+from .scheduling_common import (
+    Generators,
+    check_step_shapes,
+    in_working_precision,
+    is_host,
+    per_example,
+    timestep_tensor,
+)
 from .scheduling_vp import DiscreteVPScheduler
 from .validation import check_choice
 
@@ -102,11 +109,13 @@ class ScratchDDPMScheduler(DiscreteVPScheduler):
     def _step(
         self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, generator: Generators
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One ancestral step x_t → x_{t_next} (Ho et al., 2020, Algorithm 2); ``model_output`` has
-        twice the channels of ``sample`` when ``variance_type`` is ``learned``/``learned_range``."""
+        """One ancestral step x_t → x_{t_next} (Ho et al., 2020, Algorithm 2) from any integer t (or one
+        per example) to the largest scheduled timestep below it; ``model_output`` has twice the channels
+        of ``sample`` when ``variance_type`` is ``learned``/``learned_range``. A list of B generators
+        draws each example's noise from its own generator (as that example stepped alone would)."""
         learned = self.variance_type in ("learned", "learned_range")
         check_step_shapes(model_output, sample, allow_variance=learned)
-        c = self._row(timestep)
+        c = self._row(timestep, sample)
         predicted_variance = None
         if model_output.shape[1] != sample.shape[1]:
             model_output, predicted_variance = model_output.split(sample.shape[1], dim=1)
@@ -121,10 +130,10 @@ class ScratchDDPMScheduler(DiscreteVPScheduler):
         noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                              dtype=model_output.dtype)
         std = self._noise_std(c, predicted_variance)
-        if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
-            prev_sample = mean + std * (timestep > 0) * noise
-        else:  # no noise is added at t = 0 (Algorithm 2, line 3)
-            prev_sample = mean + std * noise if int(timestep) > 0 else mean
+        if is_host(timestep) and (not isinstance(timestep, torch.Tensor) or timestep.numel() == 1):
+            prev_sample = mean + std * noise if float(timestep) > 0 else mean  # none at t = 0 (Algorithm 2, line 3)
+        else:  # a device timestep, or one per example: the same rule as a mask, without reading t back
+            prev_sample = mean + std * per_example(timestep_tensor(timestep, sample) > 0, sample) * noise
         return prev_sample, x0
 
     def _noise_std(self, c: DDPMStepCoefficients, predicted_variance: torch.Tensor | None) -> torch.Tensor:

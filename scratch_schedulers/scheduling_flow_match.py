@@ -9,6 +9,7 @@ convention (``order = 2``, interior timesteps repeated) so a plain ``for t in ti
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Literal, get_args
 
@@ -32,11 +33,15 @@ from .samplers import euler_step, heun_step, reverse_step
 from .scheduling_common import (
     Generators,
     ScratchScheduler,
-    as_timestep_tensor,
     check_same_shape,
     check_step_shapes,
+    check_step_timesteps,
     check_timestep_batch,
+    element_position,
     in_working_precision,
+    is_host,
+    per_example,
+    timestep_tensor,
 )
 from .validation import (
     check_choice,
@@ -106,7 +111,7 @@ class ScratchFlowMatchScheduler(ScratchScheduler):
         self._host_floats: dict[float, tuple[float, float]] = {}
         self._begin_index = 0
         self._position = 0
-        self._heun_pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._heun_pending: tuple[torch.Tensor, torch.Tensor, float, float] | None = None
 
     # ---- schedule ----------------------------------------------------------------------------
 
@@ -169,8 +174,12 @@ class ScratchFlowMatchScheduler(ScratchScheduler):
         sigma32 = torch.from_numpy(self._grid).to(torch.float32)
         self._host_sigmas = {float(t): (sigma32[i], sigma32[i + 1]) for i, t in enumerate(self._distinct_timesteps)}
         # σ and the float32 step σ_next − σ (as diffusers computes it) for the fused host Euler step
-        self._host_floats = {t: (float(s), float(s_next - s)) for t, (s, s_next) in self._host_sigmas.items()}
+        self._euler_by_position = [(float(s), float(s_next - s)) for s, s_next in itertools.pairwise(sigma32)]
+        self._host_floats = dict(zip(self._distinct_timesteps.tolist(), self._euler_by_position, strict=True))
+        # (distinct timesteps, −∞) and (σ grid, 0) in float32, for off-schedule and per-example look-ups
+        self._host_grids = (torch.cat([self._distinct_timesteps, torch.tensor([-torch.inf])]), sigma32)
         self._device_grids: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._schedule = (grid32 * T).tolist()  # self.timesteps on the host, for the Heun loop's order check
         self._begin_index = 0
         self._position = 0
         self._heun_pending = None
@@ -213,62 +222,79 @@ class ScratchFlowMatchScheduler(ScratchScheduler):
 
     # ---- sampling ----------------------------------------------------------------------------
 
-    def _euler_sigmas(self, timestep: float | torch.Tensor):
-        """(σ, σ_next) of the step from ``timestep`` as 0-d tensors: CPU ones for host timesteps (no
-        search for values from ``self.timesteps``), device ones found on the device otherwise."""
-        T = self.config.num_train_timesteps
-        if not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu":
-            t = float(timestep) if isinstance(timestep, (float, int)) or timestep.numel() == 1 else None
-            if t is None:
-                as_timestep_tensor(timestep)  # raises: a single timestep is expected
-            if t in self._host_sigmas:  # the usual case: a value taken from self.timesteps
-                return self._host_sigmas[t]
-            i = int(np.abs(self._grid[:-1] * T - t).argmin())
-            if abs(self._grid[i] * T - t) > 1e-3 * max(1.0, t):
-                raise ValueError(
-                    f"timestep {t:g} is not in the current schedule {self.timesteps[:8].tolist()}"
-                    f"{' …' if len(self.timesteps) > 8 else ''}; pass a value from scheduler.timesteps."
-                )
-            return self._host_sigmas[float(self._distinct_timesteps[i])]
-        grids = self._device_grids.get(timestep.device)
-        if grids is None:
-            g = torch.from_numpy(self._grid).to(torch.float32)
-            grids = self._device_grids[timestep.device] = (self._distinct_timesteps.to(timestep.device),
-                                                          g.to(timestep.device))
-        distinct, sigma_grid = grids
-        i = (distinct - timestep.reshape(())).abs().argmin().reshape(1)
-        sigma, sigma_next = sigma_grid.index_select(0, torch.cat([i, i + 1])).unbind()  # no .item()
-        return sigma, sigma_next
+    def _euler_sigmas(self, timestep: float | torch.Tensor, like: torch.Tensor):
+        """(σ, σ_next) of the Euler step from ``timestep``: 0-d tensors, or (B, 1, …) ones on ``like``'s
+        device for one timestep per example.
 
-    def _host_euler_step(self, timestep: float | torch.Tensor) -> tuple[float, float] | None:
-        """(σ, σ_next − σ) as Python floats for a deterministic Euler step from a host timestep, else None."""
+        A scheduled timestep (within float32 rounding) steps from its grid σ to the next; any other t in
+        [0, T] from σ = t/T to the largest scheduled σ below it (0 below the last). A scheduled host
+        timestep is a dict look-up; others are located with tensor ops on the timestep's own device (a
+        device timestep is never read back, nor validated).
+        """
+        if is_host(timestep):
+            if not isinstance(timestep, torch.Tensor) or timestep.numel() == 1:
+                pair = self._host_sigmas.get(float(timestep))
+                if pair is not None:  # the usual case: a value taken from self.timesteps
+                    return pair
+            t = timestep_tensor(timestep, like)
+            check_step_timesteps(t, self.config.num_train_timesteps, integer=False)
+            grids = self._host_grids
+        else:
+            t = timestep_tensor(timestep, like)
+            grids = self._device_grids.get(t.device)
+            if grids is None:
+                grids = self._device_grids[t.device] = tuple(g.to(t.device) for g in self._host_grids)
+        sigma, sigma_next = self._locate(t.reshape(-1), *grids)
+        if t.ndim == 0:
+            return sigma.reshape(()), sigma_next.reshape(())
+        return per_example(sigma, like), per_example(sigma_next, like)
+
+    def _locate(self, t: torch.Tensor, distinct: torch.Tensor, sigma_grid: torch.Tensor):
+        """(σ, σ_next) for timesteps ``t`` (k,) by the any-timestep rule, in tensor ops only (no reads).
+
+        ``distinct`` holds the scheduled timesteps then −∞, ``sigma_grid`` their σ then 0 (float32).
+        """
+        t = t.to(device=distinct.device, dtype=torch.float32)
+        tolerance = 1e-3 * t.clamp(min=1)
+        above = (distinct > (t + tolerance)[:, None]).sum(1)  # grid points above t: index of the first one ≤ t
+        on_grid = (distinct.index_select(0, above) - t).abs() <= tolerance
+        sigma = torch.where(on_grid, sigma_grid.index_select(0, above), t / self.config.num_train_timesteps)
+        return sigma, sigma_grid.index_select(0, above + on_grid.long())
+
+    def _host_euler_step(self, timestep: float | torch.Tensor, like: torch.Tensor) -> tuple[float, float] | None:
+        """(σ, σ_next − σ) as Python floats for a deterministic Euler step from one host timestep, or from an
+        element of ``self.timesteps`` wherever it lives (its position is known on the host); else None."""
         if self.config.solver != "euler" or self.config.stochastic_sampling:
             return None
-        if isinstance(timestep, torch.Tensor) and (timestep.device.type != "cpu" or timestep.numel() != 1):
+        position = element_position(timestep, self.timesteps)  # e.g. ``for t in timesteps`` on an accelerator
+        if position is not None:
+            return self._euler_by_position[position]
+        if not is_host(timestep) or (isinstance(timestep, torch.Tensor) and timestep.numel() != 1):
             return None
         host = self._host_floats.get(float(timestep))
-        if host is None:  # not a value of self.timesteps: validate (raises) or match within rounding
-            sigma, sigma_next = self._euler_sigmas(timestep)
+        if host is None:  # not a value of self.timesteps: validate (raises) and locate
+            sigma, sigma_next = self._euler_sigmas(timestep, like)
             host = float(sigma), float(sigma_next - sigma)
         return host
 
     def _step(
         self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor, generator: Generators
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One Euler step, or one Heun stage, of dx/dσ = u from ``timestep`` (t = σ·T) to the next σ;
-        ``model_output`` is the velocity u = ε − x0 and ``generator`` drives ``stochastic_sampling``."""
+        """One Euler step, or one Heun stage, of dx/dσ = u from ``timestep`` (t = σ·T) to the largest
+        scheduled σ below it; ``model_output`` is the velocity u = ε − x0 and ``generator`` drives
+        ``stochastic_sampling`` (a list of B draws example i's noise from the i-th, as alone)."""
         if self._grid is None:
             raise ValueError("num_inference_steps is None: call set_timesteps() before step().")
         check_step_shapes(model_output, sample)
         x, u = in_working_precision(sample, model_output, torch.float32)  # float32 throughout, as diffusers
-        host = self._host_euler_step(timestep)
+        host = self._host_euler_step(timestep, x)
         if host is not None:  # Euler, host timestep: one fused kernel each for x + (σ_next − σ)·u, x − σ·u
             sigma, dt = host
             prev_sample, x0 = x.add(u, alpha=dt), x.sub(u, alpha=sigma)
         elif self.config.solver == "heun":
             prev_sample, x0 = self._heun_stage(u, timestep, x)
         else:
-            sigma, sigma_next = self._euler_sigmas(timestep)
+            sigma, sigma_next = self._euler_sigmas(timestep, x)
             x0 = velocity_to_x0(u, x, sigma)
             if self.config.stochastic_sampling:  # reverse_step with s = b_next: full re-noising
                 z = randn_tensor(u.shape, generator=generator, device=u.device, dtype=u.dtype)
@@ -281,27 +307,61 @@ class ScratchFlowMatchScheduler(ScratchScheduler):
     def _heun_stage(self, u: torch.Tensor, timestep, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictor (even positions) or corrector (odd) of a Heun step; the last step is Euler.
 
-        The two stages share state (the predictor's x and derivative), so a Heun loop keeps a
-        position counter; it is checked against each host-side ``timestep`` passed in.
+        The two stages share state (the predictor's x, derivative and σs), so a Heun loop keeps a
+        position counter; each host-side ``timestep`` is checked against it, and an off-schedule one
+        starts a new step there (:meth:`_heun_from`). One timestep serves the whole batch.
         """
         position = self._position
-        if position >= len(self.timesteps):
-            raise ValueError(f"the Heun loop has already taken all {len(self.timesteps)} steps; call set_timesteps().")
-        if not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu":
-            expected = float(self.timesteps[position])
-            if abs(float(as_timestep_tensor(timestep)) - expected) > 1e-3 * max(1.0, expected):
-                raise ValueError(
-                    f"timestep {float(as_timestep_tensor(timestep)):g} is not the Heun loop's next timestep "
-                    f"{expected:g} (position {position}); iterate over scheduler.timesteps in order."
-                )
+        if position >= len(self._schedule):
+            raise ValueError(f"the Heun loop has already taken all {len(self._schedule)} steps; call set_timesteps().")
+        if is_host(timestep):
+            value = float(timestep) if not isinstance(timestep, torch.Tensor) else None
+            if value is None:
+                t = timestep_tensor(timestep, x)
+                if t.ndim and not bool((t == t[0]).all()):
+                    raise self._per_example_heun_error(t)
+                value = float(t.reshape(-1)[0])
+            expected = self._schedule[position]
+            if abs(value - expected) > 1e-3 * max(1.0, expected):
+                return self._heun_from(value, u, x)
+        elif timestep.numel() != 1:
+            raise self._per_example_heun_error(timestep)
         i = (position + 1) // 2  # index of σ in the distinct grid for both stages of step i
         self._position += 1
         if self._heun_pending is None:  # predictor from σ_i (also the final Euler step to σ = 0)
             sigma, sigma_next = float(self._grid[i]), float(self._grid[i + 1])
             if sigma_next > 0:
-                self._heun_pending = (x, u)
+                self._heun_pending = (x, u, sigma, sigma_next)
             return euler_step(x, u, sigma, sigma_next), velocity_to_x0(u, x, sigma)
-        x_start, u_start = self._heun_pending  # corrector: u is the velocity at (x̃, σ_{i})
+        x_start, u_start, sigma, sigma_next = self._heun_pending  # corrector: u is the velocity at (x̃, σ_next)
         self._heun_pending = None
-        sigma, sigma_next = float(self._grid[i - 1]), float(self._grid[i])
         return heun_step(x_start, u_start, u, sigma, sigma_next), velocity_to_x0(u, x, sigma_next)
+
+    def _heun_from(self, value: float, u: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A Heun step from an off-schedule host timestep t: predictor from σ = t/T to the largest scheduled
+        σ_j below it, whose corrector is the loop's next call (at σ_j: ``timesteps[timesteps < t]`` goes on).
+        Above the first scheduled σ, or below the last, it is one Euler step (to σ_0, or to 0)."""
+        T = self.config.num_train_timesteps
+        check_step_timesteps(torch.tensor(value), T, integer=False)
+        scheduled = self._grid[:-1] * T
+        if np.any(np.abs(scheduled - value) <= 1e-3 * max(1.0, value)):
+            raise ValueError(
+                f"timestep {value:g} is not the Heun loop's next timestep {self._schedule[self._position]:g} "
+                f"(position {self._position}); iterate over scheduler.timesteps in order, or call set_begin_index()."
+            )
+        j = int(np.sum(scheduled > value))
+        sigma, sigma_next = value / T, float(self._grid[j])
+        self._heun_pending = None
+        if j == 0 or j == len(scheduled):
+            self._position = 0 if j == 0 else len(self._schedule)
+        else:
+            self._heun_pending, self._position = (x, u, sigma, sigma_next), 2 * j - 1
+        return euler_step(x, u, sigma, sigma_next), velocity_to_x0(u, x, sigma)
+
+    @staticmethod
+    def _per_example_heun_error(timestep: torch.Tensor) -> ValueError:
+        return ValueError(
+            f"solver='heun' takes one timestep for the whole batch, got {tuple(timestep.shape)} timesteps: its "
+            "predictor and corrector share one state per batch. For one timestep per example use solver='euler', "
+            "or ScratchDPMSolverScheduler(use_flow_sigmas=True, prediction_type='flow_prediction') (second order)."
+        )

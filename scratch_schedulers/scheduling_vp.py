@@ -1,10 +1,12 @@
 """Shared machinery of the discrete variance-preserving schedulers (DDPM and DDIM).
 
 The chain has T training timesteps with ᾱ_t from :mod:`.noise_path`; a sampler visits a
-descending subset of them. ``set_timesteps`` precomputes, for every timestep of that subset, the
-path coefficients of the step it starts (a_t, b_t, a_next, b_next, noise scales) into one
-float32 table indexed by the timestep value, so ``step`` is a table row look-up on the timestep's
-own device plus elementwise maths: no host–device synchronisation and no hidden step counter.
+descending subset of them. ``set_timesteps`` precomputes, for every training timestep t, the path
+coefficients of the step it starts (a_t, b_t, a_next, b_next, noise scales) into one float32 table
+indexed by the timestep value, where t steps to the largest scheduled timestep strictly below it
+(the next one for a scheduled t; the end, x0, below the last). So ``step`` at any integer t, or at
+one t per example, is a table row look-up on the timestep's own device plus elementwise maths: no
+host–device synchronisation and no hidden step counter. Scheduled host timesteps keep prebuilt rows.
 Each scheduler names its columns with a ``NamedTuple`` (``DDPMStepCoefficients``,
 ``DDIMStepCoefficients``): a row is that tuple of 0-d tensors, on the host or on the device.
 """
@@ -26,7 +28,15 @@ from .noise_path import (
     spaced_timesteps,
 )
 from .samplers import dynamic_threshold
-from .scheduling_common import ScratchScheduler, as_timestep_tensor, check_same_shape, check_timestep_batch
+from .scheduling_common import (
+    ScratchScheduler,
+    check_same_shape,
+    check_step_timesteps,
+    check_timestep_batch,
+    is_host,
+    per_example,
+    timestep_tensor,
+)
 from .validation import check_choice, check_custom_timesteps, check_device, check_positive
 
 # diffusers' Karras-family schedulers that share our VP config keys (`from_config` either way).
@@ -47,9 +57,6 @@ VP_COMPATIBLES = [
     "UniPCMultistepScheduler",
     "EDMEulerScheduler",
 ]
-
-NOT_IN_SCHEDULE = -2  # marker in the previous-timestep table
-
 
 class DiscreteVPScheduler(ScratchScheduler):
     """Base of :class:`ScratchDDPMScheduler` and :class:`ScratchDDIMScheduler` (not used directly).
@@ -123,9 +130,9 @@ class DiscreteVPScheduler(ScratchScheduler):
         """Install ``grid`` and precompute the per-timestep coefficient table."""
         T = self.config.num_train_timesteps
         self.timesteps = torch.from_numpy(grid.astype(np.int64)).to(device)
-        nxt = np.full(T, NOT_IN_SCHEDULE, dtype=np.int64)
-        nxt[grid] = np.append(grid[1:], -1)
-        self._next_timestep = nxt
+        ascending = grid[::-1]
+        below = np.searchsorted(ascending, np.arange(T), side="left") - 1  # the largest scheduled value < t
+        self._next_timestep = np.where(below >= 0, ascending[np.maximum(below, 0)], -1)
         # Every coefficient is evaluated in float32 from the float32 ᾱ that add_noise uses in
         # training, with the same formulas as diffusers: sampling then sees the very path the model
         # was trained on, and a model moves between our schedulers and diffusers' without drift
@@ -133,8 +140,14 @@ class DiscreteVPScheduler(ScratchScheduler):
         alpha_bar_t = self.alphas_cumprod[torch.from_numpy(grid)]
         alpha_bar_next = torch.cat([alpha_bar_t[1:], torch.tensor([self._final_alpha_bar()], dtype=torch.float32)])
         columns = self._columns(alpha_bar_t, alpha_bar_next)
-        table = np.full((T, len(columns)), np.nan, dtype=np.float32)
+        table = np.empty((T, len(columns)), dtype=np.float32)
         table[grid] = torch.stack(tuple(columns), dim=1).numpy()
+        off = np.setdiff1d(np.arange(T), grid)  # any other timestep steps to the scheduled one below it
+        if len(off):
+            target = self._next_timestep[off]
+            alpha_bar_target = torch.where(torch.from_numpy(target >= 0), self.alphas_cumprod[np.maximum(target, 0)],
+                                           torch.tensor(self._final_alpha_bar(), dtype=torch.float32))
+            table[off] = torch.stack(tuple(self._columns(self.alphas_cumprod[off], alpha_bar_target)), dim=1).numpy()
         self._table_cpu = torch.from_numpy(table)
         # Host timesteps get prebuilt rows of 0-d float32 CPU tensors: the cheapest scalar operands
         # on any device, and float32 arithmetic throughout (as in diffusers).
@@ -169,40 +182,46 @@ class DiscreteVPScheduler(ScratchScheduler):
             )
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
-        """The timestep the sampler moves to from ``timestep`` (−1 after the last one)."""
-        return torch.tensor(int(self._next_timestep[self._validated_index(timestep)]))
+        """Where ``step`` moves from ``timestep``: the largest scheduled timestep strictly below it (−1: the end)."""
+        t = self._host_timesteps(torch.as_tensor(timestep).detach().cpu())
+        return torch.from_numpy(np.asarray(self._next_timestep[t.numpy()]))
 
     # ---- per-step look-up --------------------------------------------------------------------
 
-    def _validated_index(self, t: int | float | torch.Tensor) -> int:
-        """Host-side check of a Python/CPU timestep: an integer of the current schedule."""
-        value = float(as_timestep_tensor(t)) if isinstance(t, torch.Tensor) else float(t)
-        index = int(value)
-        if index != value or index not in self._host_rows:
-            shown = self.timesteps[:8].tolist()
-            raise ValueError(
-                f"timestep {value:g} is not in the current schedule "
-                f"{shown}{' …' if len(self.timesteps) > 8 else ''}; pass a value from scheduler.timesteps."
-            )
-        if self._alpha_bar[index] == 0:
-            self._check_terminal_snr(np.array([index]))
-        return index
+    def _host_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """Host-side check of CPU timesteps (0-d or (B,)): integers in [0, T), as int64."""
+        check_step_timesteps(t, self.config.num_train_timesteps - 1, integer=True)
+        t = t.long()
+        if bool((self._alpha_bar[t.numpy()] == 0).any()):
+            self._check_terminal_snr(t.reshape(-1).numpy())
+        return t
 
-    def _row(self, timestep: int | float | torch.Tensor) -> Any:
-        """Coefficients of the step starting at ``timestep``: a ``_row_type`` of 0-d tensors.
+    def _row(self, timestep: int | float | torch.Tensor, like: torch.Tensor) -> Any:
+        """Coefficients of the step starting at ``timestep``: a ``_row_type`` of 0-d tensors, or of
+        (B, 1, …) tensors on ``like``'s device for one timestep per example.
 
-        A Python or CPU timestep is validated on the host and gives CPU scalars (usable with
-        tensors on any device); a timestep on an accelerator indexes a copy of the table on that
-        device, without being read back (no synchronisation).
+        A scheduled Python or CPU timestep gets its prebuilt row of CPU scalars (the fast path,
+        usable with tensors on any device); another host timestep is validated on the host and its
+        row read from the table; a timestep on an accelerator indexes a copy of the table on that
+        device, without being read back (no synchronisation; it is not validated).
         """
-        if not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu":
-            return self._host_rows[self._validated_index(timestep)]
-        t = as_timestep_tensor(timestep)
-        table = self._tables.get(t.device)
-        if table is None:
-            table = self._tables[t.device] = self._table_cpu.to(t.device)
-        row = table.index_select(0, t.long().reshape(1))[0].unbind()  # table[t] would call .item()
-        return self._row_type._make(row)
+        if is_host(timestep):
+            if not isinstance(timestep, torch.Tensor) or timestep.numel() == 1:
+                value = float(timestep)
+                row = self._host_rows.get(int(value)) if value.is_integer() else None
+                if row is not None and self._alpha_bar[int(value)] != 0:
+                    return row
+            t = self._host_timesteps(timestep_tensor(timestep, like))
+            table = self._table_cpu
+        else:
+            t = timestep_tensor(timestep, like).long()
+            table = self._tables.get(t.device)
+            if table is None:
+                table = self._tables[t.device] = self._table_cpu.to(t.device)
+        rows = table.index_select(0, t.reshape(-1))  # table[t] would call .item() on a device tensor
+        if t.ndim == 0:
+            return self._row_type._make(rows[0].unbind())
+        return self._row_type._make(per_example(column, like) for column in rows.to(like.device).unbind(1))
 
     def _clip_or_threshold(self, x0: torch.Tensor) -> torch.Tensor:
         """Dynamic thresholding if enabled (it takes precedence), else clipping to ±clip_sample_range."""

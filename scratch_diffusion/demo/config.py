@@ -10,7 +10,12 @@ from pathlib import Path
 import torch
 
 PIPELINE_SUBDIR = "pipeline"
-SAMPLERS = {"flow": ("flow Euler", "flow Heun"), "vp": ("DDIM", "DDPM")}
+# The sweep's samplers by the trained model's path: its own, DPM-Solver++ (2M) on that path, and one sampler of the
+# other path reached through the exact change of variables (scratch_diffusion.pipelines, "Any model, any sampler").
+SAMPLERS = {
+    "flow": ("flow Euler", "flow Heun", "DPM-Solver++", "DDIM (VP path)"),
+    "vp": ("DDIM", "DDPM", "DPM-Solver++", "flow Heun (flow path)"),
+}
 
 # The recipe `make demo` trains with, sized for about 5 minutes of training on 2 CPU cores (the README's
 # demo section shows what it scores; it does not list alternatives tried).

@@ -36,19 +36,41 @@ class SampleSet:
         return {**keep, **self.results}
 
 
-def make_scheduler(sampler: str, saved_config):
-    """The scheduler of ``sampler`` built from the saved pipeline's scheduler config (``from_config`` swap)."""
-    from scratch_schedulers import ScratchDDIMScheduler, ScratchDDPMScheduler, ScratchFlowMatchScheduler
+def make_scheduler(sampler: str, saved_config, path: str | None = None):
+    """The scheduler of ``sampler`` built from the saved pipeline's scheduler config (``from_config`` swap).
 
-    if sampler == "flow Euler":
-        return ScratchFlowMatchScheduler.from_config(saved_config, solver="euler")
-    if sampler == "flow Heun":
-        return ScratchFlowMatchScheduler.from_config(saved_config, solver="heun")
+    ``DPM-Solver++`` is the second-order multistep solver on the model's ``path`` (default: flow if the
+    config has a flow ``shift`` or ``use_flow_sigmas``), with ``use_flow_sigmas=True,
+    prediction_type="flow_prediction"`` on the flow path; the samplers named after the other path
+    (``DDIM (VP path)``, ``flow Heun (flow path)``) sample the model through the change of variables.
+    """
+    from scratch_schedulers import (
+        ScratchDDIMScheduler,
+        ScratchDDPMScheduler,
+        ScratchDPMSolverScheduler,
+        ScratchFlowMatchScheduler,
+    )
+
+    if sampler in ("flow Euler", "flow Heun", "flow Heun (flow path)"):
+        return ScratchFlowMatchScheduler.from_config(saved_config, solver=sampler.split()[1].lower())
     if sampler == "DDIM":
         return ScratchDDIMScheduler.from_config(saved_config, timestep_spacing="trailing")
+    if sampler == "DDIM (VP path)":  # asks for v: x̂0 = a·x − b·v stays well conditioned at a → 0
+        return ScratchDDIMScheduler.from_config(
+            saved_config, timestep_spacing="trailing", prediction_type="v_prediction"
+        )
     if sampler == "DDPM":
         return ScratchDDPMScheduler.from_config(saved_config, timestep_spacing="trailing")
-    raise ValueError(f"unknown sampler {sampler!r}")
+    if sampler == "DPM-Solver++":
+        if path is None:
+            path = "flow" if "shift" in saved_config or saved_config.get("use_flow_sigmas", False) else "vp"
+        if path == "vp":
+            return ScratchDPMSolverScheduler.from_config(saved_config, solver_order=2, use_flow_sigmas=False)
+        shift = saved_config.get("flow_shift", saved_config.get("shift", 1.0))
+        return ScratchDPMSolverScheduler.from_config(
+            saved_config, solver_order=2, use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift
+        )
+    raise ValueError(f"unknown sampler {sampler!r}; known: DPM-Solver++ and the names in demo.config.SAMPLERS")
 
 
 def evaluations_per_image(scheduler, steps: int) -> int:
@@ -73,7 +95,7 @@ def requested_labels(n: int, seed: int) -> torch.Tensor:
 
 def sample_set(pipe, sample: SampleSet, seed: int, batch_size: int, bar: tqdm) -> None:
     """Fill ``sample.images`` and ``sample.labels``; the same seed gives every setting the same labels and noise."""
-    pipe.scheduler = make_scheduler(sample.sampler, pipe.scheduler.config)
+    pipe.scheduler = make_scheduler(sample.sampler, pipe.scheduler.config, pipe.trained_parametrization.path)
     sample.nfe = evaluations_per_image(pipe.scheduler, sample.steps)
     labels = requested_labels(sample.n, seed)
     generator = torch.Generator(device=pipe.device).manual_seed(seed)
@@ -102,7 +124,10 @@ def sample_set(pipe, sample: SampleSet, seed: int, batch_size: int, bar: tqdm) -
 
 def run_stage(pipe, samples: list[SampleSet], config: DemoConfig, classifier, desc: str) -> None:
     """Sample and score ``samples``; one progress bar counting image × UNet evaluations."""
-    total = sum(s.n * evaluations_per_image(make_scheduler(s.sampler, pipe.scheduler.config), s.steps) for s in samples)
+    path = pipe.trained_parametrization.path
+    total = sum(
+        s.n * evaluations_per_image(make_scheduler(s.sampler, pipe.scheduler.config, path), s.steps) for s in samples
+    )
     with tqdm(total=total, desc=desc, unit="img·step", unit_scale=True, dynamic_ncols=True) as bar:
         for sample in samples:
             bar.set_postfix_str(sample.name)

@@ -88,3 +88,113 @@ def run_python(
         f"story failed (rc={result.returncode})\n--- code ---\n{code}\n--- stderr ---\n{result.stderr[-6000:]}"
     )
     return result
+
+
+class ExactUNet(torch.nn.Module):
+    """A Gaussian mixture's exact denoiser dressed as a UNet of 2-D "images" (B, d, 1, 1).
+
+    It answers as a model trained on the ``vp`` path (linear β, T = 1000; a fractional timestep
+    means the log-SNR interpolated between integer ones, the clock of ``path_change``) or on the
+    ``flow`` path (σ = t/T), with the given prediction type. ``calls`` counts evaluations.
+    """
+
+    def __init__(self, mixture, path: str, prediction_type: str, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        from diffusers.configuration_utils import FrozenDict
+
+        from scratch_schedulers import ScratchDDPMScheduler
+        from scratch_schedulers.path_change import vp_log_snr_table
+
+        self.mixture, self.path, self.prediction_type = mixture, path, prediction_type
+        self.config = FrozenDict(sample_size=1, in_channels=mixture.dim, num_class_embeds=None)
+        self.register_buffer("anchor", torch.zeros((), dtype=dtype))
+        self.log_snr_table = vp_log_snr_table(ScratchDDPMScheduler().alphas_cumprod)
+        self.calls = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.anchor.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.anchor.dtype
+
+    def point(self, timestep) -> tuple[float, float]:
+        import numpy as np
+
+        from scratch_schedulers.path_change import vp_point_of_log_snr
+
+        t = float(torch.as_tensor(timestep).reshape(-1)[0])
+        if self.path == "flow":
+            return 1 - t / 1000, t / 1000
+        return vp_point_of_log_snr(float(np.interp(t, np.arange(1000), self.log_snr_table)))
+
+    def forward(self, sample: torch.Tensor, timestep, class_labels=None):
+        from types import SimpleNamespace
+
+        self.calls += 1
+        a, b = self.point(timestep)
+        x = sample.reshape(len(sample), -1)
+        output = self.mixture.model_output(x, a, b, self.prediction_type)
+        return SimpleNamespace(sample=output.to(sample.dtype).reshape(sample.shape))
+
+
+def final_latents(pipe, **kwargs) -> torch.Tensor:
+    """The last sample of ``pipe(**kwargs)`` before it is clamped into an image, as float64 (B, d)."""
+    captured = {}
+
+    def keep(_pipe, _i, _t, tensors):
+        captured["x"] = tensors["latents"]
+        return {}
+
+    pipe(output_type="pt", callback_on_step_end=keep, **kwargs)
+    return captured["x"].reshape(len(captured["x"]), -1).double()
+
+
+def template_patterns() -> torch.Tensor:
+    """Two fixed 8×8 one-channel patterns in [−1, 1]: left half bright, or right half bright."""
+    left = torch.full((1, 8, 8), -0.8)
+    left[..., :4] = 0.8
+    return torch.stack([left, -left])
+
+
+def two_template_images(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Simple data for tiny trained UNets: one of the :func:`template_patterns` plus N(0, 0.05²) noise."""
+    pick = torch.randint(0, 2, (n,), generator=generator)
+    return template_patterns()[pick] + 0.05 * torch.randn(n, 1, 8, 8, generator=generator)
+
+
+def template_distance(images: torch.Tensor) -> float:
+    """RMS distance of samples in [−1, 1] to the nearer template pattern (0.05 for the data itself)."""
+    squared = (images[:, None] - template_patterns()[None]).square().mean((2, 3, 4))
+    return float(squared.min(1).values.mean().sqrt())
+
+
+def train_tiny_unet(objective: str, steps: int = 200, seed: int = 0) -> UNet2DModel:
+    """A 1-channel tiny UNet trained for ``steps`` Adam steps on :func:`two_template_images`.
+
+    ``objective``: ``epsilon`` or ``v_prediction`` (VP path, linear β) or ``flow`` (velocity
+    u = ε − x0, σ uniform). A few seconds on one CPU thread.
+    """
+    from scratch_schedulers import ScratchDDPMScheduler
+
+    generator = torch.Generator().manual_seed(seed)
+    unet = tiny_unet(seed, in_channels=1, out_channels=1).train()
+    optimizer = torch.optim.Adam(unet.parameters(), lr=3e-3)
+    vp = ScratchDDPMScheduler()
+    for _ in range(steps):
+        x0 = two_template_images(32, generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        if objective == "flow":
+            sigma = torch.rand(len(x0), generator=generator)
+            x_t = (1 - sigma[:, None, None, None]) * x0 + sigma[:, None, None, None] * noise
+            t, target = sigma * 1000, noise - x0
+        else:
+            t = torch.randint(0, 1000, (len(x0),), generator=generator)
+            x_t = vp.add_noise(x0, noise, t)
+            target = noise if objective == "epsilon" else vp.get_velocity(x0, noise, t)
+        loss = (unet(x_t, t).sample - target).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return unet.eval()

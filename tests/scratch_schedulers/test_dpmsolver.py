@@ -9,11 +9,12 @@ import math
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
 from scratch_schedulers import ScratchDDIMScheduler, ScratchDPMSolverScheduler, ScratchFlowMatchScheduler
 from scratch_schedulers.exact_denoiser import ExactDenoiser, GaussianMixture, mixture_error, sample_with
 from scratch_schedulers.samplers import dpmpp_first_order_step, dpmpp_third_order_step
+from scratch_schedulers.scheduling_dpmsolver import FEW_STEP_CONFIG
 
 from .helpers import denoiser_model, relative_error, smooth_model
 
@@ -81,14 +82,58 @@ def test_parity_with_diffusers_over_the_config_grid():
     assert worst_beta <= 3 * TOL
 
 
+UNIPC_CONFIGS = [{"solver_order": order, "solver_type": variant, "prediction_type": prediction, **path}
+                 for order, variant, (prediction, path) in itertools.product(
+                     (1, 2, 3), ("bh1", "bh2"),
+                     [("epsilon", {}), ("sample", {}), ("v_prediction", {}), ("flow_prediction", FLOW)])]
+
+
+@pytest.mark.parametrize("num_inference_steps", [5, 12])
+def test_unip_predictor_with_unic_corrector_is_diffusers_unipc(num_inference_steps):
+    """UniP-p + UniC-p (solver_type='bh1'/'bh2', corrector='unic_<same>') reproduces UniPCMultistepScheduler.
+
+    24 configs (orders 1–3 × B(h) × ε/x0/v on VP, velocity on flow): ≤ 1e-5 relative at every step. Below 15
+    steps only: there diffusers' two ``lower_order_final`` rules agree (UniPC caps the order at the steps left
+    at any n). UniPC's flow grid starts at σ = 1 (λ = −∞): ours gets the same σs as custom timesteps σ·T.
+    Where diffusers' bh1 returns NaN (its last step, 5 steps: B(h) = h = ∞ times a zero sum), ours is finite.
+    """
+    worst, diffusers_nan = 0.0, set()
+    for config in UNIPC_CONFIGS:
+        theirs = UniPCMultistepScheduler(**config)
+        ours = ScratchDPMSolverScheduler(**config, corrector=f"unic_{config['solver_type']}")
+        theirs.set_timesteps(num_inference_steps)
+        if "use_flow_sigmas" in config:
+            ours.set_timesteps(timesteps=(theirs.sigmas[:-1].double() * 1000).tolist())
+        else:
+            ours.set_timesteps(num_inference_steps)
+        assert torch.equal(ours.sigmas, theirs.sigmas)
+        x_ours = x_theirs = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.5
+        flow = "use_flow_sigmas" in config
+        for i, (t_ours, t) in enumerate(zip(ours.timesteps, theirs.timesteps, strict=True)):
+            # both models at diffusers' timestep: on the flow path ours are the exact σ·T, theirs rounded
+            x_ours = ours.step(smooth_model(x_ours, t) if flow else denoiser_model(theirs, x_ours, t), t_ours,
+                               x_ours).prev_sample
+            x_theirs = theirs.step(smooth_model(x_theirs, t) if flow else denoiser_model(theirs, x_theirs, t), t,
+                                   x_theirs).prev_sample
+            assert torch.isfinite(x_ours).all()
+            if torch.isfinite(x_theirs).all():
+                worst = max(worst, relative_error(x_ours, x_theirs))
+            else:
+                diffusers_nan.add((config["solver_type"], config["solver_order"], flow, i))
+    assert worst <= TOL, worst
+    # diffusers' bh1 returns NaN at the last 5-step step (to λ = +∞: B(h)·0 = ∞·0); ours is finite there
+    assert {(variant, i) for variant, _, _, i in diffusers_nan} <= {("bh1", num_inference_steps - 1)}
+
+
 def public_config(scheduler) -> dict:
     return {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
 
 
-def test_config_keys_and_defaults_are_diffusers_plus_two():
+def test_config_keys_and_defaults_are_diffusers_plus_ours():
     ours, theirs = public_config(ScratchDPMSolverScheduler()), public_config(DPMSolverMultistepScheduler())
     extra = {k: ours.pop(k) for k in set(ours) - set(theirs)}
-    assert extra == {"time_grid": None, "third_order": "taylor"}
+    assert extra == {"time_grid": None, "third_order": "taylor", "corrector": "none", "corrector_reuses": "x0",
+                     "final_step": "x0"}
     assert ours == theirs
 
 
@@ -117,7 +162,8 @@ def test_compatibles_load_both_ways_and_with_our_ddim():
 
 
 @pytest.mark.parametrize(("config", "named"), [
-    ({"solver_order": 4}, "solver_order=4"), ({"solver_type": "bh2"}, "solver_type='bh2'"),
+    ({"solver_order": 4}, "solver_order=4"), ({"solver_type": "bh3"}, "solver_type='bh3'"),
+    ({"corrector": "unipc"}, "corrector='unipc'"),
     ({"time_grid": "cosine"}, "time_grid='cosine'"), ({"algorithm_type": "sde-dpmsolver++"}, "algorithm_type"),
     ({"prediction_type": "flow_prediction"}, "flow_prediction"),
     ({"use_flow_sigmas": True, "prediction_type": "v_prediction"}, "v_prediction"),
@@ -216,7 +262,9 @@ def test_time_grids_put_timesteps_exactly_at_their_level():
 
 
 @pytest.mark.parametrize("config", [{"solver_order": 3}, {"solver_order": 2, "solver_type": "heun", **FLOW},
-                                    {"time_grid": "flow_uniform", "solver_order": 3, "variance_type": "learned"}])
+                                    {"time_grid": "flow_uniform", "solver_order": 3, "variance_type": "learned"},
+                                    {"solver_order": 3, "solver_type": "bh2", "corrector": "unic_bh1", **FLOW},
+                                    FEW_STEP_CONFIG])
 def test_meta_device_loop_never_reads_back_to_host(config):
     """On the meta device every host read raises: a whole loop there proves no host–device sync per step."""
     scheduler = ScratchDPMSolverScheduler(**config)
@@ -229,8 +277,9 @@ def test_meta_device_loop_never_reads_back_to_host(config):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
-def test_step_keeps_dtype(dtype):
-    scheduler = ScratchDPMSolverScheduler(solver_order=3)
+@pytest.mark.parametrize("config", [{"solver_order": 3}, FEW_STEP_CONFIG])
+def test_step_keeps_dtype(dtype, config):
+    scheduler = ScratchDPMSolverScheduler(**config)
     scheduler.set_timesteps(4)
     x = torch.randn(2, 3, 4, 4).to(dtype)
     for t in scheduler.timesteps:

@@ -1,0 +1,215 @@
+"""Any model with any sampler: evaluate a UNet trained on one path for a scheduler that samples another.
+
+The sampling loop runs in the scheduler's path and parametrisation. Before each UNet call the
+sample and timestep are mapped to the point of the model's path with the same SNR, and the model
+output is converted into what the scheduler expects (``scratch_schedulers.path_change``: the exact
+change of variables; Nakkiran et al., 2024). Everything is computed once per schedule on the host
+(:func:`plan_model_calls`), so a step only multiplies by two numbers and indexes a timestep tensor
+already on the device: the UNet call count is the native one and no step reads a value back.
+
+**What can be described.** A scheduler's path and parametrisation (:func:`sampler_parametrization`):
+ours and diffusers' VP schedulers (``alphas_cumprod``; DDPM, DDIM, DPM-Solver, Euler, UniPC, …),
+flow-matching schedulers (``FlowMatch…``, ``ScratchFlowMatchScheduler``) and DPM-Solver with
+``use_flow_sigmas=True`` (flow path; ``flow_prediction``, ``epsilon`` or ``sample``). Refused:
+schedulers of other paths (VE/EDM schedulers such as ``EDMEulerScheduler``, ``ScoreSdeVeScheduler``),
+a model whose training schedule is unknown (``noise_schedule``), and a conversion that does not
+exist at a visited point (an ε-model at a zero-SNR timestep asked for x̂0) — each a ``ValueError``
+before any model evaluation.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from scratch_schedulers import Parametrization
+from scratch_schedulers.noise_path import PREDICTION_TYPES_BY_PATH, make_betas, rescale_zero_terminal_snr
+from scratch_schedulers.path_change import (
+    PathPoint,
+    flow_model_point,
+    point_log_snr,
+    prediction_readout,
+    rescale_factor,
+    vp_log_snr_table,
+    vp_model_point,
+)
+
+# diffusers' name for the flow velocity u = ε − x0 (DPMSolverMultistepScheduler, use_flow_sigmas=True).
+FLOW_PREDICTION_NAMES = {"flow_prediction": "flow_velocity", "flow_velocity": "flow_velocity"}
+# What a scheduler on each path may ask the model for (the flow path has no v-prediction).
+SAMPLER_PREDICTION_TYPES = {"vp": PREDICTION_TYPES_BY_PATH["vp"], "flow": ("flow_velocity", "epsilon", "sample")}
+# The keys of a training scheduler's config that fix its noise path (saved as the pipeline's noise_schedule).
+VP_SCHEDULE_DEFAULTS = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "rescale_betas_zero_snr": False,
+}
+
+
+def sampler_parametrization(scheduler: object) -> Parametrization:
+    """The path a scheduler samples and the model output it expects (see the module docstring)."""
+    config = getattr(scheduler, "config", {})
+    prediction_type = config.get("prediction_type", "epsilon")
+    name = type(scheduler).__name__
+    # from_config keeps keys another class left in the config: read use_flow_sigmas only where it is an argument
+    takes_flow_sigmas = "use_flow_sigmas" in inspect.signature(type(scheduler).__init__).parameters
+    if takes_flow_sigmas and config.get("use_flow_sigmas", False):
+        path, prediction_type = "flow", FLOW_PREDICTION_NAMES.get(prediction_type, prediction_type)
+    elif hasattr(scheduler, "alphas_cumprod"):
+        path = "vp"
+    elif "FlowMatch" in name:
+        path, prediction_type = "flow", "flow_velocity"
+    else:
+        raise ValueError(
+            f"cannot describe the noise path of {name}: expected a VP scheduler (with alphas_cumprod), a "
+            "flow-matching scheduler (FlowMatch…) or DPM-Solver with use_flow_sigmas=True; VE/EDM schedulers are "
+            "not supported."
+        )
+    if prediction_type not in SAMPLER_PREDICTION_TYPES[path]:
+        raise ValueError(
+            f"{name} asks for prediction_type={prediction_type!r} on the {path!r} path; "
+            f"allowed there: {list(SAMPLER_PREDICTION_TYPES[path])}."
+        )
+    return Parametrization(path, prediction_type)
+
+
+def noise_schedule_of(scheduler: object, path: str) -> dict | None:
+    """The config keys that fix ``scheduler``'s noise path, if it samples ``path``; else None."""
+    if sampler_parametrization(scheduler).path != path:
+        return None
+    config = scheduler.config
+    if path == "flow":
+        return {"num_train_timesteps": int(config.get("num_train_timesteps", 1000))}
+    schedule = {key: config.get(key, default) for key, default in VP_SCHEDULE_DEFAULTS.items()}
+    if schedule["trained_betas"] is not None:
+        schedule["trained_betas"] = [float(beta) for beta in schedule["trained_betas"]]
+    return schedule
+
+
+@dataclass(frozen=True)
+class ModelPath:
+    """The path a UNet was trained on, with the clock that turns a log-SNR into its timestep."""
+
+    parametrization: Parametrization
+    num_train_timesteps: int
+    log_snr_table: np.ndarray | None = None  # VP only: λ_t for t = 0..T−1
+
+    @classmethod
+    def from_schedule(cls, parametrization: Parametrization, schedule: Mapping) -> ModelPath:
+        """Build from a ``noise_schedule`` dict (:func:`noise_schedule_of`)."""
+        if parametrization.path == "flow":
+            return cls(parametrization, int(schedule["num_train_timesteps"]))
+        s = {**VP_SCHEDULE_DEFAULTS, **schedule}
+        betas = make_betas(
+            s["beta_schedule"], s["num_train_timesteps"], s["beta_start"], s["beta_end"], s["trained_betas"]
+        )
+        if s["rescale_betas_zero_snr"]:
+            betas = rescale_zero_terminal_snr(betas)
+        table = vp_log_snr_table(torch.cumprod(1.0 - betas, dim=0))
+        return cls(parametrization, int(s["num_train_timesteps"]), table)
+
+    def point(self, lam: float) -> PathPoint:
+        """Where the model is evaluated for a sampler point of log-SNR ``lam``."""
+        if self.parametrization.path == "flow":
+            return flow_model_point(lam, self.num_train_timesteps)
+        return vp_model_point(lam, self.log_snr_table)
+
+
+def sampler_levels(scheduler: object, path: str) -> list[tuple[float, float]]:
+    """(a, b) of the model input at every entry of ``scheduler.timesteps`` (after ``scale_model_input``).
+
+    Schedulers with one ``sigmas`` entry per timestep plus a final one (DPM-Solver, Euler, UniPC,
+    flow matching) sample at those levels: σ on the flow path, s = b/a on the VP path, where
+    a = 1/√(1 + s²). Others (DDPM, DDIM) are at ᾱ_t of their integer timesteps; a fractional t
+    interpolates s linearly, as diffusers' discrete schedulers do.
+    """
+    timesteps = torch.as_tensor(scheduler.timesteps).detach().cpu().to(torch.float64)
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is not None and len(sigmas) == len(timesteps) + 1:
+        levels = torch.as_tensor(sigmas).detach().cpu().to(torch.float64)[:-1]
+    elif path == "flow":
+        levels = timesteps / scheduler.config.num_train_timesteps
+    else:
+        alpha_bar = torch.as_tensor(scheduler.alphas_cumprod).detach().cpu().to(torch.float64).numpy()
+        table = np.sqrt((1 - alpha_bar) / alpha_bar)
+        levels = torch.from_numpy(np.interp(timesteps.numpy(), np.arange(len(table)), table))
+    if path == "flow":
+        return [(1 - s, s) for s in levels.tolist()]
+    a = 1 / torch.sqrt(1 + levels**2)
+    b = torch.where(torch.isinf(levels), torch.ones_like(levels), levels * a)
+    return list(zip(a.tolist(), b.tolist(), strict=True))
+
+
+class ModelCall:
+    """The UNet evaluation for one sampler point: scale the input, call at the model's timestep, read out."""
+
+    def __init__(self, input_scale: float, readouts: Sequence[tuple[float, float]]):
+        self.input_scale = input_scale
+        self.readouts = tuple(readouts)  # (p, q): target = p·output + q·x_model, one per requested target
+
+    def read(self, output: torch.Tensor, x_model: torch.Tensor) -> list[torch.Tensor]:
+        """Every requested target from the model output at ``x_model`` (plain multiply-adds, no sync)."""
+        return [output * p if q == 0 else torch.add(output * p, x_model, alpha=q) for p, q in self.readouts]
+
+
+@dataclass
+class ModelCalls:
+    """One :class:`ModelCall` per sampler point and the model timesteps, already on the device."""
+
+    calls: list[ModelCall]
+    timesteps: torch.Tensor
+
+
+def plan_model_calls(
+    levels: Sequence[tuple[float, float]], model: ModelPath, targets: Sequence[str], device: torch.device
+) -> ModelCalls:
+    """The model calls for sampler points ``levels`` returning ``targets`` (prediction types at each point).
+
+    Raises ``ValueError`` naming the point where a conversion does not exist (a non-finite coefficient).
+    """
+    calls, timesteps = [], []
+    for i, (a, b) in enumerate(levels):
+        lam = point_log_snr(a, b)
+        point = model.point(lam)
+        readouts = [
+            prediction_readout(model.parametrization.prediction_type, point.a, point.b, target, a, b)
+            for target in targets
+        ]
+        if not all(np.isfinite(readouts).flat):
+            raise ValueError(
+                f"a model trained on the {model.parametrization.path!r} path to predict "
+                f"{model.parametrization.prediction_type!r} cannot give {list(targets)} at sampler point {i} "
+                f"(a={a:.4g}, b={b:.4g}, λ={lam:.4g}; model timestep {point.timestep:.4g}): the conversion divides by "
+                "zero there. Use a schedule that avoids this point, or a scheduler of the model's own parametrisation."
+            )
+        calls.append(ModelCall(rescale_factor(a, b, point.a, point.b), readouts))
+        timesteps.append(point.timestep)
+    return ModelCalls(calls, torch.tensor(timesteps, dtype=torch.float32).to(device))
+
+
+def scheduler_model_calls(
+    scheduler: object,
+    sampled: Parametrization,
+    trained: Parametrization,
+    noise_schedule: Mapping,
+    targets: Sequence[str] | None,
+    device: torch.device,
+    levels: Sequence[tuple[float, float]] | None = None,
+) -> ModelCalls | None:
+    """The model calls for ``scheduler``'s current timesteps (or ``levels``), or None where it samples natively.
+
+    ``targets`` None asks for the scheduler's own prediction type, and a scheduler of the trained
+    parametrisation then calls the UNet as it is (no conversion at all).
+    """
+    if targets is None and sampled == trained:
+        return None
+    model = ModelPath.from_schedule(trained, noise_schedule)
+    levels = sampler_levels(scheduler, sampled.path) if levels is None else levels
+    return plan_model_calls(levels, model, targets or (sampled.prediction_type,), device)

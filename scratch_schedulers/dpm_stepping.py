@@ -1,0 +1,190 @@
+"""The stepping part of :class:`~scratch_schedulers.ScratchDPMSolverScheduler`: where a step starts, the
+multistep history, and the update call (README, "Any timestep").
+
+Any timestep: a scheduled timestep starts the usual multistep step; any other t in the path's range
+([0, T − 1] on the VP path, [0, T] on the flow path) a first-order step from its exact path point (VP:
+the level s = b/a interpolated linearly between training timesteps, as the fractional grids are, so an
+integer t is exact; flow: σ = t/T) to the largest scheduled point below it. History entries record the
+grid index a step landed on, its start (λ, b, sample), its order and its x̂0; a step uses the latest ones while they
+land in one line (at i, then i − 1), so an off-schedule step serves as the next step's history and a jump
+in the loop restarts it. One timestep per example (a (B,) CPU tensor): each example keeps its own loop
+position and history, examples sharing a start and a history step together, and each steps exactly as
+it would alone (lock-step loops at different positions, each with its own order).
+
+Corrector (``corrector="unic_bh1"/"unic_bh2"``): a step whose history is consecutive first corrects its
+start sample with UniC (:func:`~scratch_schedulers.samplers.unipc_update`), recomputing the step that led
+here from that step's own start, with the model output just evaluated here as one more point; x̂0 is the
+one computed from the uncorrected sample (UniPC, ``corrector_reuses="x0"``) or that one shifted towards the
+corrected sample (``"epsilon"``, ``"gaussian"``: :func:`~scratch_schedulers.samplers.corrected_prediction_shift`).
+The final sample is never corrected (as in UniPC): that would cost one more model evaluation, at σ = 0
+where the model adds no information (x̂0 = x there for ε- and v-models), and the UniC weights of a step to
+λ = +∞ are infinite. The last step's own accuracy is ``final_step="sigma_squared"``'s job instead.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .samplers import (
+    clean_endpoint_step,
+    corrected_prediction_shift,
+    dpmpp_first_order_step,
+    dpmpp_second_order_step,
+    dpmpp_third_order_step,
+    log_snr,
+    unipc_update,
+)
+from .scheduling_common import check_step_timesteps, is_host
+
+
+class DPMStart(NamedTuple):
+    """Where a step starts: grid index (None off the schedule), path point (a, b, λ), index it lands on, b_next/b."""
+
+    index: int | None
+    a: torch.Tensor
+    b: torch.Tensor
+    lam: torch.Tensor
+    target: int
+    b_ratio: torch.Tensor
+
+
+class PastStep(NamedTuple):
+    """An earlier step as later ones read it: its start (λ, b, sample), the x̂0 there, and its order."""
+
+    lam: torch.Tensor
+    b: torch.Tensor
+    sample: torch.Tensor
+    x0: torch.Tensor
+    order: int
+
+
+class DPMSolverStepping:
+    """Mixin of :class:`~scratch_schedulers.ScratchDPMSolverScheduler`: reads the grid that its ``set_timesteps``
+    builds (``_a``, ``_b``, ``_lam``, ``_b_ratio``, ``_host_timesteps``, ``_first_index``, ``_level_table``)."""
+
+    def _start(self, value: float | None, position: int) -> DPMStart:
+        """The step from host timestep ``value`` (None: a device timestep, trusted to be the loop's next one)
+        at loop ``position`` (which settles repeated timesteps)."""
+        n = self.num_inference_steps
+        if value is None or (position < n and self._host_timesteps[position] == value):
+            if position >= n:
+                raise ValueError(f"the loop has already taken all {n} steps; call set_timesteps() again.")
+            i = position
+        elif value in self._first_index:
+            i = self._first_index[value]
+        else:
+            return self._off_schedule_start(value)
+        return DPMStart(i, self._a[i], self._b[i], self._lam[i], i + 1, self._b_ratio[i])
+
+    def _off_schedule_start(self, value: float) -> DPMStart:
+        """A first-order step from the exact path point of an off-schedule host timestep (module docstring)."""
+        T = self.config.num_train_timesteps
+        check_step_timesteps(torch.tensor(value, dtype=torch.float64), T if self.path == "flow" else T - 1, False)
+        if self.path == "flow":
+            b = np.float32(value) / np.float32(T)  # σ = t/T in float32, as add_noise
+            a = 1 - b
+        else:
+            level = np.float32(np.interp(value, np.arange(T), self._level_table))
+            a = 1 / np.sqrt(level**2 + 1)
+            b = np.float32(1) if np.isinf(level) else level * a
+        if a == 0 and self.config.prediction_type == "epsilon":
+            raise ValueError(f"timestep {value:g} has a = 0 (λ = −∞): an ε-prediction says nothing about x0 there.")
+        target = int(np.sum(np.asarray(self._host_timesteps) > value))  # the first grid point below t
+        a64, b64 = torch.tensor(float(a), dtype=torch.float64), torch.tensor(float(b), dtype=torch.float64)
+        return DPMStart(None, a64, b64, log_snr(a64, b64), target, self._b[target] / b64)
+
+    def _consecutive_history(self, start: DPMStart, example: int | None = None) -> list[PastStep]:
+        """The latest steps that led here in one line (landing at i, i − 1, ...), for one example or all.
+
+        ``self._history`` holds (target, λ, b, order, sample, x̂0) per step, the first four per example
+        (arrays) after a step with one timestep per example.
+        """
+        history: list[PastStep] = []
+        if start.index is None:
+            return history  # an off-schedule step is first order
+        for target, lam, b, order, sample, x0 in reversed(self._history):
+            if not isinstance(target, int):
+                if example is None:  # a per-example entry serves the batch if all examples agree
+                    if not all(np.all(v == v[0]) for v in (target, lam, b, order)):
+                        break
+                    example_ = 0
+                else:
+                    example_ = example
+                target, order = int(target[example_]), int(order[example_])
+                lam, b = (torch.tensor(v[example_], dtype=torch.float64) for v in (lam, b))
+            if target != start.index - len(history):
+                break
+            history.append(PastStep(lam, b, sample, x0, order))
+        return history
+
+    def _advance(self, x, out, start: DPMStart, history: list[PastStep], rows=None):
+        """(x_next, x̂0, the corrected start sample, order) of one step from ``start`` on ``rows`` (all when None)."""
+        if rows is not None:
+            x, out = x[rows], out[rows]
+            history = [past._replace(sample=past.sample[rows], x0=past.x0[rows]) for past in history]
+        x0 = self._data_prediction(out, x, start.a, start.b)
+        if history and self.config.corrector != "none":
+            x_predicted, x = x, self._corrected(x, x0, start, history)
+            if self.config.corrector_reuses != "x0":
+                x0 = x0 + corrected_prediction_shift(self.config.corrector_reuses, start.a, start.b) * (x - x_predicted)
+        order = 1 if start.index is None else self._order_at(start.index, len(history))
+        lam, lam_next, a_next, b_ratio = start.lam, self._lam[start.target], self._a[start.target], start.b_ratio
+        solver_type = self.config.solver_type
+        if order == 1 and history and self.config.final_step == "sigma_squared" and bool(torch.isinf(lam_next)):
+            x_next = clean_endpoint_step(x0, history[0].x0, lam, history[0].lam)
+        elif order == 1:
+            x_next = dpmpp_first_order_step(x, x0, lam, lam_next, a_next, b_ratio)
+        elif solver_type in ("bh1", "bh2"):  # UniP-p
+            points = [(past.lam, past.x0) for past in history[: order - 1]]
+            x_next = unipc_update(x, x0, lam, points, lam_next, a_next, b_ratio, solver_type)
+        elif order == 2:
+            x_next = dpmpp_second_order_step(x, x0, history[0].x0, history[0].lam, lam, lam_next, a_next, b_ratio,
+                                             solver_type)
+        else:
+            (prev, prev2, *_) = history
+            x_next = dpmpp_third_order_step(x, x0, prev.x0, prev2.x0, prev2.lam, prev.lam, lam, lam_next, a_next,
+                                            b_ratio, self.config.third_order == "diffusers")
+        return x_next, x0, x, order
+
+    def _corrected(self, x: torch.Tensor, x0: torch.Tensor, start: DPMStart, history: list[PastStep]) -> torch.Tensor:
+        """UniC-p: the step that led to ``start`` recomputed with this point's x̂0 (p = that step's order)."""
+        past, *older = history
+        variant = self.config.corrector.removeprefix("unic_")
+        if variant == "bh1" and not bool(torch.isfinite(past.lam)):
+            return x  # B(h) = h is infinite for a step from λ = −∞ (samplers.py, UniP/UniC ends)
+        points = [(p.lam, p.x0) for p in older[: past.order - 1]] + [(start.lam, x0)]
+        return unipc_update(past.sample, past.x0, past.lam, points, start.lam, start.a, start.b / past.b, variant)
+
+    def _step_per_example(self, t: torch.Tensor, x: torch.Tensor, out: torch.Tensor):
+        """One step with a timestep per example: examples sharing a start point and history step together."""
+        if not is_host(t):
+            raise ValueError(
+                f"one timestep per example ({tuple(t.shape)}, on {t.device}) must be a CPU tensor for DPM-Solver: each "
+                "example's grid position, history and order are chosen on the host, and reading a device tensor "
+                "would synchronise. Pass timesteps.cpu() (the samples may stay on the device)."
+            )
+        groups: dict[tuple, tuple[DPMStart, list, list[int]]] = {}
+        for example, value in enumerate(t.tolist()):
+            position = self._position
+            if self._history and not isinstance(self._history[-1][0], int):
+                position = int(self._history[-1][0][example])  # this example's own loop position
+            start = self._start(value, position)
+            history = self._consecutive_history(start, example)
+            key = (start.index, start.target, float(start.lam),
+                   tuple((float(past.lam), float(past.b), past.order) for past in history))
+            groups.setdefault(key, (start, history, []))[2].append(example)
+        prev_sample = x0 = sample = None
+        orders = np.zeros(len(t), dtype=np.int64)
+        for start, history, examples in groups.values():
+            rows = torch.tensor(examples, device=x.device)
+            prev_rows, x0_rows, sample_rows, orders[examples] = self._advance(x, out, start, history, rows)
+            if prev_sample is None:
+                prev_sample, x0, sample = (v.new_empty(x.shape) for v in (prev_rows, x0_rows, sample_rows))
+            prev_sample[rows], x0[rows], sample[rows] = prev_rows, x0_rows, sample_rows
+        starts = {example: start for start, _, examples in groups.values() for example in examples}
+        targets = np.array([starts[b].target for b in range(len(t))])
+        lams, bs = (np.array([float(getattr(starts[b], name)) for b in range(len(t))]) for name in ("lam", "b"))
+        return prev_sample, x0, (targets, lams, bs, orders, sample, x0)
