@@ -1,11 +1,13 @@
-"""DDPM, DDIM and flow-matching schedulers over one Gaussian noise path, for 🤗 diffusers.
+"""DDPM, DDIM, flow-matching and DPM-Solver++ schedulers over one Gaussian noise path, for 🤗 diffusers.
 
 ``noise_path`` holds the path (β schedules, ᾱ, σ grids, spacings, parametrisation
-conversions), ``samplers`` the update rules, and the three scheduler classes are thin views
-that speak diffusers' ``SchedulerMixin``/``ConfigMixin`` API: ``scheduling_common`` holds what
-they share (output type, step checks, working precision), ``scheduling_vp`` the discrete VP
-chain of DDPM and DDIM, ``validation`` the argument checks. ``exact_denoiser`` (with
-``mixture_statistics``) verifies any scheduler against a Gaussian mixture's exact denoiser.
+conversions), ``path_change`` the exact change of variables between the VP and the flow path,
+``samplers`` the update rules, and the scheduler classes are thin views that speak diffusers'
+``SchedulerMixin``/``ConfigMixin`` API: ``scheduling_common`` holds what they share (output type,
+step checks, working precision), ``scheduling_vp`` the discrete VP chain of DDPM and DDIM,
+``dpm_grids``/``dpm_stepping`` the DPM-Solver grids and multistep history, ``validation`` the
+argument checks. ``exact_denoiser`` (with ``mixture_statistics`` and ``ode_reference``) verifies any
+scheduler against a Gaussian mixture's exact denoiser and probability-flow ODE.
 """
 
 from diffusers.configuration_utils import ConfigMixin
@@ -16,10 +18,11 @@ from .noise_path import Parametrization, parametrization_of, signal_noise_at
 from .scheduling_common import ScratchSchedulerOutput
 from .scheduling_ddim import ScratchDDIMScheduler
 from .scheduling_ddpm import ScratchDDPMScheduler
-from .scheduling_dpmsolver import ScratchDPMSolverScheduler
+from .scheduling_dpmsolver import FEW_STEP_CONFIG, ScratchDPMSolverScheduler
 from .scheduling_flow_match import ScratchFlowMatchScheduler
 
 __all__ = [
+    "FEW_STEP_CONFIG",
     "ConfigMixin",
     "ModelMixin",
     "Parametrization",
