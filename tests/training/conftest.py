@@ -18,19 +18,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from scratch_diffusion.demo.config import QUICK_UNET
+
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_PY = REPO / "training" / "train.py"
 FAKE_TOKEN = "hf_FakeScratchDiffusionToken0123456789abcd"
 
-# A UNet2DModel small enough for ~20 ms steps at 16×16 on one CPU thread: two levels, no attention.
-TINY_UNET = {
-    "block_out_channels": [8, 16],
-    "layers_per_block": 1,
-    "down_block_types": ["DownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "UpBlock2D"],
-    "norm_num_groups": 4,
-    "add_attention": False,
-}
+# A UNet2DModel small enough for ~20 ms steps at 16×16 on one CPU thread (two levels, no attention): the
+# demo's --quick toy UNet, one definition for both.
+TINY_UNET = QUICK_UNET
 
 
 @pytest.fixture
