@@ -20,6 +20,7 @@ before any model evaluation.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -151,12 +152,27 @@ class ModelCall:
     """The UNet evaluation for one sampler point: scale the input, call at the model's timestep, read out."""
 
     def __init__(self, input_scale: float, readouts: Sequence[tuple[float, float]]):
-        self.input_scale = input_scale
-        self.readouts = tuple(readouts)  # (p, q): target = p·output + q·x_model, one per requested target
+        # Identities within rounding (a same-path conversion gives 1 ± 1e-16) are snapped to exactly 1 and 0,
+        # so the loop skips those full-tensor multiplies.
+        self.input_scale = _snap(input_scale, 1.0)
+        self.readouts = tuple((_snap(p, 1.0), _snap(q, 0.0)) for p, q in readouts)  # target = p·output + q·x_model
+
+    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The sampler's sample at the model's point of equal SNR."""
+        return x if self.input_scale == 1.0 else x * self.input_scale
 
     def read(self, output: torch.Tensor, x_model: torch.Tensor) -> list[torch.Tensor]:
         """Every requested target from the model output at ``x_model`` (plain multiply-adds, no sync)."""
-        return [output * p if q == 0 else torch.add(output * p, x_model, alpha=q) for p, q in self.readouts]
+        return [_read(output, x_model, p, q) for p, q in self.readouts]
+
+
+def _snap(value: float, identity: float) -> float:
+    return identity if math.isclose(value, identity, rel_tol=1e-12, abs_tol=1e-15) else value
+
+
+def _read(output: torch.Tensor, x_model: torch.Tensor, p: float, q: float) -> torch.Tensor:
+    scaled = output if p == 1.0 else output * p
+    return scaled if q == 0.0 else torch.add(scaled, x_model, alpha=q)
 
 
 @dataclass

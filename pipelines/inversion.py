@@ -114,7 +114,7 @@ def invert_samples(
     """
     for k in range(len(levels) - 1, 0, -1):
         call = calls.calls[k]
-        x_model = x * call.input_scale
+        x_model = call.scale_input(x)
         output = evaluate(x_model.to(model_dtype), calls.timesteps[k]).float()
         x0, eps = call.read(output, x_model)
         a_up, b_up = levels[k - 1]

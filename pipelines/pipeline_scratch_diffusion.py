@@ -342,7 +342,7 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
                 model_output = self.predict(model_input, t, labels, guidance_scale)
             else:  # the change of variables: precomputed numbers and a timestep already on the device
                 call = plan.calls[i]
-                model_input = model_input * call.input_scale
+                model_input = call.scale_input(model_input)
                 model_output = self.predict(model_input, plan.timesteps[i], labels, guidance_scale)
                 model_output = call.read(model_output, model_input[: len(model_output)])[0]
             latents = self.scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]

@@ -32,6 +32,8 @@ from .dpm_grids import (
 )
 from .dpm_stepping import DPMSolverStepping
 from .noise_path import (
+    BetaSchedule,
+    TimestepSpacing,
     append_dims,
     eps_to_x0,
     make_betas,
@@ -113,13 +115,15 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
 
     _compatibles = [*VP_COMPATIBLES]  # noqa: RUF012
 
+    # The VP keys repeat ScratchDDPMScheduler's on purpose: @register_to_config turns exactly these arguments,
+    # in diffusers' order and with its defaults, into DPMSolverMultistepScheduler's config (see scheduling_ddim.py).
     @register_to_config
     def __init__(
         self,
         num_train_timesteps: int = 1000,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
-        beta_schedule: str = "linear",
+        beta_schedule: BetaSchedule = "linear",
         trained_betas: np.ndarray | list[float] | None = None,
         solver_order: int = 2,
         prediction_type: Literal["epsilon", "sample", "v_prediction", "flow_prediction"] = "epsilon",
@@ -139,7 +143,7 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         final_sigmas_type: Literal["zero", "sigma_min"] = "zero",
         lambda_min_clipped: float = -float("inf"),
         variance_type: Literal["learned", "learned_range"] | None = None,
-        timestep_spacing: Literal["linspace", "leading", "trailing"] = "linspace",
+        timestep_spacing: TimestepSpacing = "linspace",
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
         use_dynamic_shifting: bool = False,

@@ -36,11 +36,11 @@ class SampleSet:
         return {**keep, **self.results}
 
 
-def make_scheduler(sampler: str, saved_config, path: str | None = None):
+def make_scheduler(sampler: str, saved_config, path: str):
     """The scheduler of ``sampler`` built from the saved pipeline's scheduler config (``from_config`` swap).
 
-    ``DPM-Solver++`` is the second-order multistep solver on the model's ``path`` (default: flow if the
-    config has a flow ``shift`` or ``use_flow_sigmas``), with ``use_flow_sigmas=True,
+    ``DPM-Solver++`` is the second-order multistep solver on the trained model's ``path`` (``vp``/``flow``; configs
+    carry other classes' leftover keys across swaps, so it is given, not guessed), with ``use_flow_sigmas=True,
     prediction_type="flow_prediction"`` on the flow path; the samplers named after the other path
     (``DDIM (VP path)``, ``flow Heun (flow path)``) sample the model through the change of variables.
     """
@@ -62,8 +62,6 @@ def make_scheduler(sampler: str, saved_config, path: str | None = None):
     if sampler == "DDPM":
         return ScratchDDPMScheduler.from_config(saved_config, timestep_spacing="trailing")
     if sampler == "DPM-Solver++":
-        if path is None:
-            path = "flow" if "shift" in saved_config or saved_config.get("use_flow_sigmas", False) else "vp"
         if path == "vp":
             return ScratchDPMSolverScheduler.from_config(saved_config, solver_order=2, use_flow_sigmas=False)
         shift = saved_config.get("flow_shift", saved_config.get("shift", 1.0))
