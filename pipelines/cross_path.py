@@ -7,7 +7,7 @@ change of variables; Nakkiran et al., 2024). Everything is computed once per sch
 (:func:`plan_model_calls`), so a step only multiplies by two numbers and indexes a timestep tensor
 already on the device: the UNet call count is the native one and no step reads a value back.
 
-**What can be described.** A scheduler's path and parametrisation (:func:`sampler_parametrization`):
+**What can be described.** A scheduler's path and parametrisation (``noise_path.parametrization_of``):
 ours and diffusers' VP schedulers (``alphas_cumprod``; DDPM, DDIM, DPM-Solver, Euler, UniPC, …),
 flow-matching schedulers (``FlowMatch…``, ``ScratchFlowMatchScheduler``) and DPM-Solver with
 ``use_flow_sigmas=True`` (flow path; ``flow_prediction``, ``epsilon`` or ``sample``). Refused:
@@ -19,7 +19,6 @@ before any model evaluation.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,11 @@ import numpy as np
 import torch
 
 from scratch_schedulers import Parametrization
-from scratch_schedulers.noise_path import PREDICTION_TYPES_BY_PATH, make_betas, rescale_zero_terminal_snr
+from scratch_schedulers.noise_path import (
+    make_betas,
+    parametrization_of,
+    rescale_zero_terminal_snr,
+)
 from scratch_schedulers.path_change import (
     PathPoint,
     flow_model_point,
@@ -39,10 +42,6 @@ from scratch_schedulers.path_change import (
     vp_model_point,
 )
 
-# diffusers' name for the flow velocity u = ε − x0 (DPMSolverMultistepScheduler, use_flow_sigmas=True).
-FLOW_PREDICTION_NAMES = {"flow_prediction": "flow_velocity", "flow_velocity": "flow_velocity"}
-# What a scheduler on each path may ask the model for (the flow path has no v-prediction).
-SAMPLER_PREDICTION_TYPES = {"vp": PREDICTION_TYPES_BY_PATH["vp"], "flow": ("flow_velocity", "epsilon", "sample")}
 # The keys of a training scheduler's config that fix its noise path (saved as the pipeline's noise_schedule).
 VP_SCHEDULE_DEFAULTS = {
     "num_train_timesteps": 1000,
@@ -54,36 +53,9 @@ VP_SCHEDULE_DEFAULTS = {
 }
 
 
-def sampler_parametrization(scheduler: object) -> Parametrization:
-    """The path a scheduler samples and the model output it expects (see the module docstring)."""
-    config = getattr(scheduler, "config", {})
-    prediction_type = config.get("prediction_type", "epsilon")
-    name = type(scheduler).__name__
-    # from_config keeps keys another class left in the config: read use_flow_sigmas only where it is an argument
-    takes_flow_sigmas = "use_flow_sigmas" in inspect.signature(type(scheduler).__init__).parameters
-    if takes_flow_sigmas and config.get("use_flow_sigmas", False):
-        path, prediction_type = "flow", FLOW_PREDICTION_NAMES.get(prediction_type, prediction_type)
-    elif hasattr(scheduler, "alphas_cumprod"):
-        path = "vp"
-    elif "FlowMatch" in name:
-        path, prediction_type = "flow", "flow_velocity"
-    else:
-        raise ValueError(
-            f"cannot describe the noise path of {name}: expected a VP scheduler (with alphas_cumprod), a "
-            "flow-matching scheduler (FlowMatch…) or DPM-Solver with use_flow_sigmas=True; VE/EDM schedulers are "
-            "not supported."
-        )
-    if prediction_type not in SAMPLER_PREDICTION_TYPES[path]:
-        raise ValueError(
-            f"{name} asks for prediction_type={prediction_type!r} on the {path!r} path; "
-            f"allowed there: {list(SAMPLER_PREDICTION_TYPES[path])}."
-        )
-    return Parametrization(path, prediction_type)
-
-
 def noise_schedule_of(scheduler: object, path: str) -> dict | None:
     """The config keys that fix ``scheduler``'s noise path, if it samples ``path``; else None."""
-    if sampler_parametrization(scheduler).path != path:
+    if parametrization_of(scheduler).path != path:
         return None
     config = scheduler.config
     if path == "flow":

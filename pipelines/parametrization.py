@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from scratch_schedulers import Parametrization
-from scratch_schedulers.noise_path import PREDICTION_TYPES, PREDICTION_TYPES_BY_PATH
-
-from .cross_path import sampler_parametrization
+from scratch_schedulers.noise_path import PREDICTION_TYPES, PREDICTION_TYPES_BY_PATH, parametrization_of
 
 
 def resolve_parametrization(scheduler: object, prediction_type: str | None, noise_path: str | None) -> Parametrization:
@@ -34,7 +32,7 @@ def resolve_parametrization(scheduler: object, prediction_type: str | None, nois
         if noise_path == "flow":
             prediction_type = "flow_velocity"
         else:
-            of_scheduler = sampler_parametrization(scheduler)
+            of_scheduler = parametrization_of(scheduler)
             if noise_path is not None and of_scheduler.path != noise_path:
                 raise ValueError(
                     f"noise_path={noise_path!r} but the scheduler samples the {of_scheduler.path!r} path; "
@@ -56,10 +54,10 @@ def check_scheduler_parametrization(
 ) -> Parametrization:
     """The parametrisation ``scheduler`` samples with; ``ValueError`` if it cannot sample the ``trained`` model.
 
-    The same parametrisation samples natively; any other one that :func:`sampler_parametrization`
-    can describe goes through the change of variables, which needs the model's ``noise_schedule``.
+    The same parametrisation samples natively; any other one that ``noise_path.parametrization_of`` can
+    describe goes through the change of variables, which needs the model's ``noise_schedule``.
     """
-    sampled = sampler_parametrization(scheduler)
+    sampled = parametrization_of(scheduler)
     if sampled != trained and noise_schedule is None:
         raise ValueError(
             f"{type(scheduler).__name__} samples the {sampled.path!r} path with "

@@ -23,6 +23,8 @@ from typing import Literal
 
 import numpy as np
 
+from .noise_path import shift_sigmas
+
 # Noise-level spacings of diffusers' DPMSolverMultistepScheduler (its use_*_sigmas keys).
 LevelSpacing = Literal["default", "karras", "exponential", "beta", "lu", "flow"]
 # Our one-choice time grids (config key time_grid): uniform in λ, Karras' ρ = 7 grid, and
@@ -59,7 +61,7 @@ def beta_levels(level_min: float, level_max: float, n: int, alpha: float = 0.6, 
 def flow_levels(n: int, num_train_timesteps: int, shift: float) -> np.ndarray:
     """diffusers' ``use_flow_sigmas`` grid: σ = 1 − linspace(1, 1/T, n + 1), shifted, without σ = 0."""
     sigmas = 1.0 - np.linspace(1, 1 / num_train_timesteps, n + 1)
-    return np.flip(shift * sigmas / (1 + (shift - 1) * sigmas))[:-1].copy()
+    return np.flip(shift_sigmas(sigmas, shift))[:-1].copy()
 
 
 def spaced_dpm_timesteps(

@@ -21,6 +21,7 @@ Notation
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -251,21 +252,43 @@ class Parametrization:
     prediction_type: PredictionType
 
 
+# diffusers' name for the flow velocity u = ε − x0 (DPMSolverMultistepScheduler, use_flow_sigmas=True).
+FLOW_PREDICTION_NAMES = {"flow_prediction": "flow_velocity", "flow_velocity": "flow_velocity"}
+# What a scheduler on each path may ask the model for (the flow path has no v-prediction).
+SAMPLER_PREDICTION_TYPES = {"vp": VP_PREDICTION_TYPES, "flow": ("flow_velocity", "epsilon", "sample")}
+
+
 def parametrization_of(scheduler: object) -> Parametrization:
     """The path and parametrisation a scheduler (ours or any diffusers one) samples with.
 
-    Flow-matching schedulers expose ``sigmas`` but no ``alphas_cumprod``; VP schedulers expose
-    ``alphas_cumprod`` and a ``prediction_type`` in their config.
+    DPM-Solver with ``use_flow_sigmas=True`` samples the flow path (its ``flow_prediction`` is the
+    velocity ``flow_velocity``); otherwise schedulers with ``alphas_cumprod`` sample the VP path with
+    their config's ``prediction_type``, and FlowMatch schedulers the flow path. VE/EDM schedulers
+    cannot be described: ``ValueError``, as for a prediction type the path does not have.
     """
     config = getattr(scheduler, "config", {})
-    if hasattr(scheduler, "alphas_cumprod"):
-        return Parametrization("vp", config.get("prediction_type", "epsilon"))
-    if hasattr(scheduler, "sigmas") or "FlowMatch" in type(scheduler).__name__:
-        return Parametrization("flow", "flow_velocity")
-    raise ValueError(
-        f"cannot tell the noise path of {type(scheduler).__name__}: expected a VP scheduler "
-        "(with alphas_cumprod) or a flow-matching scheduler (with sigmas)."
-    )
+    prediction_type = config.get("prediction_type", "epsilon")
+    name = type(scheduler).__name__
+    # from_config keeps keys another class left in the config: read use_flow_sigmas only where it is an argument
+    takes_flow_sigmas = "use_flow_sigmas" in inspect.signature(type(scheduler).__init__).parameters
+    if takes_flow_sigmas and config.get("use_flow_sigmas", False):
+        path, prediction_type = "flow", FLOW_PREDICTION_NAMES.get(prediction_type, prediction_type)
+    elif hasattr(scheduler, "alphas_cumprod"):
+        path = "vp"
+    elif "FlowMatch" in name:
+        path, prediction_type = "flow", "flow_velocity"
+    else:
+        raise ValueError(
+            f"cannot describe the noise path of {name}: expected a VP scheduler (with alphas_cumprod), a "
+            "flow-matching scheduler (FlowMatch…) or DPM-Solver with use_flow_sigmas=True; VE/EDM schedulers are "
+            "not supported."
+        )
+    if prediction_type not in SAMPLER_PREDICTION_TYPES[path]:
+        raise ValueError(
+            f"{name} asks for prediction_type={prediction_type!r} on the {path!r} path; "
+            f"allowed there: {list(SAMPLER_PREDICTION_TYPES[path])}."
+        )
+    return Parametrization(path, prediction_type)
 
 
 def signal_noise_at(scheduler: object, timestep: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:

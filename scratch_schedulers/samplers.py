@@ -217,8 +217,9 @@ def dpmpp_third_order_step(
     delta0 = (h / h_prev) * (x0 - x0_prev)
     delta1 = (h / h_prev2) * (x0_prev - x0_prev2)  # 0 when λ_prev2 = −∞
     share = h_prev / (h_prev + h_prev2)  # r0/(r0 + r1)
-    d1 = delta0 + share * (delta0 - delta1)
-    d2 = (h / (h_prev + h_prev2)) * (delta0 - delta1)  # (Δ0 − Δ1)/(r0 + r1)
+    second_difference = delta0 - delta1
+    d1 = delta0 + share * second_difference
+    d2 = (h / (h_prev + h_prev2)) * second_difference  # (Δ0 − Δ1)/(r0 + r1)
     return b_ratio * x + (a_next * phi1) * x0 + (a_next * phi2) * d1 + d2_weight * d2
 
 

@@ -58,20 +58,6 @@ def is_host(timestep: object) -> bool:
     return not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu"
 
 
-def element_position(timestep: object, timesteps: torch.Tensor) -> int | None:
-    """The index i when ``timestep`` is the element view ``timesteps[i]`` (``for t in scheduler.timesteps``),
-    else None — read from the view's storage offset on the host, never from the (device) value."""
-    if not isinstance(timestep, torch.Tensor) or timestep.ndim != 0 or timesteps.ndim != 1:
-        return None
-    if (timestep._base if timestep._base is not None else timestep) is not (
-        timesteps._base if timesteps._base is not None else timesteps
-    ):
-        return None
-    offset, stride = timestep.storage_offset() - timesteps.storage_offset(), timesteps.stride(0)
-    i = offset // stride if stride > 0 else -1
-    return i if 0 <= i < len(timesteps) and i * stride == offset else None
-
-
 def check_step_timesteps(t: torch.Tensor, upper: float, integer: bool) -> None:
     """Host timesteps given to ``step`` must lie in [0, upper] (integers on a discrete chain).
 

@@ -47,6 +47,7 @@ from .scheduling_common import (
     ScratchScheduler,
     check_same_shape,
     check_step_shapes,
+    check_step_timesteps,
     check_timestep_batch,
     in_working_precision,
     is_host,
@@ -380,7 +381,10 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         check_same_shape(original_samples, noise, "original_samples", "noise")
         check_timestep_batch(timesteps, original_samples)
         T = self.config.num_train_timesteps
-        t = torch.as_tensor(timesteps, device=original_samples.device)
+        host = torch.as_tensor(timesteps)
+        if host.device.type == "cpu":  # validated like step's timesteps; device ones are not read back
+            check_step_timesteps(host, T if self.path == "flow" else T - 1, integer=self.path == "vp")
+        t = host.to(original_samples.device)
         if self.path == "flow":
             sigma = append_dims(t.to(torch.float32) / T, original_samples.ndim).to(original_samples.dtype)
             return (1 - sigma) * original_samples + sigma * noise

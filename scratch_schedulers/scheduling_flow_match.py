@@ -37,7 +37,6 @@ from .scheduling_common import (
     check_step_shapes,
     check_step_timesteps,
     check_timestep_batch,
-    element_position,
     in_working_precision,
     is_host,
     per_example,
@@ -174,8 +173,8 @@ class ScratchFlowMatchScheduler(ScratchScheduler):
         sigma32 = torch.from_numpy(self._grid).to(torch.float32)
         self._host_sigmas = {float(t): (sigma32[i], sigma32[i + 1]) for i, t in enumerate(self._distinct_timesteps)}
         # σ and the float32 step σ_next − σ (as diffusers computes it) for the fused host Euler step
-        self._euler_by_position = [(float(s), float(s_next - s)) for s, s_next in itertools.pairwise(sigma32)]
-        self._host_floats = dict(zip(self._distinct_timesteps.tolist(), self._euler_by_position, strict=True))
+        euler_steps = [(float(s), float(s_next - s)) for s, s_next in itertools.pairwise(sigma32)]
+        self._host_floats = dict(zip(self._distinct_timesteps.tolist(), euler_steps, strict=True))
         # (distinct timesteps, −∞) and (σ grid, 0) in float32, for off-schedule and per-example look-ups
         self._host_grids = (torch.cat([self._distinct_timesteps, torch.tensor([-torch.inf])]), sigma32)
         self._device_grids: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -262,13 +261,10 @@ class ScratchFlowMatchScheduler(ScratchScheduler):
         return sigma, sigma_grid.index_select(0, above + on_grid.long())
 
     def _host_euler_step(self, timestep: float | torch.Tensor, like: torch.Tensor) -> tuple[float, float] | None:
-        """(σ, σ_next − σ) as Python floats for a deterministic Euler step from one host timestep, or from an
-        element of ``self.timesteps`` wherever it lives (its position is known on the host); else None."""
+        """(σ, σ_next − σ) as Python floats for a deterministic Euler step from one host timestep, else None
+        (device timesteps are located on their device, without a read-back)."""
         if self.config.solver != "euler" or self.config.stochastic_sampling:
             return None
-        position = element_position(timestep, self.timesteps)  # e.g. ``for t in timesteps`` on an accelerator
-        if position is not None:
-            return self._euler_by_position[position]
         if not is_host(timestep) or (isinstance(timestep, torch.Tensor) and timestep.numel() != 1):
             return None
         host = self._host_floats.get(float(timestep))

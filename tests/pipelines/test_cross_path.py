@@ -20,10 +20,9 @@ from scratch_diffusion import (
     ScratchDPMSolverScheduler,
     ScratchFlowMatchScheduler,
 )
-from scratch_diffusion.pipelines.cross_path import sampler_parametrization
 from scratch_schedulers import Parametrization
 from scratch_schedulers.exact_denoiser import GaussianMixture, mixture_error, sampling_noise
-from scratch_schedulers.noise_path import split_prediction
+from scratch_schedulers.noise_path import parametrization_of, split_prediction
 from scratch_schedulers.path_change import (
     flow_to_vp,
     prediction_readout,
@@ -115,7 +114,7 @@ def test_readout_between_parametrisations_of_one_point_is_split_prediction():
     ],
 )
 def test_sampler_parametrization(scheduler, expected):
-    assert sampler_parametrization(scheduler) == Parametrization(*expected)
+    assert parametrization_of(scheduler) == Parametrization(*expected)
 
 
 # ---- the pipeline: exact denoiser -------------------------------------------------------------

@@ -17,7 +17,6 @@ from scratch_schedulers import (
     ScratchDPMSolverScheduler,
     ScratchFlowMatchScheduler,
 )
-from scratch_schedulers.scheduling_common import element_position
 from scratch_schedulers.scheduling_dpmsolver import FEW_STEP_CONFIG
 
 from .helpers import denoiser_model, relative_error
@@ -305,12 +304,3 @@ def test_meta_device_per_example_dpm_and_heun_are_refused_before_any_read():
     heun.set_timesteps(5, device="meta")
     with pytest.raises(ValueError, match="one timestep for the whole batch"):
         heun.step(x, torch.empty(2, device="meta"), x)
-
-
-def test_element_position_reads_the_view_offset_only():
-    timesteps = torch.arange(10.0, 0, -1)
-    assert [element_position(t, timesteps) for t in timesteps] == list(range(10))
-    assert element_position(timesteps[3:][2], timesteps) == 5
-    assert element_position(timesteps[4].clone(), timesteps) is None
-    assert element_position(torch.arange(10.0)[4], timesteps) is None
-    assert element_position(4.0, timesteps) is None

@@ -336,3 +336,15 @@ def test_a_jump_in_the_loop_restarts_the_history():
     with pytest.raises(ValueError, match="not in the current schedule"):
         scheduler.step(x, 12345, x)
     assert "timesteps" in inspect.signature(scheduler.set_timesteps).parameters
+
+
+@pytest.mark.parametrize(
+    ("config", "timestep"),
+    [({}, -1), ({}, 1000), ({}, 2.5), ({"use_flow_sigmas": True, "prediction_type": "flow_prediction"}, 1000.5)],
+)
+def test_add_noise_refuses_timesteps_outside_the_path(config, timestep):
+    """add_noise validates host timesteps as step does (a negative one would index ᾱ from the end)."""
+    scheduler = ScratchDPMSolverScheduler(**config)
+    x = torch.zeros(1, 1, 2, 2)
+    with pytest.raises(ValueError, match=r"outside|not an integer"):
+        scheduler.add_noise(x, x, torch.tensor([timestep]))
