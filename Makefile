@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml scripts/install_torch.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	bash scripts/install_torch.sh $(PY)
-	$(PY) -m pip install -q -e ".[dev,demo]"
+	$(PY) -m pip install -q -e ".[dev,demo,eval]"
 	touch $(STAMP)
 
 test: $(STAMP)

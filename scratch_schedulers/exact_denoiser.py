@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 
+from .mixture_density import mixture_log_density
 from .mixture_statistics import mixture_error, sampling_noise
 from .noise_path import PREDICTION_TYPES, PredictionType
 from .ode_reference import EndpointAccuracy, ode_endpoint_error, probability_flow_endpoint  # noqa: F401 (re-exported)
@@ -145,6 +146,10 @@ class GaussianMixture:
         """
         x_t = torch.as_tensor(x_t)
         return self._posterior(x_t, a, b)[1].T.reshape(*x_t.shape[:-1], len(self.weights))
+
+    def log_density(self, x: torch.Tensor, a: float = 1.0, b: float = 0.0) -> torch.Tensor:
+        """``log p(x)`` of ``x = a·x0 + b·ε`` in nats (:func:`.mixture_density.mixture_log_density`)."""
+        return mixture_log_density(self, x, a, b)
 
     def denoise(self, x_t: torch.Tensor, a: float, b: float) -> torch.Tensor:
         """The exact denoiser ``x̂0 = E[x0 | x_t] = Σ_k r_k (μ_k + a s_k²/(a² s_k² + b²)(x_t − a μ_k))``.

@@ -6,6 +6,8 @@ from Python. The loop lives in ``trainer``; everything else in the modules here:
 
 ===================  ==========================================================================
 ``cli``              the command line (diffusers' ``train_unconditional.py`` names) and its checks
+``cli_evaluation``   the ``--eval_*`` / ``--save_best`` arguments and their checks
+``errors``           :class:`ConfigError` (bad input before training: exit status 2)
 ``trainer``          :func:`train` / :func:`run_training`: accelerate, the loop, the outputs
 ``monitoring``       :class:`TrainingSummary`, the buffered loss log, non-finite-loss checks
 ``optimization``     AdamW and the EMA weights
@@ -14,14 +16,15 @@ from Python. The loop lives in ``trainer``; everything else in the modules here:
 ``losses``           the DDPM-family and flow-matching objectives (noise from the schedulers)
 ``checkpoints``      atomic ``accelerate.save_state`` checkpoints, rotation and resume
 ``export``           the noise scheduler, the saved pipeline and the sample grid
+``evaluation``       ``--eval_steps``: FD/KID of EMA samples during training, ``best/``
 ``model_card``       the Hugging Face model card (``README.md``)
 ``hub``              ``HfApi.create_repo`` + ``upload_folder``
 ===================  ==========================================================================
 """
 
 from .checkpoints import CheckpointError
-from .cli import ConfigError
 from .data import DataError
+from .errors import ConfigError
 from .hub import HubError
 from .monitoring import NonFiniteLossError, TrainingSummary
 from .trainer import OutputWriteError, run_training

@@ -4,7 +4,11 @@ Where diffusers' ``examples/unconditional_image_generation/train_unconditional.p
 concept, the argument has the same name (``--train_batch_size``, ``--ddpm_beta_schedule``,
 ``--checkpointing_steps``, ``--hub_model_id`` …), so its users can keep their command lines.
 New here: ``--seed``, ``--objective``, v-prediction, ``--snr_gamma``, flow matching, presets,
-class conditioning, ``--max_train_steps``, ``--save_images_steps`` and ``--max_grad_norm``.
+class conditioning, ``--max_train_steps``, ``--save_images_steps`` and ``--max_grad_norm``; and
+evaluation during training (``--eval_steps``, ``--eval_num_samples``, ``--eval_sampler``,
+``--eval_num_inference_steps``, ``--eval_features``, ``--save_best``: FD and KID of EMA samples against
+real training images, logged to tensorboard, in the model card, and the best pipeline kept in ``best/``;
+see ``evaluation.py``).
 
 Every check in :func:`validate_args` runs before the first training step; a failure raises
 :class:`ConfigError`, which ``train.py`` turns into a one-line message and exit status 2.
@@ -23,6 +27,9 @@ from scratch_schedulers.noise_path import VP_PREDICTION_TYPES
 from scratch_schedulers.validation import MAX_TRAIN_TIMESTEPS
 
 from .checkpoints import CHECKPOINT_RE, CheckpointError, check_checkpoint
+from .cli_evaluation import add_evaluation_arguments, validate_evaluation_args
+from .errors import ConfigError
+from .errors import check as _check
 from .hub import repo_id_problem
 from .models import PRESETS, load_unet_config, min_resolution
 
@@ -30,10 +37,6 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 DEFAULT_RESOLUTION = {"digits": 16, "other": 64}
 MAX_RESOLUTION = 4096  # image side in pixels; beyond it a typo, refused before any data is decoded
 MAX_SEED = 2**32 - 1  # numpy's seed range (accelerate's set_seed seeds numpy too)
-
-
-class ConfigError(ValueError):
-    """A bad command line or input, found before training starts."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--checkpoints_total_limit", type=int, help="keep at most this many checkpoints")
     logs.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' in --output_dir")
 
+    add_evaluation_arguments(p)
+
     hub = p.add_argument_group("Hugging Face Hub")
     hub.add_argument("--push_to_hub", action="store_true", help="upload --output_dir when training ends")
     hub.add_argument("--hub_model_id", help="repo id, 'name' or 'user/name' (required with --push_to_hub)")
@@ -149,11 +154,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.class_conditional and args.label_column is None:
         args.label_column = "label"
     return args
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 def validate_args(args: argparse.Namespace) -> None:
@@ -218,6 +218,7 @@ def validate_args(args: argparse.Namespace) -> None:
     )
     _check(0 <= args.class_dropout_prob < 1, f"--class_dropout_prob must be in [0, 1), got {args.class_dropout_prob}.")
     _check(0 < args.ema_max_decay <= 1, f"--ema_max_decay must be in (0, 1], got {args.ema_max_decay}.")
+    validate_evaluation_args(args)
 
     if args.objective == "flow":
         _check(

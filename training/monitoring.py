@@ -14,15 +14,17 @@ class TrainingSummary:
     """What a finished run reports (``train`` and ``run_training`` return it).
 
     The throughput figures exclude the first update of the call (kernel and allocator warm-up) and
-    are ``nan`` when the call ran fewer than two updates (e.g. resumed from the final checkpoint).
+    the evaluations (``--eval_steps``; their time is ``evaluation_seconds``), and are ``nan`` when the
+    call ran fewer than two updates (e.g. resumed from the final checkpoint).
     """
 
     global_step: int  # optimizer updates done, counting those of a run resumed from
     images_per_second: float  # over all processes, first update excluded
     output_dir: str
-    training_seconds: float  # wall time of this call's step loop, first update included; no saving, no Hub
+    training_seconds: float  # wall time of this call's step loop, first update included; no evaluation, saving, Hub
     seconds_per_step: float  # mean wall time of one update, first update excluded
     cpu_seconds_per_step: float  # the same in this process's CPU time (all its threads): steadier on a shared host
+    evaluation_seconds: float = 0.0  # wall time of this call's --eval_steps evaluations; excluded from the rest
 
 
 class NonFiniteLossError(RuntimeError):

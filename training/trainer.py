@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from . import checkpoints, export, hub
 from .cli import ConfigError, parse_args, validate_args
 from .data import augment, drop_labels, load_training_data, make_dataloader, updates_per_epoch
+from .evaluation import TrainingEvaluation
 from .losses import make_objective
 from .model_card import (
     build_model_card,
@@ -181,6 +182,9 @@ def train(args) -> TrainingSummary:
     if hub_error is not None:
         raise hub.HubError(hub_error)
 
+    evaluation = TrainingEvaluation(
+        args, data.dataset, sampling_scheduler, max_train_steps, accelerator, resume_dir is not None
+    )
     accelerator.init_trackers("train", config=public_hyperparameters(args))
     logger.info(
         f"{data.description}: {len(data.dataset)} examples, {len(dataloader)} batches per process per epoch; "
@@ -260,6 +264,8 @@ def train(args) -> TrainingSummary:
                     checkpoints.save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
                 if global_step % args.save_images_steps == 0 and accelerator.is_main_process and args.logger != "none":
                     log_sample_grid(accelerator, unet, ema, sampling_scheduler, args, global_step)
+                if evaluation.due(global_step):
+                    evaluation(accelerator, unet, ema, global_step)
                 if global_step >= max_train_steps:
                     break
             skip_batches = 0
@@ -267,12 +273,15 @@ def train(args) -> TrainingSummary:
     finally:
         bar.close()
     loop_end, cpu_end = time.perf_counter(), time.process_time()
-    elapsed = loop_end - timer_start if timer_start is not None else 0.0
-    cpu_elapsed = cpu_end - cpu_start if timer_start is not None else 0.0
+    # Evaluations all run after the first update (timer_start), so their time comes off the timed span.
+    elapsed = loop_end - timer_start - evaluation.seconds if timer_start is not None else 0.0
+    cpu_elapsed = cpu_end - cpu_start - evaluation.cpu_seconds if timer_start is not None else 0.0
     timed_steps = global_step - timer_step
     images_per_second = images_seen * accelerator.num_processes / elapsed if elapsed > 0 else float("nan")
+    evaluated = f"; {evaluation.seconds:.1f} s evaluating, not counted" if evaluation.enabled else ""
     logger.info(
-        f"{timed_steps} steps at {images_per_second:.1f} images/s (first step excluded).", main_process_only=True
+        f"{timed_steps} steps at {images_per_second:.1f} images/s (first step excluded{evaluated}).",
+        main_process_only=True,
     )
     if progress.skipped_updates:
         logger.warning(
@@ -309,6 +318,8 @@ def train(args) -> TrainingSummary:
                 total_train_steps=max_train_steps,
                 trained_epochs=num_epochs,
             ),
+            final_evaluation=evaluation.last,
+            best_evaluation=evaluation.best,
         )
         try:
             export.image_grid(images).save(os.path.join(args.output_dir, "samples.png"))
@@ -328,7 +339,8 @@ def train(args) -> TrainingSummary:
         global_step=global_step,
         images_per_second=images_per_second,
         output_dir=args.output_dir,
-        training_seconds=loop_end - loop_start,
+        training_seconds=loop_end - loop_start - evaluation.seconds,
         seconds_per_step=elapsed / timed_steps if timed_steps > 0 else float("nan"),
         cpu_seconds_per_step=cpu_elapsed / timed_steps if timed_steps > 0 else float("nan"),
+        evaluation_seconds=evaluation.seconds,
     )

@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument(
         "--num_final", type=int, default=None, help=f"best sweep settings re-scored; default {DEFAULTS['num_final']}"
     )
+    sample.add_argument(
+        "--likelihood_images",
+        type=int,
+        default=None,
+        help="held-out digits whose bits/dim (ODE and bound) are measured, 0: skip; "
+        f"default {DEFAULTS['likelihood_images']}",
+    )
     sample.add_argument("--sample_batch_size", type=int, default=250, help="images per pipeline call")
     return p
 

@@ -15,10 +15,11 @@ import torch
 from scratch_diffusion import metrics
 from scratch_diffusion.demo.config import SAMPLERS, DemoConfig, DemoError
 from scratch_diffusion.demo.figure import save_figure
+from scratch_diffusion.demo.likelihood import likelihood_text, measure_likelihood
 from scratch_diffusion.demo.outputs import prepare_output_dir
 from scratch_diffusion.demo.quality import bar_text, guided_text, quality_verdict
 from scratch_diffusion.demo.report import metrics_markdown
-from scratch_diffusion.demo.sampling import SampleSet, pick_best, run_stage
+from scratch_diffusion.demo.sampling import MAX_NFE, SampleSet, eligible, pick_best, run_stage
 from scratch_diffusion.demo.training import train_model
 
 
@@ -56,13 +57,13 @@ def train_or_reuse(config: DemoConfig) -> dict | None:
     """
     record = prepare_output_dir(config)
     if config.reuse:
-        print("[1/5] Training skipped (--reuse)")
-        print(f"[2/5] Pipeline, model card and tensorboard logs: {config.pipeline_dir}")
+        print("[1/6] Training skipped (--reuse)")
+        print(f"[2/6] Pipeline, model card and tensorboard logs: {config.pipeline_dir}")
         return record
-    print(f"[1/5] Training: {config.objective} objective, {config.model} UNet, class-conditional, built-in digits")
+    print(f"[1/6] Training: {config.objective} objective, {config.model} UNet, class-conditional, built-in digits")
     record = train_model(config)
     (config.output_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"[2/5] Saved pipeline, model card and tensorboard logs to {config.pipeline_dir} "
+    print(f"[2/6] Saved pipeline, model card and tensorboard logs to {config.pipeline_dir} "
           f"({record['steps']} steps in {record['seconds'] / 60:.1f} min)")  # fmt: skip
     return record
 
@@ -87,7 +88,7 @@ def sample_and_score(pipe, classifier, config: DemoConfig, phase_seconds: dict[s
     samplers = SAMPLERS[pipe.trained_parametrization.path]
     w = config.guidance_scale
     sweep = [SampleSet(s, n, w, config.num_sweep_samples, "sweep") for s in samplers for n in config.step_counts]
-    print(f"[3/5] Sampling (sweep): {', '.join(samplers)} × {config.step_counts} steps, guidance w={w:g}, "
+    print(f"[3/6] Sampling (sweep): {', '.join(samplers)} × {config.step_counts} steps, guidance w={w:g}, "
           f"{config.num_sweep_samples} images each")  # fmt: skip
     with timed(phase_seconds, "sweep"):
         run_stage(pipe, sweep, config, classifier, "sweep")
@@ -99,15 +100,29 @@ def sample_and_score(pipe, classifier, config: DemoConfig, phase_seconds: dict[s
               f"{', '.join(f'{g:g}' for g in scales)}, {config.num_sweep_samples} images each")  # fmt: skip
         with timed(phase_seconds, "guidance"):
             run_stage(pipe, guidance, config, classifier, "guidance")
-    ranked = sorted(sweep, key=lambda s: s.results["fd_ratio"])[: config.num_final]
+    ranked = sorted(eligible(sweep), key=lambda s: s.results["fd_ratio"])[: config.num_final]
     final = [SampleSet(s.sampler, s.steps, w, config.num_eval_samples, "final") for s in ranked]
-    print(f"      final: the best {len(final)} of the sweep, {config.num_eval_samples} images each")
+    print(f"      final: the best {len(final)} of the sweep at ≤ {MAX_NFE} UNet evaluations per image, "
+          f"{config.num_eval_samples} images each")  # fmt: skip
     with timed(phase_seconds, "final"):
         run_stage(pipe, final, config, classifier, "final")
     return Stages(sweep, guidance, final)
 
 
-def build_report(config: DemoConfig, record: dict | None, pipe, classifier, stages: Stages) -> dict:
+def likelihood_of(pipe, config: DemoConfig) -> dict | None:
+    """Step 4: bits/dim of the model on held-out digits, by the ODE and by the bound (None with 0 images)."""
+    if config.likelihood_images == 0:
+        print("[4/6] Likelihood skipped (--likelihood_images 0)")
+        return None
+    print(f"[4/6] Likelihood: bits/dim of {config.likelihood_images} held-out digits, unconditional (null class)")
+    record = measure_likelihood(pipe, str(config.pipeline_dir), config.likelihood_images, config.seed, config.quick)
+    print(f"      {likelihood_text(record)}")
+    return record
+
+
+def build_report(
+    config: DemoConfig, record: dict | None, pipe, classifier, stages: Stages, likelihood: dict | None
+) -> dict:
     """The content of ``metrics.json`` (without the timings, which :func:`run` adds)."""
     everything = stages.everything
     return {
@@ -129,12 +144,13 @@ def build_report(config: DemoConfig, record: dict | None, pipe, classifier, stag
         "best": stages.best.row(),
         "sampling_seconds": sum(s.seconds for s in everything),
         "quality_bar": quality_verdict(stages.best, [s for s in everything if s.guidance_scale > 1]),
+        "likelihood": likelihood,
     }
 
 
 def write_outputs(config: DemoConfig, report: dict, stages: Stages, num_classes: int) -> None:
-    """Step 4: ``metrics.json``, ``metrics.md`` and ``demo.png`` in ``config.output_dir``."""
-    print("[4/5] Writing metrics.json, metrics.md and demo.png")
+    """Step 5: ``metrics.json``, ``metrics.md`` and ``demo.png`` in ``config.output_dir``."""
+    print("[5/6] Writing metrics.json, metrics.md and demo.png")
     (config.output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (config.output_dir / "metrics.md").write_text(metrics_markdown(report))
     save_figure(stages.sweep, stages.guidance, stages.final, config.output_dir / "demo.png", num_classes)
@@ -152,24 +168,32 @@ def load_command(pipeline_dir: Path, steps: int, guidance_scale: float) -> str:
 
 
 def print_summary(config: DemoConfig, report: dict, best: SampleSet) -> None:
-    """Step 5: where everything is, the best setting beside its baseline, the verdict, how to load the pipeline."""
+    """Step 6: where everything is, the best setting beside its baseline, the verdict, how to load the pipeline."""
     r, verdict = best.results, report["quality_bar"]
-    print("[5/5] Summary")
+    print("[6/6] Summary")
     print(f"  outputs:   {config.output_dir}/  (pipeline/ with README.md model card and logs/, "
           f"metrics.json, metrics.md, demo.png)")  # fmt: skip
     print(f"  best:      {best.name} ({best.nfe} UNet evaluations per image): FD {r['fd']:.2f} vs real-data "
           f"baseline {r['fd_real_baseline']:.2f} ± {r['fd_real_baseline_std']:.2f} (×{r['fd_ratio']:.2f}, n={best.n}); "
           f"noise {r['fd_noise_ceiling']:.0f}")  # fmt: skip
+    print(f"             KID {r['kid']:.1f} ± {r['kid_std']:.1f} vs real {r['kid_real_baseline']:.1f} ± "
+          f"{r['kid_real_baseline_std']:.1f}; noise {r['kid_noise_ceiling']:.0f} "
+          "(digits-CNN features, unscaled)")  # fmt: skip
     print(f"             classified as the requested class: {100 * r['class_match']:.1f} %{guided_text(verdict)} "
           f"(classifier accuracy on real digits {100 * r['classifier_accuracy']:.1f} %)")  # fmt: skip
     print(f"  quality bar ({bar_text(verdict)}): {'met' if verdict['met'] else 'NOT met'}")
+    if report["likelihood"] is not None:
+        print(f"  bits/dim:  {likelihood_text(report['likelihood'])}")
     print(f"  tensorboard --logdir {config.pipeline_dir / 'logs'}")
     print(f"  load it:   {load_command(config.pipeline_dir, best.steps, best.guidance_scale)}")
     print(f"  total time {report['seconds_total'] / 60:.1f} min")
 
 
 def run(config: DemoConfig) -> dict:
-    """Steps 1-5; returns the content of ``metrics.json`` (``phase_seconds``: train, load, sweep, guidance, final)."""
+    """Steps 1-6; returns ``metrics.json``'s content.
+
+    ``phase_seconds``: train, load, sweep, guidance, final, likelihood.
+    """
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     config.output_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +204,9 @@ def run(config: DemoConfig) -> dict:
     with timed(phase_seconds, "load"):
         pipe, classifier = load_pipeline_and_classifier(config)
     stages = sample_and_score(pipe, classifier, config, phase_seconds)
-    report = build_report(config, record, pipe, classifier, stages)
+    with timed(phase_seconds, "likelihood"):
+        likelihood = likelihood_of(pipe, config)
+    report = build_report(config, record, pipe, classifier, stages, likelihood)
     report["phase_seconds"] = phase_seconds
     report["seconds_total"] = time.perf_counter() - started
     write_outputs(config, report, stages, pipe.num_classes)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from scratch_diffusion import metrics
+from scratch_diffusion.demo.likelihood import likelihood_text
 from scratch_diffusion.demo.quality import bar_text, guided_text
 
 
@@ -35,6 +36,9 @@ FD_RATIO = _column("FD / baseline", lambda r: f"{r['fd_ratio']:.2f}×")
 CLASS_MATCH = _column("class match", lambda r: f"{100 * r['class_match']:.1f} %")
 CONFIDENT = _column("confident", lambda r: f"{100 * r['confident_fraction']:.1f} %")
 SECONDS = _column("sampling s", lambda r: f"{r['seconds']:.1f}")
+KID = _column(
+    "KID ↓ (real)", lambda r: f"{r['kid']:.0f} ({r['kid_real_baseline']:.0f} ± {r['kid_real_baseline_std']:.0f})"
+)
 
 
 def _baseline(header: str) -> Column:
@@ -43,10 +47,10 @@ def _baseline(header: str) -> Column:
 
 # metrics.md: every number of every row; the best row's FD and ratio in bold.
 METRICS_MD_COLUMNS = (STAGE, SAMPLER, STEPS, NFE, GUIDANCE, N, FD, _baseline("real baseline (same n)"), FD_RATIO,
-                      CLASS_MATCH, CONFIDENT, SECONDS)  # fmt: skip
+                      KID, CLASS_MATCH, CONFIDENT, SECONDS)  # fmt: skip
 METRICS_MD_BOLD = (FD, FD_RATIO)
 # The README: no timings (machine-dependent beside the caption's totals); the best row's setting in bold too.
-README_COLUMNS = (STAGE, SAMPLER, STEPS, NFE, GUIDANCE, N, FD, _baseline("real baseline"), FD_RATIO, CLASS_MATCH)
+README_COLUMNS = (STAGE, SAMPLER, STEPS, NFE, GUIDANCE, N, FD, _baseline("real baseline"), FD_RATIO, KID, CLASS_MATCH)
 README_BOLD = (STAGE, SAMPLER, FD, FD_RATIO)
 
 
@@ -92,6 +96,7 @@ def metrics_markdown(report: dict) -> str:
             "",
             best_sentence(report),
             "",
+            *([f"Bits/dim: {likelihood_text(report['likelihood'])}.", ""] if report.get("likelihood") else []),
             metrics.markdown_summary(best, title=f"Best: {name}"),
             "",
         ]
@@ -116,4 +121,5 @@ def readme_table(report: dict) -> str:
         f"{guided_range}."
     )
     table = results_table(report["results"], best, README_COLUMNS, README_BOLD)
-    return "\n\n".join([caption, table, verdict_line])
+    likelihood = [f"Bits/dim: {likelihood_text(report['likelihood'])}."] if report.get("likelihood") else []
+    return "\n\n".join([caption, table, verdict_line, *likelihood])

@@ -45,6 +45,8 @@ def training_argv(config: DemoConfig, max_train_steps: int, output_dir: Path | N
     ]  # fmt: skip
     if config.prediction_type is not None:
         argv += ["--prediction_type", config.prediction_type]
+    if config.weighting_scheme is not None:
+        argv += ["--weighting_scheme", config.weighting_scheme]
     return argv
 
 
@@ -89,6 +91,7 @@ def train_model(config: DemoConfig) -> dict:
         argv=argv,
         objective=config.objective,
         prediction_type=config.prediction_type,
+        weighting_scheme=config.weighting_scheme,
         model=config.model,
         steps=summary.global_step,
         train_batch_size=config.train_batch_size,

@@ -12,6 +12,7 @@ import torch
 
 from scratch_diffusion.metrics.cache import CACHE_ENV_VAR
 from scratch_diffusion.metrics.evaluation import DEFAULT_CONFIDENCE_THRESHOLD, evaluate_samples
+from scratch_diffusion.metrics.feature_spaces import ALIASES, DIGITS, feature_extractor
 from scratch_diffusion.metrics.sources import load_image_folder, sample_pipeline
 from scratch_diffusion.metrics.summary import markdown_summary
 
@@ -19,8 +20,9 @@ from scratch_diffusion.metrics.summary import markdown_summary
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m scratch_diffusion.metrics",
-        description="Offline sample quality of a saved pipeline or an image folder (digits-classifier "
-        "Fréchet distance, with the real-data baseline and the noise ceiling).",
+        description="Offline sample quality of a saved pipeline or an image folder: Fréchet distance and KID "
+        "against held-out real digits in a chosen feature space, each beside the real-vs-real baseline and the "
+        "noise ceiling.",
     )
     parser.add_argument("path", help="a saved pipeline folder (with model_index.json) or a folder of images")
     parser.add_argument("--num_samples", type=int, default=500, help="images to generate from a pipeline")
@@ -34,6 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run code shipped in the pipeline folder when its pipeline class is not installed",
     )
+    parser.add_argument(
+        "--features",
+        default=DIGITS,
+        help=f"feature space: {DIGITS!r} (default, the digits CNN), "
+        + ", ".join(f"{k!r} ({v})" for k, v in ALIASES.items())
+        + ", a transformers backbone folder or Hub id, or 'package.module:callable' returning a FeatureExtractor",
+    )
+    parser.add_argument("--features_batch_size", type=int, default=64, help="images per backbone forward pass")
+    parser.add_argument("--features_dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument("--kid_subsets", type=int, default=20, help="KID subsets (std over subsets)")
+    parser.add_argument("--baseline_draws", type=int, default=10, help="real-vs-real draws of the baseline")
     parser.add_argument("--confidence_threshold", type=float, default=DEFAULT_CONFIDENCE_THRESHOLD)
     parser.add_argument("--cache_dir", default=None, help=f"classifier cache (default: ${CACHE_ENV_VAR} or ~/.cache)")
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown", help="what to print")
@@ -48,7 +61,7 @@ def check_args(args: argparse.Namespace) -> str | None:
         return f"{str(path)!r} is not a folder (a saved pipeline or a folder of images)."
     if args.num_samples < 2:
         return f"--num_samples must be at least 2, got {args.num_samples}."
-    for name in ("batch_size", "num_inference_steps"):
+    for name in ("batch_size", "num_inference_steps", "features_batch_size", "kid_subsets", "baseline_draws"):
         if getattr(args, name) < 1:
             return f"--{name} must be at least 1, got {getattr(args, name)}."
     if not np.isfinite(args.guidance_scale):
@@ -102,8 +115,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         source = {"image_folder": str(path)}
+    extractor = None
+    if args.features.strip() != DIGITS:
+        try:
+            extractor = feature_extractor(
+                args.features, device=args.device, batch_size=args.features_batch_size, dtype=args.features_dtype
+            )
+        except (OSError, ValueError, TypeError) as error:  # not found / offline, a bad plug-in
+            print(f"error: --features {args.features!r}: {error}", file=sys.stderr)
+            return 2
     results = evaluate_samples(
-        images, labels, cache_dir=args.cache_dir, confidence_threshold=args.confidence_threshold, seed=args.seed
+        images,
+        labels,
+        feature_extractor=extractor,
+        cache_dir=args.cache_dir,
+        confidence_threshold=args.confidence_threshold,
+        seed=args.seed,
+        baseline_draws=args.baseline_draws,
+        kid_subsets=args.kid_subsets,
     )
     results = {**results, "source": source}
     if args.output:

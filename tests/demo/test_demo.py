@@ -118,7 +118,7 @@ def test_metrics_json_table_and_figure(quick_run):
     guided = [row for row in report["results"] if row["stage"] == "guidance"]
     assert {row["guidance_scale"] for row in guided} == set(demo.QUICK["guidance_sweep"])
     assert report["best"] == min(final, key=lambda row: row["fd_ratio"])
-    assert report["phase_seconds"].keys() == {"train", "load", "sweep", "guidance", "final"}
+    assert report["phase_seconds"].keys() == {"train", "load", "sweep", "guidance", "final", "likelihood"}
     assert all(seconds > 0 for seconds in report["phase_seconds"].values())
     assert sum(report["phase_seconds"].values()) <= report["seconds_total"]
     assert training["images_per_second"] > 0 and report["settings"]["max_train_steps"] == training["steps"]
@@ -137,7 +137,9 @@ def test_metrics_json_table_and_figure(quick_run):
     rows = [
         line for line in table.splitlines() if line.startswith("| ") and not line.startswith(("| stage", "| metric"))
     ]
-    assert len(rows) == len(report["results"]) + 4  # + the best setting's two-column summary table
+    # + the best setting's two-column summary table: samples, feature space, FD, KID, confident, class match
+    assert len(rows) == len(report["results"]) + 6
+    assert "Bits/dim: ODE (Heun" in table and "bits/dim (n=4 held-out digits" in table
     header = next(line for line in table.splitlines() if line.startswith("| stage"))
     assert all(row.count("|") == header.count("|") for row in rows[: len(report["results"])])
     assert f"Quality bar ({demo.bar_text()}): **not met**." in table
@@ -172,7 +174,11 @@ def test_readme_table_command_prints_the_table_of_metrics_json(quick_run, tmp_pa
     command = [sys.executable, "-m", "scratch_diffusion.demo.readme_table", str(out / "metrics.json")]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     assert done.stdout == demo.readme_table(report) + "\n"
-    caption, table, verdict = done.stdout.strip().split("\n\n")
+    caption, table, verdict, likelihood = done.stdout.strip().split("\n\n")
+    ode, bound = report["likelihood"]["ode"], report["likelihood"]["bound"]
+    assert likelihood.startswith("Bits/dim: ODE (Heun ")
+    assert f"{ode['bits_per_dim']:.3f} ± {ode['stderr']:.3f}" in likelihood
+    assert f"{bound['bits_per_dim']:.3f} ± {bound['stderr']:.3f}" in likelihood
     steps, minutes = report["training"]["steps"], report["training"]["seconds"] / 60
     assert caption.startswith(f"Measured here ({steps} training steps in {minutes:.1f} min; whole demo ")
     lines = table.splitlines()

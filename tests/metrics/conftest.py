@@ -24,3 +24,20 @@ def classifier(cache_dir):
 @pytest.fixture(scope="session")
 def split():
     return metrics.digits_split()
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2(tmp_path_factory):
+    """A folder with a tiny random DINOv2 and its image processor config."""
+    from .helpers import save_tiny_dinov2
+
+    return save_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2"))
+
+
+@pytest.fixture
+def offline_hub(monkeypatch):
+    """The Hugging Face Hub offline (as in ``make test``), whatever the calling shell set."""
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

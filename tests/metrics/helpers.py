@@ -47,3 +47,29 @@ def write_pngs(folder, images, labels=None):
         target = folder / str(int(labels[i])) if labels is not None else folder
         target.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels, mode="L").save(target / f"{i:04d}.png")
+
+
+def save_tiny_dinov2(folder, with_processor=True):
+    """A randomly initialised DINOv2 (hidden 32, 2 layers, patch 4, 32×32 input) saved to ``folder``.
+
+    With ``with_processor`` its image processor says: resize the short side to 36 (bicubic), centre
+    crop 32×32, ImageNet mean/std; without, the backbone falls back on the config's ``image_size``.
+    """
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=4, image_size=32
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        Dinov2Model(config).save_pretrained(folder)
+    if with_processor:
+        processor = BitImageProcessor(
+            size={"shortest_edge": 36},
+            crop_size={"height": 32, "width": 32},
+            resample=3,
+            image_mean=[0.485, 0.456, 0.406],
+            image_std=[0.229, 0.224, 0.225],
+        )
+        processor.save_pretrained(folder)
+    return folder

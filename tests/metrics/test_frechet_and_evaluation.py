@@ -97,7 +97,8 @@ def test_class_match_is_one_for_true_labels_and_chance_for_shuffled(classifier, 
     shuffled = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(3))]
 
     def class_match(requested):
-        return metrics.evaluate_samples(real, requested, classifier=classifier, baseline_draws=1)["class_match"]
+        kwargs = {"classifier": classifier, "baseline_draws": 1, "kid_subsets": 1}
+        return metrics.evaluate_samples(real, requested, **kwargs)["class_match"]
 
     assert class_match(labels) >= 0.95
     assert 0.02 <= class_match(shuffled) <= 0.2
@@ -124,7 +125,9 @@ def test_a_custom_feature_extractor_goes_through_the_same_functions(classifier, 
     calls.clear()
     custom = metrics.evaluate_samples(real_a, feature_extractor=pooled_pixels, classifier=classifier)
     default = metrics.evaluate_samples(real_a, classifier=classifier)
-    assert len(calls) == 3 + custom["baseline_draws"]  # reference, samples, noise, each real baseline draw
+    # Each image through the extractor once: all the baseline draws' pool images, reference, samples, noise.
+    assert len(calls) == 4 and calls[0] <= len(split.train_images)
+    assert calls[1:] == [len(split.holdout_images), 300, 300]
     assert custom["feature_space"] == "pooled_pixels" and default["feature_space"] == "digits-classifier"
     assert custom["fd"] != pytest.approx(default["fd"])
     assert custom["fd"] < custom["fd_noise_ceiling"] and custom["confident_fraction"] == default["confident_fraction"]

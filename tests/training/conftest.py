@@ -126,3 +126,20 @@ def run(command: list[str], hf_home: Path, timeout: float = 240) -> subprocess.C
     if result.returncode != 0:
         pytest.fail(f"{command[2:]} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+@pytest.fixture(scope="session")
+def classifier_cache(tmp_path_factory) -> Path:
+    """``$SCRATCH_DIFFUSION_CACHE`` for runs with ``--eval_steps`` (in-process and subprocesses alike).
+
+    Under pytest-xdist one folder serves all workers of the session (the cache is written atomically),
+    so the digits CNN is trained at most once per worker and usually once in all.
+    """
+    from scratch_diffusion.metrics import CACHE_ENV_VAR, load_digits_classifier
+
+    base = tmp_path_factory.getbasetemp()
+    directory = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "training-classifier-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV_VAR, str(directory))
+        load_digits_classifier()
+        yield directory

@@ -6,6 +6,7 @@ bit use identical command lines; only the interruption differs.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -73,8 +74,11 @@ def _kill_when(process: subprocess.Popen, condition, timeout: float = 300) -> bo
     raise AssertionError("the run neither reached the kill point nor ended")
 
 
-def test_two_processes_shard_the_data(tmp_path, tiny_unet_json, hf_home):
-    """accelerate launch, 2 CPU processes: one output folder, half the steps, LR stepped once per update."""
+def test_two_processes_shard_the_data(tmp_path, tiny_unet_json, hf_home, classifier_cache):
+    """accelerate launch, 2 CPU processes: one output folder, half the steps, LR stepped once per update.
+
+    With evaluation on: the main process evaluates at steps 3 and 6 while the other waits, and keeps ``best/``.
+    """
     images = write_imagefolder(tmp_path / "images", per_class=6)  # 12 images
     out = tmp_path / "two"
     result = run(
@@ -82,7 +86,8 @@ def test_two_processes_shard_the_data(tmp_path, tiny_unet_json, hf_home):
             2, "--output_dir", out, "--train_data_dir", images, "--model_config_name_or_path", tiny_unet_json,
             "--train_batch_size", "2", "--num_epochs", "2", "--learning_rate", "1e-3", "--lr_scheduler", "linear",
             "--lr_warmup_steps", "2", "--checkpointing_steps", "3", "--random_flip", "--eval_batch_size", "2",
-            "--ddpm_num_inference_steps", "2", "--save_images_steps", "4",
+            "--ddpm_num_inference_steps", "2", "--save_images_steps", "4", "--eval_steps", "3",
+            "--eval_num_samples", "8", "--eval_num_inference_steps", "2", "--save_best",
         ),
         hf_home,
     )  # fmt: skip
@@ -90,8 +95,9 @@ def test_two_processes_shard_the_data(tmp_path, tiny_unet_json, hf_home):
     # 12 images in batches of 2 over 2 processes: 3 batches per process per epoch → 6 steps, not 12.
     assert "3 batches per process per epoch; 2 process(es) × batch 2 × accumulation 1 = 4 images per step" in log
     assert log.count("Saved the pipeline") == 1
+    assert log.count("Step 3: FD ") == 1 and log.count("Step 6: FD ") == 1  # the main process evaluates
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "checkpoint-3", "checkpoint-6", "logs", "model_index.json", "samples.png",
+        "README.md", "best", "checkpoint-3", "checkpoint-6", "logs", "model_index.json", "samples.png",
         "scheduler", "scratch_diffusion.py", "unet",
     ]  # fmt: skip
     checkpoint = out / "checkpoint-6"
@@ -113,6 +119,8 @@ def test_two_processes_shard_the_data(tmp_path, tiny_unet_json, hf_home):
     used = {1: 0.0, 2: 5e-4, 3: 1e-3, 4: 7.5e-4, 5: 5e-4, 6: 2.5e-4}  # the LR each update used
     assert all(math.isclose(v, used[s], rel_tol=1e-6, abs_tol=1e-12) for s, v in lrs), lrs
     assert "samples" in accumulator.Reload().Tags()["images"]
+    assert [e.step for e in accumulator.Scalars("eval/fd")] == [3, 6]
+    assert json.loads((out / "best" / "evaluation.json").read_text())["step"] in (3, 6)
 
 
 def test_exact_resume_after_stopping_halfway(tmp_path, tiny_unet_json, hf_home):

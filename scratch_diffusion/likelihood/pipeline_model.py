@@ -1,0 +1,76 @@
+"""A saved pipeline's UNet as the model callable of the likelihood functions: ``(sample, timestep) -> output``.
+
+The callable answers in the parametrisation of a chosen scheduler: the UNet's own training path by
+default (:func:`trained_scheduler`), or any other scheduler ``noise_path.parametrization_of`` can
+describe, through the pipeline's exact change of variables (``pipelines.cross_path``): e.g. a flow
+model as seen by a DDPM scheduler, which is the model the DDPM sampler runs and whose variational bound
+:func:`~.variational_bound.variational_bound` then computes. A class-conditional UNet is evaluated
+given labels (p(x | y)) or with the null class (the unconditional p(x) it learned with class dropout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from scratch_diffusion.pipelines.cross_path import ModelPath, plan_model_calls
+from scratch_schedulers import ScratchDDPMScheduler, ScratchFlowMatchScheduler
+from scratch_schedulers.noise_path import parametrization_of, signal_noise_at
+
+from .probability_flow import ModelFn
+
+
+def trained_scheduler(pipeline) -> object:
+    """A scheduler of the UNet's training path: the pipeline's own if it is one, else built from its
+    recorded ``noise_schedule`` (``ScratchFlowMatchScheduler`` / ``ScratchDDPMScheduler``)."""
+    trained = pipeline.trained_parametrization
+    if parametrization_of(pipeline.scheduler) == trained:
+        return pipeline.scheduler
+    schedule = dict(pipeline.config.noise_schedule)
+    if trained.path == "flow":
+        return ScratchFlowMatchScheduler(num_train_timesteps=int(schedule["num_train_timesteps"]))
+    return ScratchDDPMScheduler(**schedule, prediction_type=trained.prediction_type)
+
+
+def pipeline_model(
+    pipeline,
+    scheduler: object | None = None,
+    class_labels: int | Sequence[int] | torch.Tensor | None = None,
+) -> ModelFn:
+    """The pipeline's UNet as ``(sample, timestep) -> model_output`` in ``scheduler``'s parametrisation.
+
+    Args:
+        pipeline: A ``ScratchDiffusionPipeline`` (e.g. from ``pipelines.loading.load_pipeline``).
+        scheduler: Whose parametrisation to answer in; default :func:`trained_scheduler` (no conversion).
+        class_labels: For a class-conditional UNet: one label or one per example of every batch it is
+            called with; None evaluates the null class (unconditional). Ignored by an unconditional UNet.
+
+    The sample is moved to the UNet's device and dtype; the output comes back on the sample's device.
+    Gradients flow to the sample (the ODE needs them); wrap calls in ``torch.no_grad`` where they are not needed.
+    """
+    unet = pipeline.unet
+    scheduler = trained_scheduler(pipeline) if scheduler is None else scheduler
+    trained, target = pipeline.trained_parametrization, parametrization_of(scheduler)
+    model_path = None if target == trained else ModelPath.from_schedule(trained, pipeline.config.noise_schedule)
+    if model_path is not None and unet.config.out_channels != unet.config.in_channels:
+        raise ValueError(
+            f"the UNet predicts a variance ({unet.config.out_channels} output channels) and cannot be converted to "
+            f"{type(scheduler).__name__}'s parametrisation; use trained_scheduler(pipeline)."
+        )
+
+    def call_unet(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        labels = pipeline.prepare_class_labels(class_labels, len(x), unet.device)
+        timesteps = torch.as_tensor(timestep, dtype=torch.float32, device=unet.device).reshape(-1).expand(len(x))
+        return unet(x.to(unet.device, unet.dtype), timesteps, class_labels=labels).sample
+
+    def model(sample: torch.Tensor, timestep: int | float | torch.Tensor) -> torch.Tensor:
+        if model_path is None:
+            return call_unet(sample, timestep).to(sample.device, sample.dtype)
+        a, b = signal_noise_at(scheduler, timestep)
+        plan = plan_model_calls([(float(a), float(b))], model_path, [target.prediction_type], sample.device)
+        x_model = plan.calls[0].scale_input(sample)
+        output = call_unet(x_model, plan.timesteps[0]).to(sample.device, sample.dtype)
+        return plan.calls[0].read(output, x_model)[0]
+
+    return model
