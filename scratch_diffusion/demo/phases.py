@@ -186,7 +186,9 @@ def print_summary(config: DemoConfig, report: dict, best: SampleSet) -> None:
         print(f"  bits/dim:  {likelihood_text(report['likelihood'])}")
     print(f"  tensorboard --logdir {config.pipeline_dir / 'logs'}")
     print(f"  load it:   {load_command(config.pipeline_dir, best.steps, best.guidance_scale)}")
-    print(f"  total time {report['seconds_total'] / 60:.1f} min")
+    phases = ", ".join(f"{phase} {seconds / 60:.1f}" for phase, seconds in report["phase_seconds"].items())
+    print(f"  total time {report['seconds_total'] / 60:.1f} min ({phases} min; seed {config.seed}, "
+          f"{torch.get_num_threads()} torch threads)")  # fmt: skip
 
 
 def run(config: DemoConfig) -> dict:
