@@ -3,7 +3,7 @@
 Every ``--eval_steps`` optimizer steps, and at the last step, the main process samples
 ``--eval_num_samples`` images from the EMA weights (the raw weights with ``--no-use_ema``) with the
 evaluation scheduler (:func:`evaluation_scheduler`), unguided, class-conditional models with labels
-0, 1, …, K−1, 0, … (:func:`~.export.sample_class_labels`), and scores them with
+0, 1, …, K−1, 0, … (``scratch_diffusion.metrics.sources.sample_from``), and scores them with
 :func:`scratch_diffusion.metrics.evaluation.evaluate_samples` against a fixed seeded subset of the
 training images (:func:`reference_images`, 2n of them, materialised once: 30 % the reference, 70 % the
 pool of the real baseline), in the ``--eval_features`` space. The numbers go to tensorboard (``eval/…``)
@@ -101,20 +101,10 @@ def reference_images(dataset, num_images: int, resolution: int, seed: int) -> to
 @torch.no_grad()
 def sample_images(pipeline, num_images: int, num_inference_steps: int, seed: int) -> torch.Tensor:
     """``num_images`` unguided samples ``(N, C, H, W)`` in [-1, 1] on the CPU, from a private generator."""
+    from scratch_diffusion.metrics.sources import sample_from
+
     generator = torch.Generator(device=pipeline.unet.device).manual_seed(derive_seed(seed, "evaluation"))
-    labels = export.sample_class_labels(num_images, pipeline.num_classes)
-    chunks = []
-    for begin in range(0, num_images, SAMPLE_CHUNK):
-        size = min(SAMPLE_CHUNK, num_images - begin)
-        images = pipeline(
-            batch_size=size,
-            num_inference_steps=num_inference_steps,
-            generator=generator,
-            class_labels=None if labels is None else labels[begin : begin + size],
-            output_type="pt",
-        ).images
-        chunks.append(images.float().cpu() * 2 - 1)
-    return torch.cat(chunks)
+    return sample_from(pipeline, num_images, num_inference_steps, generator, SAMPLE_CHUNK)[0]
 
 
 @contextlib.contextmanager

@@ -54,8 +54,24 @@ def sample_pipeline(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(path, trust_remote_code).to(device)
     pipe.set_progress_bar_config(disable=True)
-    num_classes = getattr(pipe, "num_classes", None)
     generator = torch.Generator(device=device).manual_seed(seed)
+    return sample_from(pipe, num_samples, num_inference_steps, generator, batch_size, guidance_scale)
+
+
+@torch.no_grad()
+def sample_from(
+    pipe,
+    num_samples: int,
+    num_inference_steps: int,
+    generator: torch.Generator,
+    batch_size: int = 256,
+    guidance_scale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``num_samples`` images ``(N, C, H, W)`` in [-1, 1] from a loaded pipeline, in chunks of ``batch_size``.
+
+    Class-conditional pipelines get labels cycling 0, 1, …, K−1 (returned; None when unconditional).
+    """
+    num_classes = getattr(pipe, "num_classes", None)
     labels = torch.arange(num_samples) % num_classes if num_classes else None
     chunks = []
     for start in range(0, num_samples, batch_size):
