@@ -48,6 +48,8 @@ def row_of(report: dict, seed: int, threads: int) -> dict:
         "fd_real_baseline": best["fd_real_baseline"],
         "fd_real_baseline_std": best["fd_real_baseline_std"],
         "fd_ratio": best["fd_ratio"],
+        "draws": best.get("draws", 1),
+        "fd_ratio_std_over_draws": best.get("fd_ratio_std_over_draws"),
         "class_match": best["class_match"],
         "guided_class_match_min": verdict["guided_class_match_min"],
         "train_minutes": phases["train"] / 60,
@@ -57,15 +59,19 @@ def row_of(report: dict, seed: int, threads: int) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| seed | threads | best (≤ 10 UNet evals) | n | FD | real baseline | FD / baseline | class match | "
+        "| seed | threads | best (≤ 10 UNet evals) | n × draws | FD | real baseline | FD / baseline (± over draws) | "
+        "class match | "
         "guided (lowest) | training min | whole demo min |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(rows, key=lambda r: (-r["threads"], r["seed"])):
         guided = f"{100 * r['guided_class_match_min']:.1f} %" if r["guided_class_match_min"] is not None else "–"
+        draws = r.get("draws", 1)
+        spread = f" ± {r['fd_ratio_std_over_draws']:.2f}" if draws > 1 else ""
         lines.append(
-            f"| {r['seed']} | {r['threads']} | {r['sampler']}, {r['steps']} steps ({r['nfe']}) | {r['n']} | "
-            f"{r['fd']:.2f} | {r['fd_real_baseline']:.2f} ± {r['fd_real_baseline_std']:.2f} | {r['fd_ratio']:.2f}× | "
+            f"| {r['seed']} | {r['threads']} | {r['sampler']}, {r['steps']} steps ({r['nfe']}) | {r['n']} × {draws} | "
+            f"{r['fd']:.2f} | {r['fd_real_baseline']:.2f} ± {r['fd_real_baseline_std']:.2f} | "
+            f"{r['fd_ratio']:.2f}×{spread} | "
             f"{100 * r['class_match']:.1f} % | {guided} | {r['train_minutes']:.1f} | {r['total_minutes']:.1f} |"
         )
     for threads in sorted({r["threads"] for r in rows}, reverse=True):

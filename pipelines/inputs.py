@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from diffusers import UNet2DModel
 
-OUTPUT_TYPES = ("pil", "np", "pt")
+# "latent": the final sample before decoding and clamping (a latent pipeline's scaled VAE latents).
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # One call samples one batch in one forward pass per step. Larger requests are typos (10**6) or
 # belong in several calls (the metrics CLI splits --num_samples into --batch_size chunks).
 MAX_BATCH_SIZE = 65_536

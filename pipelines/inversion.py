@@ -12,6 +12,11 @@ per-dimension MSE of 0.014 at 10 steps falling to 0.0001 at 1000 on CIFAR-10.
 The model is evaluated through :mod:`.cross_path`, so any model the pipeline can sample with a
 scheduler can also be inverted with it. The inverted point is the sampler's first sample, given
 back as ``latents`` (unit-scale noise: the scheduler's ``init_noise_sigma`` must be 1).
+
+A latent pipeline (one with a ``vae``) inverts in latent space: the images are encoded first (the
+posterior mean, :func:`~.latents.encode_to_latents`), and the returned latents are the VAE-latent noise
+that sampling decodes back. The round trip then reconstructs decode(encode(x)), not x itself: the
+VAE's own reconstruction error comes on top of the inversion's.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from scratch_schedulers.samplers import reverse_step
 
 from .cross_path import ModelCalls, sampler_levels
 from .inputs import check_call_arguments, check_conditioning, sample_shape
+from .latents import decoded_shape, encode_to_latents
 
 # A tensor, an array, or one or more PIL images (not imported: the shipped bundle imports only torch, numpy, diffusers).
 ImageInput = torch.Tensor | np.ndarray | object
@@ -51,7 +57,9 @@ def check_invertible(scheduler: object) -> None:
         )
 
 
-def images_to_samples(images: ImageInput, shape: Sequence[int], device: torch.device) -> torch.Tensor:
+def images_to_samples(
+    images: ImageInput, shape: Sequence[int], device: torch.device, needed_by: str = "this UNet"
+) -> torch.Tensor:
     """Images as the pipeline outputs them, as float32 samples in [−1, 1] of ``shape`` on ``device``.
 
     Accepted: a (B, C, H, W) tensor in [0, 1] (``output_type="pt"``), a (B, H, W, C) array in
@@ -72,7 +80,7 @@ def images_to_samples(images: ImageInput, shape: Sequence[int], device: torch.de
             "a float array (B, H, W, C) in [0, 1], or PIL images."
         )
     if tuple(images.shape) != tuple(shape):
-        raise ValueError(f"images have shape {tuple(images.shape)}; this UNet needs {tuple(shape)} (B, C, H, W).")
+        raise ValueError(f"images have shape {tuple(images.shape)}; {needed_by} needs {tuple(shape)} (B, C, H, W).")
     images = images.detach().to(device=device, dtype=torch.float32)
     low, high = images.aminmax()  # one read-back, before any model evaluation
     if not (torch.isfinite(low) and torch.isfinite(high) and low >= -1e-3 and high <= 1 + 1e-3):
@@ -132,7 +140,14 @@ def invert_images(
     check_conditioning(class_labels, guidance_scale, pipe.num_classes)
     check_invertible(pipe.scheduler)
     device = pipe._execution_device
-    x = images_to_samples(images, sample_shape(pipe.unet, batch_size), device)
+    shape = sample_shape(pipe.unet, batch_size)
+    vae = getattr(pipe, "vae", None)
+    if vae is None:
+        x = images_to_samples(images, shape, device)
+    else:  # check the images against what the VAE decodes to, then invert their (scaled) posterior mean
+        image_shape = (batch_size, *decoded_shape(vae, shape[1:]))
+        x = images_to_samples(images, image_shape, device, needed_by="this pipeline's VAE")
+        x = encode_to_latents(vae, x).to(device=device, dtype=torch.float32)
     labels, guided = pipe.guided_class_labels(class_labels, batch_size, guidance_scale, device)
     pipe.scheduler.set_timesteps(num_inference_steps)  # a host grid: planning reads nothing back
     sampled = pipe.check_parametrization()

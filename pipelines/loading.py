@@ -8,7 +8,8 @@ from pathlib import Path
 
 from diffusers import DiffusionPipeline
 
-from .saved_format import check_saved_folder, read_json_object
+from .remote_code import BUNDLE_MODULE
+from .saved_format import SHIPPED_SCHEDULERS, check_saved_folder, read_json_object
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -20,6 +21,31 @@ def looks_like_local_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
+def installed_folder(pipeline_cls: type, name: str, kwargs: dict) -> str:
+    """The local folder ``pipeline_cls.from_pretrained(name, **kwargs)`` loads with installed classes.
+
+    Downloads a Hub repo id (diffusers' ``download``, which validates the repo and fetches every
+    component folder, a ``vae/`` included), checks the folder (:func:`check_saved_folder`), and puts
+    the installed scheduler class into ``kwargs["scheduler"]`` where the folder names one of ours.
+    """
+    if not os.path.isdir(name) and looks_like_local_path(name):
+        raise FileNotFoundError(
+            f"{name!r}: no such folder; pass a saved pipeline folder or a Hub repo id ('name' or 'owner/name')."
+        )
+    folder = name if os.path.isdir(name) else pipeline_cls.download(name, **kwargs)
+    check_saved_folder(folder, pipeline_cls)
+    library, class_name = pipeline_cls.load_config(folder).get("scheduler", (None, None))
+    if library == BUNDLE_MODULE:
+        if class_name not in SHIPPED_SCHEDULERS:
+            raise ValueError(
+                f"{name}: scheduler class {class_name!r} is not part of this scratch-diffusion version; "
+                f"known: {sorted(SHIPPED_SCHEDULERS)}. Upgrade the package or load with "
+                "DiffusionPipeline.from_pretrained(..., trust_remote_code=True)."
+            )
+        kwargs["scheduler"] = SHIPPED_SCHEDULERS[class_name].from_pretrained(folder, subfolder="scheduler")
+    return folder
+
+
 def load_pipeline(path: str | os.PathLike, trust_remote_code: bool = False) -> DiffusionPipeline:
     """A saved pipeline folder, loaded with installed code where its ``model_index.json`` allows.
 
@@ -28,7 +54,7 @@ def load_pipeline(path: str | os.PathLike, trust_remote_code: bool = False) -> D
     shipped code runs. Otherwise ``DiffusionPipeline.from_pretrained`` loads it (stock diffusers
     pipelines; shipped custom code only with ``trust_remote_code=True``). Weights load only from
     safetensors files; the folder is checked first (:func:`check_saved_folder`), so a corrupt or
-    truncated file is named whichever class loads it.
+    truncated file is named whichever class loads it. A ``vae/`` (latent pipelines) loads with the rest.
     """
     # Importing this module imported its parent package scratch_diffusion, the module diffusers
     # resolves our plugin components from (it looks only in imported modules).

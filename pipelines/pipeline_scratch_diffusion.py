@@ -1,5 +1,8 @@
 """ScratchDiffusionPipeline: unconditional or class-conditional sampling from a ``UNet2DModel``.
 
+With an optional ``vae`` (a diffusers ``AutoencoderKL``) it is a latent diffusion pipeline (Rombach et
+al., 2022): the loop runs on the VAE's scaled latents and the last sample is decoded (``latents.py``).
+
 As thin as diffusers' ``DDPMPipeline`` — set up the noise, loop, postprocess — but it works with
 any scheduler that speaks diffusers' API: it scales the initial noise by ``init_noise_sigma``,
 calls ``scale_model_input`` every step, passes ``eta``/``generator`` only where ``step`` accepts
@@ -13,7 +16,7 @@ path (``noise_path``) with which training schedule (``noise_schedule``) in ``mod
 A scheduler of another path or parametrisation samples it through the exact change of variables
 (``cross_path.py``); :meth:`ScratchDiffusionPipeline.invert` runs the deterministic sampler
 backwards (``inversion.py``). Arguments are checked in ``inputs.py``, saved folders in
-``saved_format.py``; the saved format is described in ``remote_code.py``.
+``saved_format.py``, outputs made in ``postprocess.py``; the saved format is described in ``remote_code.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
@@ -44,18 +47,14 @@ from .inputs import (
     check_sampling_memory,
     class_label_tensor,
     sample_shape,
-    warn_if_not_finite,
 )
 from .inversion import ImageInput, invert_images
-from .loading import looks_like_local_path
+from .latent_pipeline_support import LatentSpaceMixin
+from .latents import check_vae_fits_unet
+from .loading import installed_folder
 from .parametrization import check_scheduler_parametrization, resolve_parametrization
-from .remote_code import (
-    BUNDLE_MODULE,
-    installed_model_index,
-    running_from_bundle,
-    shipped_model_index,
-    write_shipped_code,
-)
+from .postprocess import samples_to_images
+from .remote_code import installed_model_index, running_from_bundle, shipped_model_index, write_shipped_code
 from .saved_format import SHIPPED_SCHEDULERS, SavedPipelineError, check_saved_folder, read_json_object
 
 # Names other modules, tests and the README import from here since before the split.
@@ -72,7 +71,7 @@ __all__ = [
 ]
 
 
-class ScratchDiffusionPipeline(DiffusionPipeline):
+class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
     r"""Sample images from a ``UNet2DModel`` with any diffusers-style scheduler.
 
     Args:
@@ -80,35 +79,43 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
             case the last class index is the null class used for classifier-free guidance.
         scheduler: ours (``ScratchDDPMScheduler``, ``ScratchDDIMScheduler``,
             ``ScratchFlowMatchScheduler``) or a diffusers scheduler.
+        vae: optional ``AutoencoderKL``; with it the UNet denoises its scaled latents
+            z = (E(x) − shift_factor)·scaling_factor (its ``in_channels`` must be ``latent_channels``) and
+            samples are decoded to images ``vae_scale_factor`` times larger (``latent_shape`` →
+            ``image_shape``). Saved as ``vae/``.
         prediction_type: what the UNet was trained to predict: ``epsilon``, ``sample``,
             ``v_prediction`` or ``flow_velocity``. Defaults to the scheduler's.
         noise_path: the path it was trained on: ``vp`` or ``flow``. Defaults to the scheduler's.
         noise_schedule: the training path's config keys (``num_train_timesteps``; on the VP path also
             the β keys). Defaults to the scheduler's when it samples the trained path.
 
-    All three are saved in ``model_index.json``. A scheduler of another path or parametrisation
+    The last three are saved in ``model_index.json``. A scheduler of another path or parametrisation
     samples the UNet through the exact change of variables (``cross_path.py``).
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components: ClassVar[list[str]] = ["vae"]
     _callback_tensor_inputs: ClassVar[list[str]] = ["latents", "model_output"]
 
     def __init__(
         self,
         unet: UNet2DModel,
         scheduler: SchedulerMixin,
+        vae: AutoencoderKL | None = None,
         prediction_type: str | None = None,
         noise_path: str | None = None,
         noise_schedule: Mapping | None = None,
     ):
         super().__init__()
+        if vae is not None:
+            check_vae_fits_unet(vae, unet.config)
         trained = resolve_parametrization(scheduler, prediction_type, noise_path)
         if noise_schedule is None:
             noise_schedule = noise_schedule_of(scheduler, trained.path)
         else:
             noise_schedule = dict(noise_schedule)
             ModelPath.from_schedule(trained, noise_schedule)  # a bad schedule fails here, naming the key
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
         self.register_to_config(
             prediction_type=trained.prediction_type, noise_path=trained.path, noise_schedule=noise_schedule
         )
@@ -144,7 +151,7 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
 
         No remote code is loaded or run: a scheduler saved as ``["scratch_diffusion", <class>]`` is
         built from the installed class of that name; everything else (download and its validation,
-        the UNet, dtype and device options) is diffusers' ``DiffusionPipeline.from_pretrained``.
+        the UNet and the optional VAE, dtype and device options) is diffusers' ``DiffusionPipeline.from_pretrained``.
         Weights load only from safetensors files (``use_safetensors=True`` unless given), and the
         folder is checked first (:func:`check_saved_folder`): a corrupt or truncated file raises
         :class:`SavedPipelineError` naming it; keys this version does not know are warned about.
@@ -153,21 +160,7 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         kwargs.setdefault("use_safetensors", True)  # weights are never unpickled (.bin files are refused)
         name = str(pretrained_model_name_or_path)
-        if not os.path.isdir(name) and looks_like_local_path(name):
-            raise FileNotFoundError(
-                f"{name!r}: no such folder; pass a saved pipeline folder or a Hub repo id ('name' or 'owner/name')."
-            )
-        folder = name if os.path.isdir(name) else cls.download(name, **kwargs)
-        check_saved_folder(folder, cls)
-        library, class_name = cls.load_config(folder).get("scheduler", (None, None))
-        if library == BUNDLE_MODULE:
-            if class_name not in SHIPPED_SCHEDULERS:
-                raise ValueError(
-                    f"{name}: scheduler class {class_name!r} is not part of this scratch-diffusion version; "
-                    f"known: {sorted(SHIPPED_SCHEDULERS)}. Upgrade the package or load with "
-                    "DiffusionPipeline.from_pretrained(..., trust_remote_code=True)."
-                )
-            kwargs["scheduler"] = SHIPPED_SCHEDULERS[class_name].from_pretrained(folder, subfolder="scheduler")
+        folder = installed_folder(cls, name, kwargs)  # also sets kwargs["scheduler"] to an installed class of ours
         pipeline = super().from_pretrained(folder, **kwargs)
         pipeline.register_to_config(_name_or_path=name)
         return pipeline
@@ -285,8 +278,10 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
             guidance_scale: classifier-free guidance weight w; 1 disables guidance and skips the
                 unconditional half of the batch.
             output_type: ``"pil"`` (list of PIL images), ``"np"`` (float array, shape
-                (batch_size, H, W, C), values in [0, 1]) or ``"pt"`` (tensor, shape
-                (batch_size, C, H, W), values in [0, 1]).
+                (batch_size, H, W, C), values in [0, 1]), ``"pt"`` (tensor, shape
+                (batch_size, C, H, W), values in [0, 1]) or ``"latent"``: the last sample as it
+                leaves the loop, not decoded nor clamped — with a VAE its scaled latents
+                (``decode_latents(pipe.vae, z)`` decodes them), without one the image in [−1, 1].
             return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
             callback_on_step_end: called as ``fn(pipeline, i, t, tensors)`` after each step, with
                 ``tensors`` holding the names in ``callback_on_step_end_tensor_inputs``; a
@@ -294,7 +289,7 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs: names passed to the callback, from
                 ``["latents", "model_output"]``.
             latents: the initial noise instead of drawing it, a float tensor of shape
-                (batch_size, C, H, W) (e.g. from :meth:`invert`); scaled by ``init_noise_sigma``
+                (batch_size, *latent_shape) (e.g. from :meth:`invert`); scaled by ``init_noise_sigma``
                 as drawn noise is, and cast to the UNet's device and dtype.
 
         Returns:
@@ -352,12 +347,7 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
                 returned = callback_on_step_end(self, i, t, requested) or {}
                 latents = returned.get("latents", latents)
 
-        images = (latents / 2 + 0.5).clamp(0, 1)
-        if output_type != "pt":
-            images = images.cpu().permute(0, 2, 3, 1).float().numpy()
-            warn_if_not_finite(images)  # on the host already: free to check (pil would hide NaN as black)
-            if output_type == "pil":
-                images = self.numpy_to_pil(images)
+        images = samples_to_images(latents, output_type, self.vae)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
@@ -381,12 +371,13 @@ class ScratchDiffusionPipeline(DiffusionPipeline):
 
         Args:
             images: as the pipeline outputs them: a (B, C, H, W) tensor in [0, 1] (``"pt"``), a
-                (B, H, W, C) array in [0, 1] (``"np"``), or PIL images (``"pil"``).
+                (B, H, W, C) array in [0, 1] (``"np"``), or PIL images (``"pil"``). With a VAE they
+                are encoded first (the posterior mean, ``latents.encode_to_latents``).
             num_inference_steps: the sampler's steps n; n model evaluations (one per grid interval).
             class_labels, guidance_scale: as in ``__call__``.
 
         Returns:
-            float32 latents of shape (B, C, H, W) on the execution device.
+            float32 latents of shape (B, *latent_shape) on the execution device.
 
         Raises:
             ValueError: for bad images or arguments, or a scheduler with ``init_noise_sigma`` ≠ 1 — before

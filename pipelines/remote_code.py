@@ -14,6 +14,13 @@ diffusers is likewise loadable from a Hub repo id only as a "custom component",
     scratch_diffusion.py      this package's pipeline and scheduler code as one self-contained file
     scheduler/scratch_diffusion.py   the same file (only when the scheduler is one of ours)
     scheduler/scheduler_config.json, unet/...   as diffusers writes them
+    vae/config.json, vae/diffusion_pytorch_model.safetensors   only a latent pipeline's, with an index entry
+                                                               "vae": ["diffusers", "AutoencoderKL"]
+
+The VAE is a diffusers class, so every loading story loads it with diffusers' own code (no custom
+component); the shipped file carries the latent code (``latents.py``) with the pipeline. A pipeline
+without a VAE writes no ``vae`` entry at all (not diffusers' ``[null, null]``), so its folder is the
+same as before latent pipelines existed, and such older folders load with ``vae=None``.
 
 The file is named after the package on purpose: with scratch-diffusion installed and imported,
 the entry ``["scratch_diffusion", "ScratchDDIMScheduler"]`` also names the installed class, so
@@ -82,10 +89,14 @@ def shipped_model_index(index: dict, pipeline_cls: type, components: dict[str, o
     Returns:
         A new dict with ``_class_name = ["scratch_diffusion", <class>]`` when the pipeline class is
         ours, ``["scratch_diffusion", <class>]`` for every component of ours, and without
-        ``_name_or_path`` (a local path that means nothing to whoever loads the folder).
+        ``_name_or_path`` (a local path that means nothing to whoever loads the folder) or the
+        entries of absent optional components (``"vae": [null, null]``).
     """
     index = dict(index)
     index.pop("_name_or_path", None)
+    for name in getattr(pipeline_cls, "_optional_components", []):
+        if components.get(name) is None:
+            index.pop(name, None)
     if is_shipped_class(pipeline_cls):
         index["_class_name"] = [BUNDLE_MODULE, pipeline_cls.__name__]
     for name, component in components.items():

@@ -2,7 +2,8 @@
 
 diffusers' own errors for a truncated ``.safetensors`` file or a half-written JSON config point
 into its internals; :func:`check_saved_folder` raises :class:`SavedPipelineError` naming the file
-instead, refuses pickle-only UNet weights, and warns about config keys this version does not know.
+instead, refuses pickle-only model weights, and warns about config keys this version does not know.
+The model folders checked are ``unet/`` and, for a latent pipeline, ``vae/``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import os
 import warnings
 
-from diffusers import UNet2DModel
+from diffusers import AutoencoderKL, UNet2DModel
 
 from scratch_schedulers import (
     ScratchDDIMScheduler,
@@ -29,6 +30,8 @@ SHIPPED_SCHEDULERS = {
     for cls in (ScratchDDPMScheduler, ScratchDDIMScheduler, ScratchDPMSolverScheduler, ScratchFlowMatchScheduler)
 }
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# The model components of a saved pipeline and the diffusers class whose config keys each is checked against.
+MODEL_COMPONENTS = {"unet": UNet2DModel, "vae": AutoencoderKL}
 
 
 class SavedPipelineError(OSError):
@@ -94,11 +97,12 @@ def _init_keys(cls: type) -> set[str]:
 def check_saved_folder(folder: str | os.PathLike, pipeline_cls: type | None = None) -> None:
     """Check a saved pipeline folder before diffusers reads it; raise :class:`SavedPipelineError` naming the file.
 
-    ``model_index.json``, ``scheduler/scheduler_config.json`` and ``unet/config.json`` must be JSON
-    objects; every ``unet/*.safetensors`` file must be complete (header and length); a UNet with
-    only pickle-based weights (``.bin``, ``.pt``, ``.ckpt``) is refused. Keys unknown to the
-    installed classes (a folder from a newer version) are reported with a ``UserWarning``. A
-    missing file is left to diffusers' own error.
+    ``model_index.json``, ``scheduler/scheduler_config.json``, ``unet/config.json`` and (for a latent
+    pipeline) ``vae/config.json`` must be JSON objects; the folder of every model the index lists must
+    exist; every ``unet/*.safetensors`` and ``vae/*.safetensors`` file must be complete (header and
+    length); a model with only pickle-based weights (``.bin``, ``.pt``, ``.ckpt``) is refused. Keys
+    unknown to the installed classes (a folder from a newer version) are reported with a
+    ``UserWarning``. Any other missing file is left to diffusers' own error.
     """
     root = os.fspath(folder)
     index_path = os.path.join(root, "model_index.json")
@@ -114,21 +118,36 @@ def check_saved_folder(folder: str | os.PathLike, pipeline_cls: type | None = No
         scheduler_cls = SHIPPED_SCHEDULERS.get(scheduler_entry[1]) if isinstance(scheduler_entry, list) else None
         if scheduler_cls is not None and scheduler_entry[0] == BUNDLE_MODULE:
             _warn_unknown_keys(scheduler_config, config, _init_keys(scheduler_cls))
-    unet_dir = os.path.join(root, "unet")
-    if index.get("unet") is not None and os.path.isdir(unet_dir):
-        unet_config = os.path.join(unet_dir, "config.json")
-        if os.path.isfile(unet_config):
-            config = read_json_object(unet_config)
-            if index["unet"] == ["diffusers", "UNet2DModel"]:
-                _warn_unknown_keys(unet_config, config, _init_keys(UNet2DModel))
-        names = sorted(os.listdir(unet_dir))
-        weights = [n for n in names if n.endswith(".safetensors")]
-        for name in weights:
-            _check_safetensors(os.path.join(unet_dir, name))
-        pickled = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
-        if not weights and pickled:
-            raise SavedPipelineError(
-                f"{unet_dir} holds only pickle-based weights {pickled}; scratch-diffusion loads weights only from "
-                "safetensors files, because unpickling can run code. Convert them with a trusted tool and save "
-                "with safe_serialization=True."
-            )
+    for name, model_cls in MODEL_COMPONENTS.items():
+        entry = index.get(name)
+        if isinstance(entry, list) and entry and entry[0] is not None:  # absent, or diffusers' [null, null]
+            _check_model_folder(root, name, entry, model_cls)
+
+
+def _check_model_folder(root: str, name: str, entry: object, model_cls: type) -> None:
+    """``<root>/<name>/``: present with a JSON ``config.json``, complete safetensors weights, not pickle-only."""
+    model_dir = os.path.join(root, name)
+    if not os.path.isdir(model_dir):
+        raise SavedPipelineError(
+            f"model_index.json in {root} lists {name} {entry} but the folder {model_dir} is missing; "
+            "the pipeline was saved or downloaded incompletely. Re-save or re-download it."
+        )
+    config_path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise SavedPipelineError(
+            f"{model_dir} has no config.json, so {name} {entry} cannot be built; re-save or re-download the pipeline."
+        )
+    config = read_json_object(config_path)
+    if entry == ["diffusers", model_cls.__name__]:
+        _warn_unknown_keys(config_path, config, _init_keys(model_cls))
+    names = sorted(os.listdir(model_dir))
+    weights = [n for n in names if n.endswith(".safetensors")]
+    for weight in weights:
+        _check_safetensors(os.path.join(model_dir, weight))
+    pickled = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+    if not weights and pickled:
+        raise SavedPipelineError(
+            f"{model_dir} holds only pickle-based weights {pickled}; scratch-diffusion loads weights only from "
+            "safetensors files, because unpickling can run code. Convert them with a trusted tool and save "
+            "with safe_serialization=True."
+        )

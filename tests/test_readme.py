@@ -20,7 +20,7 @@ def python_blocks(section: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", body.group(1), re.S)
 
 
-@pytest.mark.parametrize("section", ["quickstart", "schedulers", "likelihood"])
+@pytest.mark.parametrize("section", ["quickstart", "schedulers", "likelihood", "latent"])
 def test_readme_snippets_run(section):
     blocks = python_blocks(section)
     assert blocks

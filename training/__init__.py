@@ -6,8 +6,14 @@ from Python. The loop lives in ``trainer``; everything else in the modules here:
 
 ===================  ==========================================================================
 ``cli``              the command line (diffusers' ``train_unconditional.py`` names) and its checks
+``cli_common``       argument groups and checks shared by ``train.py`` and ``train_vae.py``
 ``cli_evaluation``   the ``--eval_*`` / ``--save_best`` arguments and their checks
+``cli_latents``      the ``--vae_*`` / ``--latent_*`` arguments (training on a VAE's latents)
+``vae_loading``      the frozen ``AutoencoderKL``: config, weights, identity, card (license, source)
+``latent_data``      latents encoded once, cached on disk, their scale, latent batches
 ``errors``           :class:`ConfigError` (bad input before training: exit status 2)
+``entry``            the command line's exit statuses and messages (``run_command``), shared by both scripts
+``loop``             the accelerate state, the launch check, the run's length and its resumed batches
 ``trainer``          :func:`train` / :func:`run_training`: accelerate, the loop, the outputs
 ``monitoring``       :class:`TrainingSummary`, the buffered loss log, non-finite-loss checks
 ``optimization``     AdamW and the EMA weights
@@ -19,6 +25,7 @@ from Python. The loop lives in ``trainer``; everything else in the modules here:
 ``evaluation``       ``--eval_steps``: FD/KID of EMA samples during training, ``best/``
 ``model_card``       the Hugging Face model card (``README.md``)
 ``hub``              ``HfApi.create_repo`` + ``upload_folder``
+``vae``              ``train_vae.py``: an ``AutoencoderKL`` trained from scratch
 ===================  ==========================================================================
 """
 

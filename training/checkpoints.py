@@ -14,7 +14,7 @@ Loading is safe by construction: the weights are safetensors, accelerate loads t
 RNG files with ``torch.load(weights_only=True)``, and the registered objects (which accelerate
 loads with ``weights_only=False``) are first test-loaded with ``weights_only=True`` by
 :func:`check_checkpoint`, so a pickle holding anything but tensors and plain containers is
-refused before it is ever unpickled.
+refused before it is ever unpickled. :func:`resume` is what both trainers call before their loop.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import logging
 import os
 import re
 import shutil
+
+from .errors import ConfigError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 PARTIAL_RE = re.compile(r"^checkpoint-(\d+)\.tmp$")
@@ -206,6 +208,44 @@ def remove_partial_checkpoints(output_dir: str) -> None:
             continue
         logger.warning("Removing %s: a checkpoint half-written by a run that stopped while saving; never loaded.", path)
         _remove(path)
+
+
+def check_writable(output_dir: str) -> None:
+    """Create ``output_dir`` and write a probe file into it, or raise :class:`ConfigError` (before training)."""
+    probe = os.path.join(output_dir, f".write-test-{os.getpid()}.tmp")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"0")
+        os.remove(probe)
+    except OSError as err:
+        raise ConfigError(f"--output_dir {output_dir!r} is not writable: {type(err).__name__}: {err}") from None
+
+
+def resume(accelerator, output_dir: str, resume_from_checkpoint: str | None, ema=None) -> str | None:
+    """Prepare ``output_dir`` (writable, half-written checkpoints dealt with) and load the checkpoint asked for.
+
+    Called on every process, after ``register_for_checkpointing``. Returns the checkpoint folder loaded
+    (``--resume_from_checkpoint``: a folder, or ``latest``), or None for a fresh run. A checkpoint that is
+    incomplete or holds more than tensors raises :class:`ConfigError` before anything is unpickled.
+    """
+    if accelerator.is_main_process:
+        check_writable(output_dir)
+        remove_partial_checkpoints(output_dir)
+    accelerator.wait_for_everyone()
+    resume_dir = resolve_resume(resume_from_checkpoint, output_dir)
+    if resume_dir is None:
+        return None
+    if accelerator.is_main_process:
+        logger.info("Resuming from %s", resume_dir)
+    try:
+        check_checkpoint(resume_dir)  # complete, and no pickle beyond tensors and containers
+    except CheckpointError as err:
+        raise ConfigError(f"cannot resume: {err}") from None
+    accelerator.load_state(resume_dir)
+    if ema is not None:
+        ema.to(accelerator.device)
+    return resume_dir
 
 
 def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None) -> str:

@@ -153,6 +153,15 @@ def augment(
     return x
 
 
+def centre_crop(images: torch.Tensor | list[torch.Tensor], resolution: int) -> torch.Tensor:
+    """uint8 images → float (N, C, resolution, resolution) in [-1, 1], each cut at its centre (no randomness)."""
+    cropped = []
+    for image in images:
+        top, left = (image.shape[-2] - resolution) // 2, (image.shape[-1] - resolution) // 2
+        cropped.append(image[:, top : top + resolution, left : left + resolution])
+    return torch.stack(cropped).to(torch.float32) / 127.5 - 1
+
+
 def drop_labels(
     labels: torch.Tensor | None, drop_prob: float, null_class: int | None, generator: torch.Generator
 ) -> torch.Tensor | None:
@@ -175,7 +184,7 @@ def drop_labels(
 def load_training_data(args) -> TrainingData:
     """The dataset named by the command line, or the built-in digits; raises :class:`DataError`."""
     if args.dataset_name is None and args.train_data_dir is None:
-        return load_digits(args.resolution, args.class_conditional)
+        return load_digits(args.resolution, args.class_conditional, getattr(args, "digits_split", "all"))
     hf_dataset, name = _load_hf_dataset(args)
     columns = hf_dataset.column_names
     if args.image_column not in columns:
@@ -213,17 +222,35 @@ def load_training_data(args) -> TrainingData:
     )
 
 
-def load_digits(resolution: int, with_labels: bool) -> TrainingData:
-    """scikit-learn's 1,797 8×8 handwritten digits (shipped with scikit-learn, no download), upsampled."""
+DIGITS_SPLITS = ("all", "train")
+
+
+def load_digits(resolution: int, with_labels: bool, split: str = "all") -> TrainingData:
+    """scikit-learn's 1,797 8×8 handwritten digits (shipped with scikit-learn, no download), upsampled.
+
+    ``split="train"``: only the metric's stratified 70 % training split (``scratch_diffusion.metrics.digits_split``
+    with the classifier's seed, 1,257 images), so the metric's held-out reference digits stay unseen by the model.
+    """
     from sklearn.datasets import load_digits as sklearn_digits
 
+    if split not in DIGITS_SPLITS:
+        raise DataError(f"digits split {split!r}; allowed: {', '.join(DIGITS_SPLITS)}.")
     digits = sklearn_digits()
     x = torch.from_numpy(digits.images).to(torch.float32)[:, None] / 16.0  # (1797, 1, 8, 8), ink ∈ [0, 16]
     x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
     images = (x * 255).round().clamp(0, 255).to(torch.uint8)
-    labels = torch.from_numpy(digits.target).to(torch.long) if with_labels else None
+    targets = torch.from_numpy(digits.target).to(torch.long)
+    which = "images"
+    if split == "train":
+        from scratch_diffusion.metrics.classifier import CLASSIFIER_RECIPE
+        from scratch_diffusion.metrics.data import digits_split
+
+        keep = digits_split(CLASSIFIER_RECIPE["split_seed"], CLASSIFIER_RECIPE["holdout_fraction"]).train_indices
+        images, targets = images[keep], targets[keep]
+        which = "images: the metric's training split"
+    labels = targets if with_labels else None
     names = [str(i) for i in range(10)] if with_labels else None
-    description = f"scikit-learn digits (8×8 → {resolution}×{resolution}, {len(images):,} images)"
+    description = f"scikit-learn digits (8×8 → {resolution}×{resolution}, {len(images):,} {which})"
     return TrainingData(TensorImageDataset(images, labels), 1, 10 if with_labels else None, names, description, None)
 
 

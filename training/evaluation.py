@@ -6,7 +6,8 @@ evaluation scheduler (:func:`evaluation_scheduler`), unguided, class-conditional
 0, 1, …, K−1, 0, … (``scratch_diffusion.metrics.sources.sample_from``), and scores them with
 :func:`scratch_diffusion.metrics.evaluation.evaluate_samples` against a fixed seeded subset of the
 training images (:func:`reference_images`, 2n of them, materialised once: 30 % the reference, 70 % the
-pool of the real baseline), in the ``--eval_features`` space. The numbers go to tensorboard (``eval/…``)
+pool of the real baseline), in the ``--eval_features`` space (a latent run's samples are decoded by its VAE
+first: the metrics compare decoded images with real images). The numbers go to tensorboard (``eval/…``)
 and the log; with ``--save_best`` the pipeline of the lowest FD so far is saved to ``OUTPUT_DIR/best/``
 beside ``evaluation.json`` (its step and metrics) — and read back when the run is resumed.
 
@@ -34,6 +35,7 @@ from accelerate.utils import broadcast_object_list
 
 from . import export
 from .cli_evaluation import feature_space_allowed
+from .data import centre_crop
 from .errors import ConfigError
 from .optimization import ema_weights
 from .randomness import derive_seed
@@ -90,12 +92,7 @@ def reference_images(dataset, num_images: int, resolution: int, seed: int) -> to
     """
     generator = torch.Generator().manual_seed(derive_seed(seed, "eval-reference"))
     indices = torch.randperm(len(dataset), generator=generator)[:num_images].sort().values.tolist()
-    images = dataset.__getitems__(indices)["images"]
-    cropped = []
-    for image in images:
-        top, left = (image.shape[-2] - resolution) // 2, (image.shape[-1] - resolution) // 2
-        cropped.append(image[:, top : top + resolution, left : left + resolution])
-    return torch.stack(cropped).to(torch.float32) / 127.5 - 1
+    return centre_crop(dataset.__getitems__(indices)["images"], resolution)
 
 
 @torch.no_grad()
@@ -159,9 +156,17 @@ class TrainingEvaluation:
     """
 
     def __init__(
-        self, args, dataset, sampling_scheduler, max_train_steps: int, accelerator: Accelerator, resumed: bool
+        self,
+        args,
+        dataset,
+        sampling_scheduler,
+        max_train_steps: int,
+        accelerator: Accelerator,
+        resumed: bool,
+        vae=None,
     ):
         self.args, self.sampling_scheduler, self.max_train_steps = args, sampling_scheduler, max_train_steps
+        self.vae = vae  # a latent run's VAE: samples are decoded and scored as images
         self.every = args.eval_steps or 0
         self.scheduler = evaluation_scheduler(args.eval_sampler, sampling_scheduler)
         self.num_inference_steps = args.eval_num_inference_steps or args.ddpm_num_inference_steps
@@ -215,11 +220,13 @@ class TrainingEvaluation:
             model = accelerator.unwrap_model(unet)
             model.eval()
             with private_randomness(accelerator.device), ema_weights(ema, model):
-                record = self.evaluate(export.build_pipeline(model, self.scheduler), step)
+                record = self.evaluate(export.build_pipeline(model, self.scheduler, vae=self.vae), step)
                 if self.args.save_best and (self.best is None or record.metrics["fd"] < self.best.metrics["fd"]):
                     self.best = record
                     where = save_best(
-                        export.build_pipeline(model, self.sampling_scheduler), record, self.args.output_dir
+                        export.build_pipeline(model, self.sampling_scheduler, vae=self.vae),
+                        record,
+                        self.args.output_dir,
                     )
                     logger.info(
                         f"Step {step}: the best FD so far; saved the pipeline to {where}", main_process_only=True

@@ -28,15 +28,20 @@ def sampling_scheduler(training_scheduler):
     return ScratchDDIMScheduler.from_config(training_scheduler.config, timestep_spacing="trailing")
 
 
-def build_pipeline(unet, scheduler) -> ScratchDiffusionPipeline:
-    """The pipeline of ``unet`` (e.g. holding EMA weights) with the sampling ``scheduler``."""
-    pipeline = ScratchDiffusionPipeline(unet=unet, scheduler=scheduler)
+def build_pipeline(unet, scheduler, vae=None) -> ScratchDiffusionPipeline:
+    """The pipeline of ``unet`` (e.g. holding EMA weights) with the sampling ``scheduler``.
+
+    With ``vae`` (a latent run's ``AutoencoderKL``, its latent scale in its config) the pipeline samples
+    latents and decodes them.
+    """
+    components = {"unet": unet, "scheduler": scheduler} | ({} if vae is None else {"vae": vae})
+    pipeline = ScratchDiffusionPipeline(**components)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 
 def save_pipeline(pipeline: ScratchDiffusionPipeline, output_dir: str) -> None:
-    """Write ``model_index.json``, ``unet/`` and ``scheduler/`` into ``output_dir``."""
+    """Write ``model_index.json``, ``unet/``, ``scheduler/`` (and a latent run's ``vae/``) into ``output_dir``."""
     pipeline.save_pretrained(output_dir)
 
 

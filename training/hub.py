@@ -10,7 +10,8 @@ and the push alone is re-run with::
     python -m scratch_diffusion.training.hub push --output_dir ddpm-digits --hub_model_id your-name/ddpm-digits
 
 It checks that the folder is a finished training output, creates the repo if needed and uploads
-the folder without checkpoints, exactly as ``train.py --push_to_hub`` does at the end of a run.
+the folder without checkpoints, exactly as ``train.py --push_to_hub`` (or ``train_vae.py``'s) does at
+the end of a run.
 ``upload_folder`` makes one commit, so a push that dies midway leaves the repo as it was; a
 re-run uploads again (files already on the Hub are deduplicated by content).
 """
@@ -18,6 +19,7 @@ re-run uploads again (files already on the Hub are deduplicated by content).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -34,6 +36,9 @@ REQUIRED_OUTPUTS = (
     "unet/diffusion_pytorch_model.safetensors",
     "README.md",
 )
+LATENT_OUTPUTS = ("vae/config.json", "vae/diffusion_pytorch_model.safetensors")
+# What a finished train_vae.py run leaves: one model (AutoencoderKL.from_pretrained loads it) at the root.
+MODEL_OUTPUTS = ("config.json", "diffusion_pytorch_model.safetensors", "README.md")
 
 
 class HubError(RuntimeError):
@@ -73,6 +78,26 @@ def create_repo(repo_id: str, token: str | None, private: bool) -> str:
         ) from None
 
 
+def create_repo_before_training(accelerator, args) -> str | None:
+    """With ``--push_to_hub``, create (or find) the repo on the main process; None without it.
+
+    Called on every process before training: the outcome is broadcast, so a failure raises
+    :class:`HubError` on every process alike and they all stop together.
+    """
+    from accelerate.utils import broadcast_object_list  # imported here: the push command needs no accelerate
+
+    repo_id, hub_error = None, None
+    if args.push_to_hub and accelerator.is_main_process:
+        try:
+            repo_id = create_repo(args.hub_model_id, args.hub_token, args.hub_private_repo)
+        except HubError as err:
+            hub_error = str(err)
+    repo_id, hub_error = broadcast_object_list([repo_id, hub_error])
+    if hub_error is not None:
+        raise HubError(hub_error)
+    return repo_id
+
+
 def upload_output(folder: str, repo_id: str, token: str | None, commit_message: str) -> str:
     """Upload ``folder`` (without checkpoints) to ``repo_id``; returns the commit URL."""
     try:
@@ -92,23 +117,47 @@ def upload_output(folder: str, repo_id: str, token: str | None, commit_message: 
     return getattr(info, "commit_url", str(info))
 
 
+def is_model_output(folder: str) -> bool:
+    """Whether ``folder`` is (or is becoming) a single-model output, such as ``train_vae.py``'s, not a pipeline."""
+    exists = os.path.isfile
+    return not exists(os.path.join(folder, "model_index.json")) and exists(os.path.join(folder, "config.json"))
+
+
 def missing_outputs(folder: str) -> list[str]:
-    """The files of a finished training output that ``folder`` lacks (empty if it is complete)."""
-    return [name for name in REQUIRED_OUTPUTS if not os.path.isfile(os.path.join(folder, *name.split("/")))]
+    """The files of a finished training output that ``folder`` lacks (empty if it is complete).
+
+    A pipeline (``train.py``) needs :data:`REQUIRED_OUTPUTS`, and a latent run's (``model_index.json`` lists a
+    ``vae``) its ``vae/`` too; a single model at the root (``train_vae.py``: a ``config.json`` and no
+    ``model_index.json``) needs :data:`MODEL_OUTPUTS`.
+    """
+    if is_model_output(folder):
+        return [name for name in MODEL_OUTPUTS if not os.path.isfile(os.path.join(folder, name))]
+    required = list(REQUIRED_OUTPUTS)
+    try:
+        with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as f:
+            vae = json.load(f).get("vae")
+    except (OSError, ValueError, AttributeError):
+        vae = None
+    if isinstance(vae, list) and vae[0] is not None:
+        required += LATENT_OUTPUTS
+    return [name for name in required if not os.path.isfile(os.path.join(folder, *name.split("/")))]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m scratch_diffusion.training.hub",
-        description="Push a finished train.py output folder to the Hugging Face Hub (checkpoints excluded).",
+        description="Push a finished train.py or train_vae.py output folder to the Hugging Face Hub (checkpoints "
+        "excluded).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     push = commands.add_parser("push", help="create the repo if needed and upload --output_dir")
-    push.add_argument("--output_dir", required=True, help="the --output_dir of a finished train.py run")
+    push.add_argument("--output_dir", required=True, help="the --output_dir of a finished train.py / train_vae.py run")
     push.add_argument("--hub_model_id", required=True, help="repo id, 'name' or 'user/name'")
     push.add_argument("--hub_token", help="token (default: HF_TOKEN or the logged-in token); never printed")
     push.add_argument("--hub_private_repo", action="store_true", help="create the repo private (if it is new)")
-    push.add_argument("--commit_message", default="Upload the trained pipeline", help="the Hub commit message")
+    push.add_argument(
+        "--commit_message", help="the Hub commit message; unset: 'Upload the trained pipeline' (or 'model')"
+    )
     return parser
 
 
@@ -127,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     missing = missing_outputs(args.output_dir)
     if missing:
+        script = "train_vae.py" if is_model_output(args.output_dir) else "train.py"
         print(
             f"{prog}: error: --output_dir {args.output_dir!r} is not a finished training output (missing "
-            f"{', '.join(missing)}); finish the run first (train.py ... --resume_from_checkpoint latest).",
+            f"{', '.join(missing)}); finish the run first ({script} ... --resume_from_checkpoint latest).",
             file=sys.stderr,
         )
         return 2
@@ -138,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         repo_id = create_repo(args.hub_model_id, args.hub_token, args.hub_private_repo)
-        url = upload_output(args.output_dir, repo_id, args.hub_token, args.commit_message)
+        kind = "model" if is_model_output(args.output_dir) else "pipeline"
+        message = args.commit_message or f"Upload the trained {kind}"
+        url = upload_output(args.output_dir, repo_id, args.hub_token, message)
     except HubError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1

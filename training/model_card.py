@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .evaluation import EvaluationRecord
 from .export import usage_snippet
 
+if TYPE_CHECKING:
+    from .latent_data import LatentTraining
+
 SECRET_ARGS = ("hub_token",)
-PATH_ARGS = ("output_dir", "train_data_dir", "cache_dir", "logging_dir", "resume_from_checkpoint")
+PATH_ARGS = ("output_dir", "train_data_dir", "cache_dir", "logging_dir", "resume_from_checkpoint", "latent_cache_dir")
+LATENT_ARGS = ("vae_subfolder", "vae_sample_posterior", "latent_scaling_factor")
 OBJECTIVE_TAGS = {"ddpm": "ddpm", "flow": "flow-matching"}
 TASK = "unconditional-image-generation"
 METRICS = (("fd", "FD"), ("kid", "KID"))  # (key in evaluate_samples' result, label)
@@ -47,6 +52,9 @@ def card_hyperparameters(args, **extra) -> dict:
     """:func:`public_hyperparameters` without the ones that did not apply to this run."""
     unused = {"output_dir", "logging_dir", "logger", "resume_from_checkpoint", "push_to_hub", "hub_model_id"}
     unused |= {"hub_private_repo", "license", "cache_dir", "dataloader_num_workers", "num_epochs", "max_train_steps"}
+    unused |= {"latent_cache_dir", "vae_batch_size"}
+    if getattr(args, "vae_name_or_path", None) is None:
+        unused |= set(LATENT_ARGS)
     if args.objective == "flow":
         unused |= {"prediction_type", "ddpm_beta_schedule", "rescale_betas_zero_snr", "snr_gamma"}
     else:
@@ -68,6 +76,23 @@ def objective_description(args) -> str:
         return f"flow matching (velocity ε − x0, {args.weighting_scheme} σ{shift})"
     snr = f", min-SNR-{args.snr_gamma:g} weighting" if args.snr_gamma else ""
     return f"the DDPM objective ({args.prediction_type} prediction, {args.ddpm_beta_schedule} β schedule{snr})"
+
+
+def latent_section(latents: LatentTraining | None) -> str:
+    """The card's "Autoencoder" section of a latent run: which VAE (license, source), the scale, the encoding."""
+    if latents is None:
+        return ""
+    target = "one draw from the posterior per image per epoch" if latents.sample_posterior else "the posterior mean"
+    mirrors = " and of its mirror image (random flips)" if latents.flips else ""
+    return f"""
+## Autoencoder
+
+The UNet denoises {latents.channels}×{latents.size}×{latents.size} latents of a frozen `AutoencoderKL`
+({latents.factor}× downsampling): {latents.source.markdown()}.
+It is saved in `vae/` with the pipeline, which decodes the samples. Training used {target} of each image's
+centre crop{mirrors}, scaled by s = {latents.scale:.6g} — {latents.scale_source} — recorded as
+`scaling_factor` in `vae/config.json`.
+"""
 
 
 def model_name(args) -> str:
@@ -162,10 +187,12 @@ def build_model_card(
     sample_grid: str | None = "samples.png",
     final_evaluation: EvaluationRecord | None = None,
     best_evaluation: EvaluationRecord | None = None,
+    latents: LatentTraining | None = None,
 ) -> ModelCard:
     """The card of a finished run; ``model_id`` is the Hub repo id or the output folder's name.
 
-    ``final_evaluation`` / ``best_evaluation`` (``--eval_steps`` / ``--save_best``) add the results.
+    ``final_evaluation`` / ``best_evaluation`` (``--eval_steps`` / ``--save_best``) add the results;
+    ``latents`` (``--vae_name_or_path``) the VAE, its license and source, and the latent scale.
     """
     name = model_name(args)
     results = eval_results(
@@ -175,6 +202,8 @@ def build_model_card(
     tags.append(OBJECTIVE_TAGS[args.objective])
     if num_classes is not None:
         tags.append("class-conditional")
+    if latents is not None:
+        tags.append("latent-diffusion")
     data = ModelCardData(
         library_name="diffusers",
         pipeline_tag=TASK,
@@ -191,6 +220,9 @@ def build_model_card(
         else "An unconditional diffusion model"
     )
     rows = "\n".join(f"| `{key}` | `{value}` |" for key, value in sorted(hyperparameters.items()))
+    shape = f"{args.resolution}×{args.resolution}"
+    if latents is not None:
+        shape = f"on {latents.channels}×{latents.size}×{latents.size} latents of {shape} images"
     samples = (
         f"\n## Samples\n\n![{args.eval_batch_size} samples from the EMA weights]({sample_grid})\n"
         if sample_grid
@@ -202,7 +234,7 @@ def build_model_card(
 
 # {name}
 
-{conditioning}: a `UNet2DModel` ({num_parameters / 1e6:.2f} M parameters, {args.resolution}×{args.resolution})
+{conditioning}: a `UNet2DModel` ({num_parameters / 1e6:.2f} M parameters, {shape})
 trained from scratch on {data_description} with {objective_description(args)}, using
 scratch-diffusion's `training/train.py`. The weights are the exponential moving average
 (EMA) of training{"" if args.use_ema else " — here EMA was off, so they are the raw weights"}.
@@ -216,7 +248,7 @@ Install `scratch-diffusion` (it brings `diffusers`), then:
 ```
 
 `diffusers` alone also loads it: `DiffusionPipeline.from_pretrained({json.dumps(model_id)}, trust_remote_code=True)`.
-{samples}{results_section(final_evaluation, best_evaluation, num_classes, args.use_ema)}
+{latent_section(latents)}{samples}{results_section(final_evaluation, best_evaluation, num_classes, args.use_ema)}
 ## Training
 
 | hyperparameter | value |

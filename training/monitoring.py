@@ -1,8 +1,9 @@
-"""What the training loop reports: the run's summary, the buffered loss log and the non-finite-loss checks."""
+"""What the training loop reports: the run's summary and throughput, the buffered loss log, non-finite-loss checks."""
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,48 @@ class TrainingSummary:
     seconds_per_step: float  # mean wall time of one update, first update excluded
     cpu_seconds_per_step: float  # the same in this process's CPU time (all its threads): steadier on a shared host
     evaluation_seconds: float = 0.0  # wall time of this call's --eval_steps evaluations; excluded from the rest
+
+
+class StepTimer:
+    """The throughput of a run's loop, for its :class:`TrainingSummary`: the first update (warm-up) is left out.
+
+    Build it just before the loop; call :meth:`update` after every optimizer update with the images that
+    update took (all its micro-batches, this process), and :meth:`summary` after the loop, with the time the
+    evaluations took (they all run after the first update, so it comes off the timed span).
+    """
+
+    def __init__(self, global_step: int, num_processes: int):
+        self.loop_start, self.num_processes = time.perf_counter(), num_processes
+        self.start: float | None = None  # the end of the first update
+        self.cpu_start, self.start_step, self.images, self.global_step = 0.0, global_step, 0, global_step
+
+    def update(self, global_step: int, images: int) -> None:
+        self.global_step = global_step
+        if self.start is None:  # the first update warms up kernels and allocators
+            self.start, self.cpu_start, self.start_step = time.perf_counter(), time.process_time(), global_step
+        else:
+            self.images += images
+
+    @property
+    def timed_steps(self) -> int:
+        """The updates timed: those of this call after its first."""
+        return self.global_step - self.start_step
+
+    def summary(self, output_dir: str, evaluation_seconds: float, evaluation_cpu_seconds: float) -> TrainingSummary:
+        """The summary, with ``evaluation_seconds`` (wall) / ``evaluation_cpu_seconds`` taken off the timed span."""
+        end, cpu_end = time.perf_counter(), time.process_time()
+        elapsed = end - self.start - evaluation_seconds if self.start is not None else 0.0
+        cpu_elapsed = cpu_end - self.cpu_start - evaluation_cpu_seconds if self.start is not None else 0.0
+        steps, nan = self.timed_steps, float("nan")
+        return TrainingSummary(
+            global_step=self.global_step,
+            images_per_second=self.images * self.num_processes / elapsed if elapsed > 0 else nan,
+            output_dir=output_dir,
+            training_seconds=end - self.loop_start - evaluation_seconds,
+            seconds_per_step=elapsed / steps if steps > 0 else nan,
+            cpu_seconds_per_step=cpu_elapsed / steps if steps > 0 else nan,
+            evaluation_seconds=evaluation_seconds,
+        )
 
 
 class NonFiniteLossError(RuntimeError):

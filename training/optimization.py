@@ -1,11 +1,12 @@
-"""The optimizer and the EMA of the weights (Polyak averaging with warm-up) the trainer builds."""
+"""The optimizer, its LR schedule and the EMA of the weights (Polyak averaging with warm-up) the trainers build."""
 
 from __future__ import annotations
 
 import contextlib
 
 import torch
-from diffusers import UNet2DModel
+from diffusers import ModelMixin
+from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 
@@ -22,19 +23,34 @@ def make_optimizer(params: list[torch.nn.Parameter], args) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, **hyper)  # torch picks foreach where the device supports it
 
 
-def make_ema(unet: UNet2DModel, args) -> EMAModel | None:
-    """EMA weights with decay 1 − (1 + step/γ)^−power capped at ``--ema_max_decay``; None with ``--no-use_ema``."""
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, args, num_training_steps: int):
+    """``--lr_scheduler`` with ``--lr_warmup_steps`` over ``num_training_steps`` optimizer updates.
+
+    It is not given to ``accelerator.prepare`` (which would step it once per process): the loop steps it once
+    per update on every process, and it is registered for checkpointing.
+    """
+    return get_scheduler(
+        args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=num_training_steps
+    )
+
+
+def make_ema(model: ModelMixin, args) -> EMAModel | None:
+    """EMA weights with decay 1 − (1 + step/γ)^−power capped at ``--ema_max_decay``; None with ``--no-use_ema``.
+
+    ``model`` is the diffusers model trained (a ``UNet2DModel``, an ``AutoencoderKL``, …): its class and config
+    are recorded, so ``EMAModel.save_pretrained`` writes a folder of that class.
+    """
     if not args.use_ema:
         return None
     return EMAModel(
-        unet.parameters(),
+        model.parameters(),
         decay=args.ema_max_decay,
         use_ema_warmup=True,
         inv_gamma=args.ema_inv_gamma,
         power=args.ema_power,
         foreach=True,
-        model_cls=UNet2DModel,
-        model_config=unet.config,
+        model_cls=type(model),
+        model_config=model.config,
     )
 
 

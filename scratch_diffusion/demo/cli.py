@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--prediction_type", choices=("epsilon", "v_prediction"), default=None, help="ddpm only; default epsilon"
     )
     train.add_argument(
-        "--model", default=None, help=f"UNet preset (tiny, small, base) or JSON config; default {DEFAULTS['model']}"
+        "--model",
+        default=None,
+        help=f"UNet preset (tiny, compact, small, base) or JSON config; default {DEFAULTS['model']}",
     )
     length = train.add_mutually_exclusive_group()
     length.add_argument(
@@ -47,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr_warmup_steps", type=int, default=None, help=f"default {DEFAULTS['lr_warmup_steps']}")
     train.add_argument(
         "--class_dropout_prob", type=float, default=None, help=f"default {DEFAULTS['class_dropout_prob']}"
+    )
+    train.add_argument(
+        "--digits_split",
+        choices=("train", "all"),
+        default=None,
+        help="train on the metric's 70 %% training split (its FD reference stays unseen) or on all 1,797 digits; "
+        f"default {DEFAULTS['digits_split']}",
     )
     train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True, help="EMA weights")
 
@@ -86,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument(
         "--num_final", type=int, default=None, help=f"best sweep settings re-scored; default {DEFAULTS['num_final']}"
+    )
+    sample.add_argument(
+        "--eval_draws",
+        type=int,
+        default=None,
+        help="independent draws of --num_eval_samples per final setting, their FD averaged (spread reported); "
+        f"default {DEFAULTS['eval_draws']}",
     )
     sample.add_argument(
         "--likelihood_images",

@@ -26,18 +26,24 @@ DEFAULTS = {
     "objective": "flow",
     "prediction_type": None,  # ddpm only: epsilon (default) or v_prediction
     "weighting_scheme": "logit_normal",  # flow only: σ sampling in training (Esser et al., 2024, §3.1)
-    "model": "tiny",
+    "model": "compact",  # tiny's widths at three levels, attention only at 4×4: better and ~15 % faster per step
     "max_train_steps": 1600,
     "train_batch_size": 64,
     "learning_rate": 1e-3,
     "lr_warmup_steps": 100,
     "class_dropout_prob": 0.1,
+    # Train on the metric's 70 % training split only: the FD reference (the other 30 %) stays unseen, so the real
+    # baseline (training split vs reference) is what a perfect generalising model scores, not one that copies.
+    "digits_split": "train",
     "step_counts": (5, 10),  # the quality target is at ≤ 10 UNet evaluations; 25 and 50 only cost sweep time
     "guidance_scale": 1.0,
     "guidance_sweep": (1.5, 3.0),
     "num_sweep_samples": 200,
     "num_eval_samples": 1000,
     "num_final": 2,
+    # Independent draws of num_eval_samples per final setting, averaged: one draw of 1000 scatters by about ±0.2 in
+    # FD ratio (the same model scored 1.30-1.84× over four draws), so one draw cannot carry a 1.25× bar.
+    "eval_draws": 3,
     "likelihood_images": 64,  # held-out digits whose bits/dim are measured (0: skip)
 }
 # --quick: a toy UNet (two levels, no attention) and a handful of steps and samples, for tests.
@@ -58,6 +64,7 @@ QUICK = {
     "num_sweep_samples": 40,
     "num_eval_samples": 60,
     "num_final": 1,
+    "eval_draws": 2,
     "likelihood_images": 4,
 }
 
@@ -86,6 +93,7 @@ class DemoConfig:
     learning_rate: float
     lr_warmup_steps: int
     class_dropout_prob: float
+    digits_split: str
     use_ema: bool
     step_counts: list[int]
     guidance_scale: float
@@ -93,6 +101,7 @@ class DemoConfig:
     num_sweep_samples: int
     num_eval_samples: int
     num_final: int
+    eval_draws: int
     likelihood_images: int
     sample_batch_size: int
 
@@ -130,6 +139,7 @@ def resolve_config(args: argparse.Namespace) -> DemoConfig:
         learning_rate=pick("learning_rate"),
         lr_warmup_steps=pick("lr_warmup_steps"),
         class_dropout_prob=pick("class_dropout_prob"),
+        digits_split=pick("digits_split"),
         use_ema=args.use_ema,
         step_counts=sorted(set(pick("step_counts"))),
         guidance_scale=pick("guidance_scale"),
@@ -137,6 +147,7 @@ def resolve_config(args: argparse.Namespace) -> DemoConfig:
         num_sweep_samples=pick("num_sweep_samples"),
         num_eval_samples=pick("num_eval_samples"),
         num_final=pick("num_final"),
+        eval_draws=pick("eval_draws"),
         likelihood_images=pick("likelihood_images"),
         sample_batch_size=args.sample_batch_size,
     )
@@ -147,6 +158,7 @@ def resolve_config(args: argparse.Namespace) -> DemoConfig:
         (config.num_sweep_samples >= 10, "--num_sweep_samples must be ≥ 10 (one per class at least)"),
         (config.num_eval_samples >= 10, "--num_eval_samples must be ≥ 10"),
         (config.num_final >= 1, "--num_final must be ≥ 1"),
+        (config.eval_draws >= 1, "--eval_draws must be ≥ 1"),
         (config.likelihood_images >= 0, "--likelihood_images must be ≥ 0 (0: no likelihood)"),
         (config.sample_batch_size >= 1, "--sample_batch_size must be ≥ 1"),
         (config.num_threads >= 0, "--num_threads must be ≥ 0"),

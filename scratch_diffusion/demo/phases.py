@@ -101,9 +101,10 @@ def sample_and_score(pipe, classifier, config: DemoConfig, phase_seconds: dict[s
         with timed(phase_seconds, "guidance"):
             run_stage(pipe, guidance, config, classifier, "guidance")
     ranked = sorted(eligible(sweep), key=lambda s: s.results["fd_ratio"])[: config.num_final]
-    final = [SampleSet(s.sampler, s.steps, w, config.num_eval_samples, "final") for s in ranked]
+    final = [SampleSet(s.sampler, s.steps, w, config.num_eval_samples, "final", config.eval_draws) for s in ranked]
+    draws = f" × {config.eval_draws} independent draws" if config.eval_draws > 1 else ""
     print(f"      final: the best {len(final)} of the sweep at ≤ {MAX_NFE} UNet evaluations per image, "
-          f"{config.num_eval_samples} images each")  # fmt: skip
+          f"{config.num_eval_samples} images{draws} each")  # fmt: skip
     with timed(phase_seconds, "final"):
         run_stage(pipe, final, config, classifier, "final")
     return Stages(sweep, guidance, final)
@@ -167,6 +168,13 @@ def load_command(pipeline_dir: Path, steps: int, guidance_scale: float) -> str:
     return f"python -c {shlex.quote(code)}"
 
 
+def draws_text(r: dict) -> str:
+    """``", mean of 3 draws: 1.31, 1.18, 1.40"`` for a multi-draw result ("" for one draw)."""
+    if r.get("draws", 1) == 1:
+        return ""
+    return f", mean of {r['draws']} draws: " + ", ".join(f"{x:.2f}" for x in r["fd_ratio_draws"])
+
+
 def print_summary(config: DemoConfig, report: dict, best: SampleSet) -> None:
     """Step 6: where everything is, the best setting beside its baseline, the verdict, how to load the pipeline."""
     r, verdict = best.results, report["quality_bar"]
@@ -174,8 +182,8 @@ def print_summary(config: DemoConfig, report: dict, best: SampleSet) -> None:
     print(f"  outputs:   {config.output_dir}/  (pipeline/ with README.md model card and logs/, "
           f"metrics.json, metrics.md, demo.png)")  # fmt: skip
     print(f"  best:      {best.name} ({best.nfe} UNet evaluations per image): FD {r['fd']:.2f} vs real-data "
-          f"baseline {r['fd_real_baseline']:.2f} ± {r['fd_real_baseline_std']:.2f} (×{r['fd_ratio']:.2f}, n={best.n}); "
-          f"noise {r['fd_noise_ceiling']:.0f}")  # fmt: skip
+          f"baseline {r['fd_real_baseline']:.2f} ± {r['fd_real_baseline_std']:.2f} (×{r['fd_ratio']:.2f}, n={best.n}"
+          f"{draws_text(r)}); noise {r['fd_noise_ceiling']:.0f}")  # fmt: skip
     print(f"             KID {r['kid']:.1f} ± {r['kid_std']:.1f} vs real {r['kid_real_baseline']:.1f} ± "
           f"{r['kid_real_baseline_std']:.1f}; noise {r['kid_noise_ceiling']:.0f} "
           "(digits-CNN features, unscaled)")  # fmt: skip

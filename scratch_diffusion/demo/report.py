@@ -30,9 +30,16 @@ SAMPLER = _column("sampler", lambda r: r["sampler"], right=False)
 STEPS = _column("steps", lambda r: f"{r['steps']}")
 NFE = _column("UNet evals", lambda r: f"{r['nfe']}")
 GUIDANCE = _column("guidance", lambda r: f"{r['guidance_scale']:g}")
-N = _column("n", lambda r: f"{r['n']}")
+
+
+def _spread(r: dict) -> str:
+    """`` ± 0.12``: the FD ratio's standard deviation over a final setting's draws ("" for one draw)."""
+    return f" ± {r['fd_ratio_std_over_draws']:.2f}" if r.get("draws", 1) > 1 else ""
+
+
+N = _column("n", lambda r: f"{r['n']}" + (f" × {r['draws']}" if r.get("draws", 1) > 1 else ""))
 FD = _column("FD ↓", lambda r: f"{r['fd']:.2f}")
-FD_RATIO = _column("FD / baseline", lambda r: f"{r['fd_ratio']:.2f}×")
+FD_RATIO = _column("FD / baseline", lambda r: f"{r['fd_ratio']:.2f}×" + _spread(r))
 CLASS_MATCH = _column("class match", lambda r: f"{100 * r['class_match']:.1f} %")
 CONFIDENT = _column("confident", lambda r: f"{100 * r['confident_fraction']:.1f} %")
 SECONDS = _column("sampling s", lambda r: f"{r['seconds']:.1f}")
@@ -73,11 +80,16 @@ def best_sentence(report: dict) -> str:
     return (
         f"Best (final stage): **{name}** — FD {best['fd']:.2f} vs real-data baseline "
         f"{best['fd_real_baseline']:.2f} ± {best['fd_real_baseline_std']:.2f} at n={best['n']} "
-        f"(×{best['fd_ratio']:.2f}); class match {100 * best['class_match']:.1f} %"
+        f"(×{best['fd_ratio']:.2f}{_spread(best)}{_draws_text(best)}); class match {100 * best['class_match']:.1f} %"
         + guided_text(verdict)
         + f". Quality bar ({bar_text(verdict)}): "
         + ("met." if verdict["met"] else "**not met**.")
     )
+
+
+def _draws_text(r: dict) -> str:
+    """``", mean of 3 draws"`` for a multi-draw row ("" otherwise)."""
+    return f", mean of {r['draws']} draws" if r.get("draws", 1) > 1 else ""
 
 
 def metrics_markdown(report: dict) -> str:
@@ -109,7 +121,13 @@ def readme_table(report: dict) -> str:
     trained = f"{record['steps']} training steps in {record['seconds'] / 60:.1f} min" if record else "a reused pipeline"
     caption = (
         f"Measured here ({trained}; whole demo {report['seconds_total'] / 60:.1f} min; "
-        f"{settings['num_eval_samples']} samples in the final stage, {settings['num_sweep_samples']} in the sweep; "
+        f"{settings['num_eval_samples']} samples in the final stage"
+        + (
+            f" (× {draws} independent draws, FD averaged, ± its spread)"
+            if (draws := settings.get("eval_draws", 1)) > 1
+            else ""
+        )
+        + f", {settings['num_sweep_samples']} in the sweep; "
         "baseline = the same distance between real digit sets of the same size):"
     )
     guided = sorted(100 * row["class_match"] for row in report["results"] if row["guidance_scale"] > 1)
@@ -117,7 +135,8 @@ def readme_table(report: dict) -> str:
     guided_range = f", {lowest if lowest == highest else f'{lowest}–{highest}'} % with guidance" if guided else ""
     verdict_line = (
         f"Quality bar ({bar_text(verdict)}): {'met' if verdict['met'] else 'not met'} — {best['sampler']}, "
-        f"{best['steps']} steps: {best['fd_ratio']:.2f}×; class match {100 * best['class_match']:.1f} % unguided"
+        f"{best['steps']} steps: {best['fd_ratio']:.2f}×{_spread(best)}; "
+        f"class match {100 * best['class_match']:.1f} % unguided"
         f"{guided_range}."
     )
     table = results_table(report["results"], best, README_COLUMNS, README_BOLD)

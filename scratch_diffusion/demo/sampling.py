@@ -23,6 +23,7 @@ class SampleSet:
     guidance_scale: float
     n: int
     stage: str  # "sweep", "guidance" or "final"
+    draws: int = 1  # independent draws of n images, scored separately and averaged (see combine_draws)
     nfe: int = 0  # UNet evaluations per image (a guided evaluation runs both halves in one batch)
     seconds: float = 0.0
     images: torch.Tensor | None = field(default=None, repr=False)  # (n, 1, 16, 16) in [-1, 1]
@@ -102,27 +103,37 @@ def evaluations_per_image(scheduler, steps: int) -> int:
 
 @torch.no_grad()
 def requested_labels(n: int, seed: int) -> torch.Tensor:
-    """``n`` class labels drawn i.i.d. from the digits' class frequencies (seeded).
+    """``n`` class labels with the class counts of the metric's real baseline: a random n-subset of its pool's labels.
 
-    Not 0, 1, …, 9, 0, …: the metric's real-data baseline draws real digits at random, so their
-    class counts vary; exactly balanced samples would score lower by that alone (at n = 200 a
-    balanced real draw scores about 9 against 14 for a random one). Labels drawn like the data's
-    keep the comparison like for like.
+    The real-vs-real baseline draws ``n`` of the pool's real digits without replacement, so its class counts
+    vary little (hypergeometric: at n = 1000 of 1,257, about ±4 per class); a generated set is compared with
+    it like for like only if its requested classes vary the same way. Labels drawn i.i.d. (±9 per class at
+    n = 1000) made the class mix alone move one model's FD ratio from 0.8× to 1.5× between draws; exactly
+    balanced labels would err the other way (at n = 200 a balanced real draw scores about 9 against 14 for a
+    random one). Beyond the pool's size the rest is drawn i.i.d. from its class frequencies.
     """
-    _, data_labels = metrics.digits_images()
-    frequencies = torch.bincount(data_labels, minlength=metrics.NUM_CLASSES).to(torch.float64)
+    pool_labels = metrics.digits_split(
+        metrics.CLASSIFIER_RECIPE["split_seed"], metrics.CLASSIFIER_RECIPE["holdout_fraction"]
+    ).train_labels
     generator = torch.Generator().manual_seed(seed)
-    return torch.multinomial(frequencies, n, replacement=True, generator=generator)
+    labels = pool_labels[torch.randperm(len(pool_labels), generator=generator)[:n]]
+    if n > len(labels):
+        frequencies = torch.bincount(pool_labels, minlength=metrics.NUM_CLASSES).to(torch.float64)
+        extra = torch.multinomial(frequencies, n - len(labels), replacement=True, generator=generator)
+        labels = torch.cat([labels, extra])
+    return labels.clone()
 
 
-def sample_set(pipe, sample: SampleSet, seed: int, batch_size: int, bar: tqdm) -> None:
-    """Fill ``sample.images`` and ``sample.labels``; the same seed gives every setting the same labels and noise."""
-    pipe.scheduler = make_scheduler(sample.sampler, pipe.scheduler.config, pipe.trained_parametrization.path)
-    sample.nfe = evaluations_per_image(pipe.scheduler, sample.steps)
+# Draw k > 0 of a setting uses seed + k · DRAW_SEED_STRIDE (its labels, noise and baseline draws): new images,
+# the same for every setting, so settings stay compared on equal draws.
+DRAW_SEED_STRIDE = 1_000_003
+
+
+def draw_images(pipe, sample: SampleSet, seed: int, batch_size: int, bar: tqdm) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sample.n`` images and their requested labels; the same seed gives every setting the same labels and noise."""
     labels = requested_labels(sample.n, seed)
     generator = torch.Generator(device=pipe.device).manual_seed(seed)
     chunks = []
-    start = time.perf_counter()
     for begin in range(0, sample.n, batch_size):
         size = min(batch_size, sample.n - begin)
 
@@ -140,27 +151,67 @@ def sample_set(pipe, sample: SampleSet, seed: int, batch_size: int, bar: tqdm) -
             callback_on_step_end=advance,
         )
         chunks.append(metrics.images_from_numpy(output.images))
+    return torch.cat(chunks), labels
+
+
+def combine_draws(draws: list[dict]) -> dict:
+    """One result from ``evaluate_samples`` results of independent draws: numbers averaged, FD's spread kept.
+
+    ``fd_ratio`` is the mean FD over the mean baseline; ``fd_draws`` / ``fd_ratio_draws`` list each draw's
+    values and ``fd_ratio_std_over_draws`` their standard deviation (None for one draw).
+    """
+    if len(draws) == 1:
+        return {**draws[0], "draws": 1, "fd_draws": [draws[0]["fd"]], "fd_ratio_draws": [draws[0]["fd_ratio"]],
+                "fd_ratio_std_over_draws": None}  # fmt: skip
+    combined = dict(draws[0])
+    for key, value in draws[0].items():
+        values = [d[key] for d in draws]
+        if isinstance(value, float) and None not in values:  # counts (n, draws of the baseline) stay integers
+            combined[key] = sum(values) / len(values)
+    ratios = [d["fd_ratio"] for d in draws]
+    mean_ratio = sum(ratios) / len(ratios)
+    combined.update(
+        draws=len(draws),
+        fd_ratio=combined["fd"] / combined["fd_real_baseline"],
+        fd_draws=[d["fd"] for d in draws],
+        fd_ratio_draws=ratios,
+        fd_ratio_std_over_draws=(sum((r - mean_ratio) ** 2 for r in ratios) / (len(ratios) - 1)) ** 0.5,
+    )
+    return combined
+
+
+def score_set(pipe, sample: SampleSet, seed: int, batch_size: int, classifier, bar: tqdm) -> None:
+    """Sample and score ``sample.draws`` draws; sets ``images``/``labels`` (first draw), ``seconds``, ``results``."""
+    pipe.scheduler = make_scheduler(sample.sampler, pipe.scheduler.config, pipe.trained_parametrization.path)
+    sample.nfe = evaluations_per_image(pipe.scheduler, sample.steps)
+    results = []
+    start = time.perf_counter()
+    for k in range(sample.draws):
+        draw_seed = seed + k * DRAW_SEED_STRIDE
+        images, labels = draw_images(pipe, sample, draw_seed, batch_size, bar)
+        if k == 0:
+            sample.images, sample.labels = images, labels
+        results.append(metrics.evaluate_samples(images, labels, classifier=classifier, seed=draw_seed))
     sample.seconds = time.perf_counter() - start
-    sample.images, sample.labels = torch.cat(chunks), labels
+    sample.results = combine_draws(results)
 
 
 def run_stage(pipe, samples: list[SampleSet], config: DemoConfig, classifier, desc: str) -> None:
     """Sample and score ``samples``; one progress bar counting image × UNet evaluations."""
     path = pipe.trained_parametrization.path
     total = sum(
-        s.n * evaluations_per_image(make_scheduler(s.sampler, pipe.scheduler.config, path), s.steps) for s in samples
+        s.n * s.draws * evaluations_per_image(make_scheduler(s.sampler, pipe.scheduler.config, path), s.steps)
+        for s in samples
     )
     with tqdm(total=total, desc=desc, unit="img·step", unit_scale=True, dynamic_ncols=True) as bar:
         for sample in samples:
             bar.set_postfix_str(sample.name)
-            sample_set(pipe, sample, config.seed, config.sample_batch_size, bar)
-            sample.results = metrics.evaluate_samples(
-                sample.images, sample.labels, classifier=classifier, seed=config.seed
-            )
+            score_set(pipe, sample, config.seed, config.sample_batch_size, classifier, bar)
             r = sample.results
+            spread = f" ± {r['fd_ratio_std_over_draws']:.2f} over {r['draws']} draws" if r["draws"] > 1 else ""
             bar.write(
                 f"      {sample.name} (n={sample.n}): FD {r['fd']:.2f} vs real {r['fd_real_baseline']:.2f} "
-                f"(×{r['fd_ratio']:.2f}), KID {r['kid']:.0f} vs real {r['kid_real_baseline']:.0f}, "
+                f"(×{r['fd_ratio']:.2f}{spread}), KID {r['kid']:.0f} vs real {r['kid_real_baseline']:.0f}, "
                 f"class match {100 * r['class_match']:.1f} %, {sample.seconds:.0f} s"
             )
 

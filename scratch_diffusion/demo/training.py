@@ -28,6 +28,7 @@ def training_argv(config: DemoConfig, max_train_steps: int, output_dir: Path | N
         "--output_dir", str(output_dir if output_dir is not None else config.pipeline_dir),
         "--class_conditional",
         "--class_dropout_prob", str(config.class_dropout_prob),
+        "--digits_split", config.digits_split,
         "--objective", config.objective,
         "--model_config_name_or_path", config.model,
         "--train_batch_size", str(config.train_batch_size),

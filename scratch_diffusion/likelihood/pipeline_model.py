@@ -48,7 +48,15 @@ def pipeline_model(
 
     The sample is moved to the UNet's device and dtype; the output comes back on the sample's device.
     Gradients flow to the sample (the ODE needs them); wrap calls in ``torch.no_grad`` where they are not needed.
+    A latent pipeline (with a ``vae``) raises ``ValueError``: image likelihood through a VAE is not computed here.
     """
+    if getattr(pipeline, "vae", None) is not None:
+        raise ValueError(
+            f"{type(pipeline).__name__} has a vae ({type(pipeline.vae).__name__}): its UNet models the VAE's scaled "
+            "latents, not images, so this code would give a likelihood of latents in the UNet's units. An image "
+            "likelihood through a VAE also needs the decoder's density (a reconstruction term and the change of "
+            "volume from latents to pixels), which this code does not compute; pass a pixel-space pipeline."
+        )
     unet = pipeline.unet
     scheduler = trained_scheduler(pipeline) if scheduler is None else scheduler
     trained, target = pipeline.trained_parametrization, parametrization_of(scheduler)

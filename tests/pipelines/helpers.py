@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DModel
+from diffusers import AutoencoderKL, UNet2DModel
 
 TINY_UNET = dict(
     sample_size=8,
@@ -28,6 +28,25 @@ def tiny_unet(seed: int = 0, **overrides) -> UNet2DModel:
     """A UNet2DModel with ~20k parameters (8×8 RGB); ``num_class_embeds=...`` makes it conditional."""
     torch.manual_seed(seed)
     return UNet2DModel(**{**TINY_UNET, **overrides}).eval()
+
+
+TINY_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=4,
+    sample_size=16,
+)
+
+
+def tiny_vae(seed: int = 0, **overrides) -> AutoencoderKL:
+    """An untrained AutoencoderKL with ~44k parameters: 16×16 RGB images ↔ 4×8×8 latents (factor 2)."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(**{**TINY_VAE, **overrides}).eval()
 
 
 class CallCounter:

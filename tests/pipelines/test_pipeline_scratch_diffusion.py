@@ -347,7 +347,10 @@ UNCONDITIONAL_ERRORS = [
     (dict(batch_size=0), r"batch_size=0 is not allowed; pass an integer ≥ 1"),
     (dict(batch_size=2.0), r"batch_size=2\.0 is not allowed"),
     (dict(num_inference_steps=0), r"num_inference_steps=0 is not allowed; pass an integer ≥ 1"),
-    (dict(output_type="latent"), r"output_type='latent' is not supported; choose one of \['pil', 'np', 'pt'\]"),
+    (
+        dict(output_type="latents"),
+        r"output_type='latents' is not supported; choose one of \['pil', 'np', 'pt', 'latent'\]",
+    ),
     (dict(batch_size=3, generator=[torch.Generator()] * 2), r"list of 2 generators for batch_size=3"),
     (dict(class_labels=1), r"class_labels=1 given, but the UNet is unconditional.*allowed: class_labels=None"),
     (dict(guidance_scale=3.0), r"guidance_scale=3\.0 .*the UNet is unconditional; allowed: guidance_scale=1\.0"),

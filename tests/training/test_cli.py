@@ -41,7 +41,8 @@ def _fails(argv: list[str], message: str, capsys) -> None:
         (["--train_data_dir", "{tmp}/empty"], "holds no images"),
         (["--dataset_name", "./no/such/dataset"], "no such local path"),
         (["--dataset_name", "a", "--train_data_dir", "{tmp}/empty"], "not both"),
-        (["--model_config_name_or_path", "huge"], "neither a preset (tiny, small, base)"),
+        (["--model_config_name_or_path", "huge"], "neither a preset (tiny, compact, small, base)"),
+        (["--train_data_dir", "{tmp}", "--digits_split", "train"], "--digits_split 'train' applies to the built-in"),
         (["--model_config_name_or_path", "{tmp}/not_json.txt"], "not a readable JSON file"),
         (["--model_config_name_or_path", "small", "--resolution", "18"], "cannot be downsampled by the UNet"),
         (["--model_config_name_or_path", "tiny", "--resolution", "1"], "use a multiple of 2"),
@@ -51,7 +52,9 @@ def _fails(argv: list[str], message: str, capsys) -> None:
         (["--push_to_hub", "--hub_model_id", "me/model"], "--push_to_hub needs a token"),
         (["--objective", "flow", "--prediction_type", "epsilon"], "flow matching predicts the velocity"),
         (["--objective", "flow", "--snr_gamma", "5"], "--snr_gamma applies to --objective ddpm"),
-        (["--weighting_scheme", "logit_normal"], "applies to --objective flow"),
+        (["--objective", "ddpm", "--weighting_scheme", "logit_normal"], "applies to --objective flow"),
+        (["--prediction_type", "epsilon", "--weighting_scheme", "uniform"], "applies to --objective flow"),
+        (["--objective", "flow", "--ddpm_beta_schedule", "linear"], "--ddpm_beta_schedule applies to --objective ddpm"),
         (["--snr_gamma", "0"], "--snr_gamma must be > 0"),
         (["--train_batch_size", "0"], "--train_batch_size must be ≥ 1"),
         (["--checkpoints_total_limit", "0"], "--checkpoints_total_limit must be ≥ 1"),
@@ -112,8 +115,18 @@ def test_data_errors_stop_before_training(imagefolder, tmp_path, out, hf_home, c
 
 
 def test_defaults_follow_the_data_and_objective():
-    args = parse_args([])
-    assert (args.resolution, args.prediction_type, args.label_column) == (16, "epsilon", None)
+    args = parse_args([])  # the best measured short-run recipe: flow matching with logit-normal σ
+    assert (args.objective, args.weighting_scheme, args.prediction_type, args.ddpm_beta_schedule) == (
+        "flow", "logit_normal", None, None
+    )  # fmt: skip
+    assert (args.resolution, args.label_column) == (16, None)
+    for ddpm_only in (["--prediction_type", "v_prediction"], ["--ddpm_beta_schedule", "squaredcos_cap_v2"],
+                      ["--rescale_betas_zero_snr"], ["--snr_gamma", "5"]):  # fmt: skip
+        args = parse_args(ddpm_only)  # a diffusers train_unconditional.py command line stays DDPM
+        assert (args.objective, args.weighting_scheme) == ("ddpm", None), ddpm_only
+        assert args.prediction_type in ("epsilon", "v_prediction") and args.ddpm_beta_schedule is not None
+    args = parse_args(["--objective", "ddpm"])
+    assert (args.prediction_type, args.ddpm_beta_schedule, args.weighting_scheme) == ("epsilon", "linear", None)
     args = parse_args(["--train_data_dir", "x", "--objective", "flow", "--class_conditional"])
     assert (args.resolution, args.prediction_type, args.label_column) == (64, None, "label")
     validate_args(parse_args(["--model_config_name_or_path", "base", "--resolution", "32"]))

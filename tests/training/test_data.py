@@ -32,6 +32,22 @@ def test_builtin_digits_are_offline_tensors():
     assert load_digits(32, with_labels=False).dataset.__getitems__([1])["images"].shape == (1, 1, 32, 32)
 
 
+def test_digits_train_split_leaves_the_metric_reference_unseen():
+    from scratch_diffusion import metrics
+
+    train = load_digits(16, with_labels=True, split="train")
+    split = metrics.digits_split(metrics.CLASSIFIER_RECIPE["split_seed"], metrics.CLASSIFIER_RECIPE["holdout_fraction"])
+    assert torch.equal(train.dataset.images.float() / 127.5 - 1, split.train_images)
+    assert torch.equal(train.dataset.labels, split.train_labels) and len(train.dataset) == 1258
+    everything = load_digits(16, with_labels=True).dataset.images
+    reference = {bytes(image.numpy()) for image in everything[split.holdout_indices]}
+    assert not reference & {bytes(image.numpy()) for image in train.dataset.images}  # no held-out digit trained on
+    args = parse_args(["--digits_split", "train", "--class_conditional"])
+    assert len(load_training_data(args).dataset) == 1258
+    with pytest.raises(data_module.DataError, match="digits split 'test'; allowed: all, train"):
+        load_digits(16, with_labels=False, split="test")
+
+
 def test_imagefolder_decoded_once(imagefolder, hf_home):
     args = parse_args(["--train_data_dir", str(imagefolder), "--resolution", "16", "--class_conditional"])
     data = load_training_data(args)

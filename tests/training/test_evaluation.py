@@ -93,7 +93,18 @@ def test_reference_images_are_a_fixed_centre_cropped_subset():
 def test_evaluation_logs_keeps_the_best_and_fills_the_card(tmp_path, tiny_unet_json, hf_home, classifier_cache):
     out = tmp_path / "digits-eval"
     summary = run_training(
-        _argv(out, tiny_unet_json, "--class_conditional", "--eval_steps", "3", "--save_best", *EVAL, steps=4)
+        _argv(
+            out,
+            tiny_unet_json,
+            "--objective",
+            "ddpm",
+            "--class_conditional",
+            "--eval_steps",
+            "3",
+            "--save_best",
+            *EVAL,
+            steps=4,
+        )
     )
     assert summary.global_step == 4 and summary.evaluation_seconds > 0
     assert summary.images_per_second == pytest.approx(4 / summary.seconds_per_step)  # evaluation excluded

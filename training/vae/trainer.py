@@ -1,0 +1,231 @@
+"""The VAE training loop: :func:`train_vae` and :func:`run_vae_training`.
+
+It reads like the UNet trainer and uses its pieces: accelerate state and the launch check (``trainer``), the
+data (``load_training_data``, the epoch-seeded sampler, ``augment``), counter-based draws (``randomness``), AdamW
+and EMA (``optimization``), atomic checkpoints with exact resume (``checkpoints``), the buffered loss log and the
+throughput timer (``monitoring``) and the Hub repo and push (``hub``). What is the VAE's own: the objective
+(``losses``), an optional PatchGAN discriminator with its optimizer and LR schedule, and the outputs — the
+``AutoencoderKL`` folder with the measured ``scaling_factor``, ``vae_metrics.json``, ``reconstructions.png`` and
+the model card.
+
+Exact resume: the crop/flip and the posterior draw z ~ q(z|x) of each micro-batch come from a generator
+seeded by (``--seed``, epoch, batch, process); the evaluations and the latent-scale measurement run under
+``private_randomness``, so a resumed run ends with bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+import torch
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from .. import checkpoints, hub
+from ..data import augment, load_training_data, make_dataloader
+from ..errors import ConfigError
+from ..evaluation import load_feature_space
+from ..loop import check_launch, make_accelerator, resumed_batches, run_length
+from ..monitoring import MetricsLog, StepTimer, TrainingSummary, nonfinite_anywhere
+from ..optimization import make_ema, make_lr_scheduler, make_optimizer
+from ..randomness import seeded_generator
+from . import card, metrics
+from .cli import MAX_DEFAULT_VALIDATION, VALIDATION_SHARE, parse_args, validate_args
+from .losses import (
+    AutoencoderForTraining,
+    PatchDiscriminator,
+    VAELoss,
+    discriminator_hinge_loss,
+    load_perceptual_distance,
+)
+from .outputs import ReconstructionEvaluator, save_outputs
+from .presets import build_vae, downsampling_factor
+
+logger = get_logger(__name__)
+
+
+def run_vae_training(argv: Sequence[str]) -> TrainingSummary:
+    """Train as ``train_vae.py`` would with these arguments, in this process; returns when the output is saved."""
+    args = parse_args(list(argv))
+    validate_args(args)
+    return train_vae(args)
+
+
+def train_vae(args: argparse.Namespace) -> TrainingSummary:
+    """Run VAE training as the (validated) command line says; returns when the output is saved."""
+    accelerator = make_accelerator(args)
+    check_launch(accelerator, "training/train_vae.py")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("scratch_diffusion").setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
+    set_seed(args.seed)  # the initial weights; every later draw is counter-based
+
+    # ---- data: training images and the held-out evaluation images -------------------------------------
+    with accelerator.main_process_first():
+        data = load_training_data(args)
+        features = load_feature_space(args.eval_features, accelerator.device) if accelerator.is_main_process else None
+    num_validation = metrics.validation_size(
+        args.num_validation_images, len(data.dataset), VALIDATION_SHARE, MAX_DEFAULT_VALIDATION
+    )
+    train_set, held_out = metrics.split_validation(data.dataset, num_validation, args.seed)
+    eval_images, eval_source = metrics.evaluation_images(
+        train_set, held_out, args.eval_num_images, args.resolution, args.seed
+    )
+    dataloader = make_dataloader(train_set, args.train_batch_size, args.seed, args.dataloader_num_workers)
+
+    # ---- model, loss, optimizers, EMA ----------------------------------------------------------------
+    vae = build_vae(args.model_config_name_or_path, args.resolution, data.num_channels, args.latent_channels)
+    num_parameters = sum(p.numel() for p in vae.parameters())
+    model = AutoencoderForTraining(vae)
+    perceptual = None
+    if args.perceptual_weight > 0:
+        image_shape = (data.num_channels, args.resolution, args.resolution)
+        try:
+            perceptual = load_perceptual_distance(args.perceptual_features, accelerator.device, image_shape)
+        except (ValueError, TypeError, OSError) as err:
+            raise ConfigError(str(err)) from None
+    objective = VAELoss(args.reconstruction_loss, args.kl_weight, perceptual, args.perceptual_weight,
+                        args.adversarial_weight)  # fmt: skip
+    ema = make_ema(vae, args)
+    optimizer = make_optimizer(list(model.parameters()), args)
+    prepared = [model, optimizer, dataloader]
+    discriminator = None
+    if args.adversarial_weight > 0:
+        discriminator = PatchDiscriminator(data.num_channels, args.discriminator_channels, args.discriminator_layers)
+        disc_args = argparse.Namespace(**{**vars(args), "learning_rate": args.discriminator_learning_rate})
+        prepared += [discriminator, make_optimizer(list(discriminator.parameters()), disc_args)]
+    prepared = accelerator.prepare(*prepared)
+    model, optimizer, dataloader = prepared[:3]
+    discriminator, disc_optimizer = prepared[3:] if discriminator is not None else (None, None)
+    if ema is not None:
+        ema.to(accelerator.device)
+
+    length = run_length(args, len(dataloader), accelerator.num_processes)
+    _, max_train_steps, num_epochs, total_batch_size = length
+    lr_scheduler = make_lr_scheduler(optimizer, args, max_train_steps)
+    disc_scheduler = None
+    if discriminator is not None:  # its schedule runs over its own updates, from --adversarial_start_step on
+        disc_steps = max(1, max_train_steps - args.adversarial_start_step)
+        disc_scheduler = make_lr_scheduler(disc_optimizer, args, disc_steps)
+    progress = checkpoints.TrainingProgress(accelerator.num_processes, total_batch_size)
+    registered = [lr_scheduler, progress, *([ema] if ema else []), *([disc_scheduler] if disc_scheduler else [])]
+    accelerator.register_for_checkpointing(*registered)
+
+    # ---- resume, Hub repo, trackers -----------------------------------------------------------------
+    checkpoints.resume(accelerator, args.output_dir, args.resume_from_checkpoint, ema)
+    global_step = progress.global_step
+    repo_id = hub.create_repo_before_training(accelerator, args)
+    accelerator.init_trackers("train_vae", config=card.public_hyperparameters(args))
+    factor = downsampling_factor(vae.config)
+    latent_side = args.resolution // factor
+    logger.info(
+        f"{data.description}: {len(train_set)} training images, {num_validation} held out; {total_batch_size} images "
+        f"per step; {max_train_steps} steps ({num_epochs} epochs); AutoencoderKL {num_parameters / 1e6:.2f} M "
+        f"parameters, f={factor}, latents {vae.config.latent_channels}×{latent_side}×{latent_side}.",
+        main_process_only=True,
+    )
+    evaluator = ReconstructionEvaluator(args, eval_images, eval_source, features)
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    generator = torch.Generator(device=accelerator.device)
+    bar = tqdm(total=max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
+    log = MetricsLog(accelerator, bar, args.logging_steps)
+    trained = [model] + ([discriminator] if discriminator is not None else [])
+    micro_losses: list[torch.Tensor] = []
+    images_seen = 0
+    timer = StepTimer(global_step, accelerator.num_processes)
+    model.train()
+    try:
+        for epoch, index, batch in resumed_batches(accelerator, dataloader, length, global_step):
+            seeded_generator(generator, args.seed, "batch", epoch, index, accelerator.process_index)
+            adversarial = discriminator is not None and global_step >= args.adversarial_start_step
+            skipped = False
+            with accelerator.accumulate(*trained):
+                x = augment(batch["images"], args.resolution, args.random_flip, generator)
+                critic = accelerator.unwrap_model(discriminator) if adversarial else None
+                loss, terms, reconstructions = objective(model, x, generator, critic)
+                accelerator.backward(loss)
+                if adversarial:
+                    terms["discriminator"] = discriminator_hinge_loss(
+                        discriminator(x), discriminator(reconstructions.detach())
+                    )
+                    accelerator.backward(terms["discriminator"])
+                    terms["discriminator"] = terms["discriminator"].detach()
+                micro_losses.append(loss.detach())
+                if accelerator.sync_gradients and args.skip_nonfinite_loss:
+                    skipped, bad_value = nonfinite_anywhere(accelerator, micro_losses)
+                if not skipped:
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        # accelerate unscales (fp16) every optimizer's gradients once, in its first clip
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                        if adversarial:
+                            torch.nn.utils.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    if adversarial:
+                        disc_optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if disc_optimizer is not None:
+                    disc_optimizer.zero_grad(set_to_none=True)
+            images_seen += x.shape[0]
+            if not accelerator.sync_gradients:
+                continue
+
+            # ---- one optimizer update done (a skipped one still counts: data and LR stay on the step) ----
+            lr = lr_scheduler.get_last_lr()[0]
+            if not accelerator.optimizer_step_was_skipped:
+                lr_scheduler.step()
+            if adversarial and not accelerator.optimizer_step_was_skipped:
+                disc_scheduler.step()
+            if ema is not None and not skipped:
+                ema.step(accelerator.unwrap_model(model).vae.parameters())
+            global_step += 1
+            progress.global_step = global_step
+            if skipped:
+                progress.skipped_updates += 1
+                logger.warning(f"Step {global_step}: the loss is {bad_value}; update skipped "
+                               "(--skip_nonfinite_loss).", main_process_only=True)  # fmt: skip
+            else:
+                log.add(global_step, torch.stack(micro_losses).mean(), lr=lr)
+                if global_step % args.logging_steps == 0:  # one more host sync per logging step
+                    values = torch.stack(list(terms.values())).tolist()
+                    accelerator.log({f"loss/{k}": v for k, v in zip(terms, values)}, step=global_step)
+            micro_losses.clear()
+            bar.update(1)
+            timer.update(global_step, images_seen)
+            images_seen = 0
+
+            if global_step % args.checkpointing_steps == 0:
+                log.flush()
+                checkpoints.save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+            if global_step % args.save_images_steps == 0:
+                evaluator.log_grid(accelerator, model, ema, global_step)
+            if args.eval_steps and global_step % args.eval_steps == 0 and global_step < max_train_steps:
+                evaluator.evaluate(accelerator, model, ema, global_step)
+            if global_step >= max_train_steps:
+                break
+        log.flush()
+    finally:
+        bar.close()
+    summary = timer.summary(args.output_dir, evaluator.seconds, evaluator.cpu_seconds)
+    logger.info(f"{summary.images_per_second:.1f} images/s (first step and evaluations excluded).",
+                main_process_only=True)  # fmt: skip
+
+    # ---- outputs: the EMA VAE with its latent scale, metrics, reconstructions, model card -----------------
+    evaluator.evaluate(accelerator, model, ema, global_step)  # the final evaluation (EMA weights)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        vae = accelerator.unwrap_model(model).vae
+        if ema is not None:
+            ema.copy_to(vae.parameters())
+        extra = {"num_parameters": num_parameters, "images_per_second": summary.images_per_second}
+        save_outputs(args, vae, evaluator, train_set, data, global_step, repo_id, extra)
+    accelerator.end_training()
+
+    if repo_id is not None and accelerator.is_main_process:
+        url = hub.upload_output(
+            args.output_dir, repo_id, args.hub_token, f"VAE training finished at step {global_step}"
+        )
+        logger.info(f"Pushed {args.output_dir} to {url}", main_process_only=True)
+    return summary
