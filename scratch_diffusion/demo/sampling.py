@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -121,7 +122,7 @@ def requested_labels(n: int, seed: int) -> torch.Tensor:
         frequencies = torch.bincount(pool_labels, minlength=metrics.NUM_CLASSES).to(torch.float64)
         extra = torch.multinomial(frequencies, n - len(labels), replacement=True, generator=generator)
         labels = torch.cat([labels, extra])
-    return labels.clone()
+    return labels
 
 
 # Draw k > 0 of a setting uses seed + k · DRAW_SEED_STRIDE (its labels, noise and baseline draws): new images,
@@ -160,22 +161,18 @@ def combine_draws(draws: list[dict]) -> dict:
     ``fd_ratio`` is the mean FD over the mean baseline; ``fd_draws`` / ``fd_ratio_draws`` list each draw's
     values and ``fd_ratio_std_over_draws`` their standard deviation (None for one draw).
     """
-    if len(draws) == 1:
-        return {**draws[0], "draws": 1, "fd_draws": [draws[0]["fd"]], "fd_ratio_draws": [draws[0]["fd_ratio"]],
-                "fd_ratio_std_over_draws": None}  # fmt: skip
     combined = dict(draws[0])
     for key, value in draws[0].items():
         values = [d[key] for d in draws]
         if isinstance(value, float) and None not in values:  # counts (n, draws of the baseline) stay integers
-            combined[key] = sum(values) / len(values)
+            combined[key] = statistics.fmean(values)
     ratios = [d["fd_ratio"] for d in draws]
-    mean_ratio = sum(ratios) / len(ratios)
     combined.update(
         draws=len(draws),
-        fd_ratio=combined["fd"] / combined["fd_real_baseline"],
+        fd_ratio=combined["fd"] / combined["fd_real_baseline"] if len(draws) > 1 else draws[0]["fd_ratio"],
         fd_draws=[d["fd"] for d in draws],
         fd_ratio_draws=ratios,
-        fd_ratio_std_over_draws=(sum((r - mean_ratio) ** 2 for r in ratios) / (len(ratios) - 1)) ** 0.5,
+        fd_ratio_std_over_draws=statistics.stdev(ratios) if len(ratios) > 1 else None,
     )
     return combined
 
