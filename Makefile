@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# Train on the built-in digits (~5 min on 2 CPU cores), sample with every sampler, evaluate.
+# Train a tiny VAE and a latent UNet on the built-in digits (~3 min on 2 CPU cores), sample with every sampler, evaluate.
 # Extra options: make demo DEMO_ARGS="--reuse" (see python -m scratch_diffusion.demo --help).
 DEMO_ARGS ?=
 demo: $(STAMP)

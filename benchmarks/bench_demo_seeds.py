@@ -8,7 +8,10 @@ baseline at the same n, its class match, and the phase times, then the mean ± s
     python benchmarks/bench_demo_seeds.py --seeds 0 1 2 --threads 2 1
     python benchmarks/bench_demo_seeds.py --table          # print the table of the recorded runs
 
-Runs are recorded in ``benchmarks/results/demo_seeds.json`` (keyed by seed and threads; a rerun replaces its row).
+Runs are recorded in ``benchmarks/results/demo_seeds.json`` (keyed by seed and threads; a rerun replaces its row;
+two instances may run at once, e.g. one seed each at 1 thread: each re-reads the file before adding its row). The
+pixel demo's runs (before the demo moved to latent space) are kept in ``benchmarks/results/demo_seeds-pixel.json``:
+``--table --results benchmarks/results/demo_seeds-pixel.json`` prints them.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ def row_of(report: dict, seed: int, threads: int) -> dict:
     }
 
 
+def load_results(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| seed | threads | best (≤ 10 UNet evals) | n × draws | FD | real baseline | FD / baseline (± over draws) | "
@@ -101,14 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--table", action="store_true", help="print the recorded runs' table and exit")
     args = parser.parse_args(argv)
-    recorded = json.loads(args.results.read_text()) if args.results.exists() else {}
     if not args.table:
         for threads in args.threads:
             for seed in args.seeds:
-                recorded[f"seed{seed}-threads{threads}"] = run_demo(seed, threads, args.work_dir)
+                row = run_demo(seed, threads, args.work_dir)
+                recorded = load_results(args.results)  # re-read: another instance may have added its runs
+                recorded[f"seed{seed}-threads{threads}"] = row
                 args.results.parent.mkdir(parents=True, exist_ok=True)
                 args.results.write_text(json.dumps(recorded, indent=1) + "\n")
-    print(table(list(recorded.values())))
+    print(table(list(load_results(args.results).values())))
     return 0
 
 

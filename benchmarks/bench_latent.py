@@ -33,6 +33,7 @@ replaces its entry); trained models stay under ``--work_dir``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -47,43 +48,14 @@ RESULTS = ROOT / "benchmarks" / "results" / "latent.json"
 SAMPLER, SAMPLE_STEPS = "flow Euler", 10  # 10 UNet evaluations per image, the demo's ≤ 10 NFE bar
 
 
-def vae_argv(args: argparse.Namespace, output_dir: Path) -> list[str]:
-    """``train_vae.py``'s command line: tiny preset, ``--latent_channels`` latents, L1 + β·KL, EMA, no tensorboard."""
-    return [
-        "--output_dir", str(output_dir),
-        "--model_config_name_or_path", "tiny",
-        "--latent_channels", str(args.latent_channels),
-        "--digits_split", "train",  # as the UNets: the metric's reference digits stay unseen, by the VAE too
-        "--max_train_steps", str(args.vae_steps),
-        "--train_batch_size", str(args.vae_batch_size),
-        "--learning_rate", str(args.vae_learning_rate),
-        "--lr_warmup_steps", str(min(100, args.vae_steps // 10)),
-        "--seed", str(args.seed),
-        "--logger", "none",
-        "--checkpointing_steps", str(args.vae_steps + 1),  # no training-state checkpoints
-    ]  # fmt: skip
-
-
 def train_vae_phase(args: argparse.Namespace, output_dir: Path) -> dict:
-    """Phase 1: train the VAE into ``output_dir``; its metrics (PSNR, reconstruction FD) and timing."""
-    from scratch_diffusion.training.vae import METRICS_FILE, run_vae_training
+    """Phase 1: the demo's VAE recipe (``demo.training.vae_argv``) with this run's steps, batch, LR and channels."""
+    from scratch_diffusion.demo.training import train_vae_model, vae_argv
 
-    start = time.perf_counter()
-    summary = run_vae_training(vae_argv(args, output_dir))
-    seconds = time.perf_counter() - start
-    record = json.loads((output_dir / METRICS_FILE).read_text())
-    keep = ("psnr", "fd", "fd_real_baseline", "fd_ratio", "kid", "kid_real_baseline", "n_images", "evaluated_on",
-            "latent_shape", "downsampling_factor", "num_parameters")  # fmt: skip
-    return {
-        **{k: record.get(k) for k in keep},
-        "scaling_factor": record["latent_scale"]["scaling_factor"],
-        "steps": summary.global_step,
-        "train_batch_size": args.vae_batch_size,
-        "images_per_second": summary.images_per_second,
-        "seconds_per_step": summary.seconds_per_step,
-        "training_seconds": summary.training_seconds,
-        "phase_seconds": seconds,
-    }
+    changes = {"latent_channels": args.latent_channels, "train_batch_size": args.vae_batch_size,
+               "learning_rate": args.vae_learning_rate}  # fmt: skip
+    record = train_vae_model(vae_argv(output_dir, args.vae_steps, args.seed, **changes))
+    return {**record, "train_batch_size": args.vae_batch_size, "phase_seconds": record["seconds"]}
 
 
 def train_unet_phase(config, minutes: float, run_dir: Path, extra: list[str]) -> dict:
@@ -186,6 +158,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     work = args.work_dir / f"seed{args.seed}-threads{args.num_threads}-{args.wall_minutes:g}min"
     shutil.rmtree(work, ignore_errors=True)  # a fresh latent cache: the latent probe's encoding is measured
     config = resolve_config(build_parser().parse_args(["--output_dir", str(work), "--seed", str(args.seed)]))
+    # both arms from the pixel command line (the latent arm adds its VAE flags below), with the recipe as it was
+    # measured: logit-normal σ centred at 0 (the demo's logit_mean −0.7 came later, from bench_latent_recipes.py)
+    config = dataclasses.replace(config, space="pixel", logit_mean=None)
     vae_dir = work / "vae"
     print(f"[1/3] VAE: tiny f=2, {args.latent_channels} latent channel(s), {args.vae_steps} steps", flush=True)
     vae = train_vae_phase(args, vae_dir)

@@ -106,7 +106,8 @@ def demo_config(recipe: Recipe, seed: int, work_dir: Path):
     from scratch_diffusion.demo.config import resolve_config
 
     config = resolve_config(build_parser().parse_args(["--output_dir", str(work_dir), "--seed", str(seed)]))
-    changes = dict(recipe.demo)
+    # the recipes below were searched on pixels (the demo's old space), logit-normal σ centred at 0
+    changes = {"space": "pixel", "logit_mean": None, **recipe.demo}
     if changes.get("objective") == "ddpm":
         changes.setdefault("prediction_type", "epsilon")
     if changes.get("model") in MODEL_FILES:
@@ -119,25 +120,12 @@ def demo_config(recipe: Recipe, seed: int, work_dir: Path):
 
 def train_recipe(name: str, recipe: Recipe, seed: int, run_dir: Path) -> dict:
     """Train ``recipe`` into ``run_dir/pipeline`` (a final checkpoint keeps the raw weights); returns its timing."""
-    from scratch_diffusion.demo.training import training_argv
-    from scratch_diffusion.training import run_training
+    from scratch_diffusion.demo.training import timed_training, training_argv
 
     config = demo_config(recipe, seed, run_dir)
     steps = config.max_train_steps
     argv = [*training_argv(config, steps), *CHEAP_OUTPUTS, "--checkpointing_steps", str(steps), *recipe.flags]
-    start = time.perf_counter()
-    summary = run_training(argv)
-    record = {
-        "recipe": name,
-        "seed": seed,
-        "argv": argv,
-        "steps": summary.global_step,
-        "train_batch_size": config.train_batch_size,
-        "seconds_per_step": summary.seconds_per_step,
-        "cpu_seconds_per_step": summary.cpu_seconds_per_step,
-        "train_seconds": time.perf_counter() - start,
-        "num_threads": torch.get_num_threads(),
-    }
+    record = {"recipe": name, "seed": seed, "train_batch_size": config.train_batch_size, **timed_training(argv)}
     (run_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 

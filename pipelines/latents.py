@@ -9,6 +9,8 @@ inversion (encoding images) all call these functions.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 
@@ -62,6 +64,23 @@ def check_vae_fits_unet(vae, unet_config) -> None:
             f"{latent_channels}, or {2 * latent_channels} for a UNet that also predicts a (learned) variance."
         )
     latent_scaling(vae)  # a missing or non-positive scaling_factor fails here, naming it
+
+
+def warn_if_scheduler_clips(scheduler) -> None:
+    """Warn when ``scheduler`` clips x̂0 (``clip_sample``) or thresholds it: a VAE's scaled latents are not in ±1.
+
+    diffusers' DDIM/DDPM default to ``clip_sample=True``, right for images in [−1, 1]; on latents (unit variance, so
+    beyond ±1 often) it distorts every sample. Stable Diffusion's scheduler configs set it False for that reason.
+    """
+    config = scheduler.config
+    if config.get("clip_sample", False) or config.get("thresholding", False):
+        warnings.warn(
+            f"{type(scheduler).__name__} has clip_sample={config.get('clip_sample')}, thresholding="
+            f"{config.get('thresholding')}: it clamps x̂0 to ±{config.get('clip_sample_range', 1.0)}, but this "
+            "pipeline's UNet denoises a VAE's scaled latents, which are not bounded by it; set clip_sample=False "
+            "(e.g. DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)).",
+            stacklevel=3,
+        )
 
 
 def decoded_shape(vae, latent_shape: tuple[int, int, int]) -> tuple[int, int, int]:

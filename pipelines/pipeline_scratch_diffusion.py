@@ -50,7 +50,7 @@ from .inputs import (
 )
 from .inversion import ImageInput, invert_images
 from .latent_pipeline_support import LatentSpaceMixin
-from .latents import check_vae_fits_unet
+from .latents import check_vae_fits_unet, warn_if_scheduler_clips
 from .loading import installed_folder
 from .parametrization import check_scheduler_parametrization, resolve_parametrization
 from .postprocess import samples_to_images
@@ -213,6 +213,8 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         check_conditioning(class_labels, guidance_scale, self.num_classes)
         check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
         self.check_parametrization()
+        if self.vae is not None:
+            warn_if_scheduler_clips(self.scheduler)
         guided = self.num_classes is not None and class_labels is not None and guidance_scale != 1
         self.check_memory(batch_size * (2 if guided else 1))
 

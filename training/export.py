@@ -21,11 +21,17 @@ from scratch_schedulers import ScratchDDIMScheduler, ScratchFlowMatchScheduler
 GRID_MIN_CELL_PX = 64  # small images are upscaled (nearest) so a grid stays readable
 
 
-def sampling_scheduler(training_scheduler):
-    """The scheduler the saved pipeline samples with, built from the training scheduler's config."""
+def sampling_scheduler(training_scheduler, latent: bool = False):
+    """The scheduler the saved pipeline samples with, built from the training scheduler's config.
+
+    ``latent``: the UNet models a VAE's scaled latents, which are not confined to [−1, 1], so DDIM's x̂0 clipping
+    (diffusers' default ``clip_sample=True``, right for images) is switched off (as in Stable Diffusion's configs).
+    """
     if isinstance(training_scheduler, ScratchFlowMatchScheduler):
         return ScratchFlowMatchScheduler.from_config(training_scheduler.config)
-    return ScratchDDIMScheduler.from_config(training_scheduler.config, timestep_spacing="trailing")
+    return ScratchDDIMScheduler.from_config(
+        training_scheduler.config, timestep_spacing="trailing", **({"clip_sample": False} if latent else {})
+    )
 
 
 def build_pipeline(unet, scheduler, vae=None) -> ScratchDiffusionPipeline:

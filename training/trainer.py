@@ -97,7 +97,7 @@ def train(args) -> TrainingSummary:
     unet = build_unet(args.model_config_name_or_path, side, channels, data.num_classes)
     num_parameters = sum(p.numel() for p in unet.parameters())
     objective = make_objective(args)
-    sampling_scheduler = export.sampling_scheduler(objective.scheduler)
+    sampling_scheduler = export.sampling_scheduler(objective.scheduler, latent=vae is not None)
     ema = make_ema(unet, args)
     optimizer = make_optimizer(list(unet.parameters()), args)
     unet, optimizer, dataloader = accelerator.prepare(unet, optimizer, dataloader)

@@ -1,13 +1,16 @@
 """The demo behind ``make demo``: train on the built-in digits, sample with every sampler, measure.
 
-    python -m scratch_diffusion.demo                      # ≈ 5 min training + a few minutes of sampling
+    python -m scratch_diffusion.demo                      # ≈ 3 min training + a minute or two of sampling
+    python -m scratch_diffusion.demo --space pixel        # the UNet on the pixels (≈ 5 min) + bits/dim
     python -m scratch_diffusion.demo --reuse              # keep the trained model, re-sample and re-measure
     python -m scratch_diffusion.demo --quick              # seconds: a toy UNet, for tests
 
 Five steps, each with a progress bar:
 
-1. **train** a small class-conditional ``UNet2DModel`` on scikit-learn's digits (16×16) with
-   ``scratch_diffusion.training.run_training`` in this process (two torch threads by default);
+1. **train** (latent space, the default) a tiny ``AutoencoderKL`` (f = 2, 1×8×8 latents) with
+   ``scratch_diffusion.training.vae.run_vae_training``, then a small class-conditional ``UNet2DModel`` on its
+   latents of scikit-learn's digits (16×16) with ``scratch_diffusion.training.run_training`` (``--space pixel``:
+   on the pixels), both in this process (two torch threads by default);
 2. the trainer **saves** the pipeline, its model card and tensorboard logs in ``<output_dir>/pipeline``;
 3. **sample** with each sampler that reads the trained parametrisation (flow Euler and flow Heun
    for a flow model; DDPM and DDIM for a DDPM-family one) at several step counts, one requested
@@ -45,11 +48,12 @@ Modules (the names below are re-exported here):
 ``config``        ``DEFAULTS``, ``QUICK``, :class:`DemoConfig` and its checks
 ``cli``           the command line and ``main``
 ``outputs``       replacing an earlier run's outputs, or checking what ``--reuse`` keeps
-``training``      steps 1-2 through ``run_training``; ``--train_minutes`` calibration
+``training``      steps 1-2: the VAE, then ``run_training``; ``--train_minutes`` calibration
 ``sampling``      step 3: :class:`SampleSet`, the samplers, sampling and scoring a stage
 ``quality``       ``QUALITY_BAR`` and the verdict
 ``report``        ``metrics.md`` and the README table, from ``metrics.json``'s content
 ``figure``        ``demo.png``
+``likelihood``    bits/dim of a pixel-space model (ODE and bound)
 ``phases``        ``run``: one function per phase
 ``readme_table``  ``python -m scratch_diffusion.demo.readme_table metrics.json``
 ================  ===========================================================================

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from scratch_diffusion.demo.config import DEFAULTS, DemoError, resolve_config, use_quick_unet
+from scratch_diffusion.demo.config import DEFAULTS, SPACES, DemoError, resolve_config, use_quick_unet
 from scratch_diffusion.demo.phases import run
 
 
@@ -25,9 +25,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="sampling device; default cuda if available, else cpu")
 
     train = p.add_argument_group("training (ignored with --reuse)")
+    train.add_argument(
+        "--space",
+        choices=SPACES,
+        default=None,
+        help="diffuse in a tiny VAE's latent space (the VAE is trained first) or on the pixels; "
+        f"default {DEFAULTS['space']}",
+    )
+    train.add_argument(
+        "--vae_steps", type=int, default=None, help=f"VAE training steps (latent only); default {DEFAULTS['vae_steps']}"
+    )
     train.add_argument("--objective", choices=("flow", "ddpm"), default=None, help=f"default {DEFAULTS['objective']}")
     train.add_argument(
         "--prediction_type", choices=("epsilon", "v_prediction"), default=None, help="ddpm only; default epsilon"
+    )
+    train.add_argument(
+        "--logit_mean",
+        type=float,
+        default=None,
+        help="flow only: mean of logit(σ) in training (< 0: more training at low noise); "
+        f"default {DEFAULTS['logit_mean']}",
     )
     train.add_argument(
         "--model",

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 
 PIPELINE_SUBDIR = "pipeline"
+VAE_SUBDIR = "vae"
+SPACES = ("latent", "pixel")
 # The sweep's samplers by the trained model's path: its own, DPM-Solver++ (2M) on that path, and one sampler of the
 # other path reached through the exact change of variables (scratch_diffusion.pipelines, "Any model, any sampler").
 SAMPLERS = {
@@ -17,15 +19,24 @@ SAMPLERS = {
     "vp": ("DDIM", "DDPM", "DPM-Solver++", "flow Heun (flow path)"),
 }
 
-# The recipe `make demo` trains with, sized for about 5 minutes of training on 2 CPU cores. What was tried and
-# what it scored: benchmarks/bench_recipes.py (results: benchmarks/results/recipes.json; the README's
-# recipe-search table). At n = 1000, DPM-Solver++ 2M 10 steps, seed 0: 800 steps uniform σ 1.57× the real
-# baseline, 1600 uniform 1.29×, 800 logit-normal 1.42×, 1600 logit-normal 1.16× (Euler 10: 1.10×); the
-# seed-to-seed spread is wide (1600 uniform, seeds 0/1/2: 1.29×, 1.04×, 1.79×), so one run settles nothing.
+# The recipe `make demo` trains with, sized for about 3 minutes of training on 2 CPU cores (VAE + UNet). What was
+# tried and what it scored: benchmarks/bench_latent_recipes.py (the latent UNet's levers on one VAE; results in
+# benchmarks/results/latent_recipes.json), benchmarks/bench_recipes.py (the pixel UNet's and the objectives; results
+# in benchmarks/results/recipes*.json), benchmarks/bench_latent.py (latent vs pixel at equal time) — the README's
+# "What was tried" tables. The seed-to-seed spread is about ±0.05 in FD ratio and one draw of 1000 scatters by ±0.1,
+# so no single run settles a lever (benchmarks/bench_demo_seeds.py runs the whole demo per seed).
 DEFAULTS = {
+    # Diffuse in a VAE's latent space: a tiny AutoencoderKL (f = 2, one channel: a 16×16 digit is a 1×8×8 latent)
+    # is trained first, then the UNet on its latents — fewer numbers per image, so more updates per CPU-minute
+    # (benchmarks/bench_latent.py; the README's "Latent vs pixel" table). "pixel": the UNet on the 16×16 images.
+    "space": "latent",
+    "vae_steps": 1200,
     "objective": "flow",
     "prediction_type": None,  # ddpm only: epsilon (default) or v_prediction
     "weighting_scheme": "logit_normal",  # flow only: σ sampling in training (Esser et al., 2024, §3.1)
+    # flow only: the mean of logit(σ), below 0 = more training at low noise (≡ a training time shift s = e^m; the
+    # sampling grid is left at shift 1). Measured in benchmarks/bench_latent_recipes.py (the README's latent table).
+    "logit_mean": -0.7,
     "model": "compact",  # tiny's widths at three levels, attention only at 4×4: better and ~15 % faster per step
     "max_train_steps": 1600,
     "train_batch_size": 64,
@@ -56,6 +67,7 @@ QUICK_UNET = {
     "add_attention": False,
 }
 QUICK = {
+    "vae_steps": 8,
     "max_train_steps": 20,
     "train_batch_size": 16,
     "lr_warmup_steps": 2,
@@ -83,9 +95,12 @@ class DemoConfig:
     seed: int
     num_threads: int
     device: str
+    space: str
+    vae_steps: int
     objective: str
     prediction_type: str | None
     weighting_scheme: str | None
+    logit_mean: float | None
     model: str
     max_train_steps: int | None
     train_minutes: float | None
@@ -109,6 +124,15 @@ class DemoConfig:
     def pipeline_dir(self) -> Path:
         return self.output_dir / PIPELINE_SUBDIR
 
+    @property
+    def vae_dir(self) -> Path:
+        """Where the latent demo's VAE is trained (the pipeline keeps its own copy in ``pipeline/vae``)."""
+        return self.output_dir / VAE_SUBDIR
+
+    @property
+    def latent_cache_dir(self) -> Path:
+        return self.output_dir / "latent-cache"
+
 
 def resolve_config(args: argparse.Namespace) -> DemoConfig:
     """Fill unset options from ``QUICK`` (with ``--quick``) then ``DEFAULTS``; raise DemoError on bad values."""
@@ -121,6 +145,8 @@ def resolve_config(args: argparse.Namespace) -> DemoConfig:
     objective = pick("objective")
     if objective == "flow" and args.prediction_type is not None:
         raise DemoError("--prediction_type applies to --objective ddpm; flow matching predicts the velocity.")
+    if objective == "ddpm" and args.logit_mean is not None:
+        raise DemoError(f"--logit_mean {args.logit_mean:g} applies to --objective flow (logit-normal σ sampling) only.")
     max_train_steps = pick("max_train_steps") if args.train_minutes is None else None
     config = DemoConfig(
         output_dir=Path(args.output_dir),
@@ -129,9 +155,12 @@ def resolve_config(args: argparse.Namespace) -> DemoConfig:
         seed=args.seed,
         num_threads=args.num_threads,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        space=pick("space"),
+        vae_steps=pick("vae_steps"),
         objective=objective,
         prediction_type=(args.prediction_type or "epsilon") if objective == "ddpm" else None,
         weighting_scheme=base["weighting_scheme"] if objective == "flow" else None,
+        logit_mean=pick("logit_mean") if objective == "flow" else None,
         model=pick("model"),
         max_train_steps=max_train_steps,
         train_minutes=args.train_minutes,
@@ -152,6 +181,8 @@ def resolve_config(args: argparse.Namespace) -> DemoConfig:
         sample_batch_size=args.sample_batch_size,
     )
     checks = [
+        (config.space in SPACES, f"--space must be one of {', '.join(SPACES)}, got {config.space!r}"),
+        (config.vae_steps >= 1, f"--vae_steps must be ≥ 1, got {config.vae_steps}"),
         (config.max_train_steps is None or config.max_train_steps >= 1, "--max_train_steps must be ≥ 1"),
         (config.train_minutes is None or config.train_minutes > 0, "--train_minutes must be > 0"),
         (all(n >= 1 for n in config.step_counts), "--step_counts must be ≥ 1"),

@@ -11,6 +11,19 @@ OUTPUT_FILES = ("metrics.json", "metrics.md", "demo.png", "training.json")  # be
 REPORT_FILES = OUTPUT_FILES[:3]  # rewritten by every run, --reuse included
 
 
+def remove_vae_outputs(config: DemoConfig) -> None:
+    """Remove the latent demo's VAE folder and latent cache of an earlier run (refusing a folder it did not write)."""
+    from scratch_diffusion.training.vae import METRICS_FILE
+
+    vae, cache = config.vae_dir, config.latent_cache_dir
+    if vae.exists() and any(vae.iterdir()):
+        if not (vae / METRICS_FILE).is_file():
+            raise DemoError(f"{vae} exists and is not a VAE written by the demo (no {METRICS_FILE}); move it.")
+        shutil.rmtree(vae)
+    if cache.is_dir() and all(f.name.startswith("latents-") for f in cache.iterdir()):
+        shutil.rmtree(cache)
+
+
 def prepare_output_dir(config: DemoConfig) -> dict | None:
     """Clear an earlier run's outputs (saying so), or check what ``--reuse`` keeps.
 
@@ -40,6 +53,7 @@ def prepare_output_dir(config: DemoConfig) -> dict | None:
             )
         print(f"Replacing the earlier run in {out}: removing {pipeline} (pass --reuse to keep a trained model).")
         shutil.rmtree(pipeline)
+    remove_vae_outputs(config)
     for name in OUTPUT_FILES:
         if (out / name).is_file():
             (out / name).unlink()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 import time
 from collections.abc import Iterator
@@ -60,7 +61,9 @@ def train_or_reuse(config: DemoConfig) -> dict | None:
         print("[1/6] Training skipped (--reuse)")
         print(f"[2/6] Pipeline, model card and tensorboard logs: {config.pipeline_dir}")
         return record
-    print(f"[1/6] Training: {config.objective} objective, {config.model} UNet, class-conditional, built-in digits")
+    where = "on a tiny VAE's latents (VAE trained first)" if config.space == "latent" else "on the pixels"
+    print(f"[1/6] Training: {config.objective} objective, {config.model} UNet {where}, class-conditional, "
+          "built-in digits")  # fmt: skip
     record = train_model(config)
     (config.output_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"[2/6] Saved pipeline, model card and tensorboard logs to {config.pipeline_dir} "
@@ -114,6 +117,10 @@ def likelihood_of(pipe, config: DemoConfig) -> dict | None:
     """Step 4: bits/dim of the model on held-out digits, by the ODE and by the bound (None with 0 images)."""
     if config.likelihood_images == 0:
         print("[4/6] Likelihood skipped (--likelihood_images 0)")
+        return None
+    if getattr(pipe, "vae", None) is not None:
+        print("[4/6] Likelihood skipped: a latent model's ODE likelihood is of the VAE's latents, not of the digits' "
+              "pixels (--space pixel measures bits/dim)")  # fmt: skip
         return None
     print(f"[4/6] Likelihood: bits/dim of {config.likelihood_images} held-out digits, unconditional (null class)")
     record = measure_likelihood(pipe, str(config.pipeline_dir), config.likelihood_images, config.seed, config.quick)
@@ -199,6 +206,19 @@ def print_summary(config: DemoConfig, report: dict, best: SampleSet) -> None:
           f"{torch.get_num_threads()} torch threads)")  # fmt: skip
 
 
+def busy_machine_note(load: float | None, threads: int) -> str | None:
+    """A note when other work is running (1-minute load average ≥ 1): the demo's times will be slower than its README's.
+
+    With 2 threads beside busy processes, libgomp's spin-waiting makes an update many times slower
+    (``benchmarks/bench_processes.py``); 1 thread, or ``OMP_WAIT_POLICY=PASSIVE`` in the environment, avoids that
+    there — and costs ~2× on an idle machine, so neither is the default.
+    """
+    if load is None or load < 1.0:
+        return None
+    advice = "; with 2 threads beside busy processes training slows down many times: --num_threads 1" * (threads > 1)
+    return f"note: load average {load:.1f} before the demo: another job is running, the times will be slower{advice}"
+
+
 def run(config: DemoConfig) -> dict:
     """Steps 1-6; returns ``metrics.json``'s content.
 
@@ -207,6 +227,9 @@ def run(config: DemoConfig) -> dict:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     config.output_dir.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if note := busy_machine_note(load, torch.get_num_threads()):
+        print(note)
     started = time.perf_counter()
     phase_seconds: dict[str, float] = {}
     with timed(phase_seconds, "train"):
@@ -218,6 +241,7 @@ def run(config: DemoConfig) -> dict:
         likelihood = likelihood_of(pipe, config)
     report = build_report(config, record, pipe, classifier, stages, likelihood)
     report["phase_seconds"] = phase_seconds
+    report["load_average_at_start"] = load
     report["seconds_total"] = time.perf_counter() - started
     write_outputs(config, report, stages, pipe.num_classes)
     print_summary(config, report, stages.best)

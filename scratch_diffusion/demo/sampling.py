@@ -56,10 +56,16 @@ def other_class_keys_quiet() -> Iterator[None]:
         diffusers_logging.set_verbosity(level)
 
 
-def make_scheduler(sampler: str, saved_config, path: str):
-    """The scheduler of ``sampler`` built from the saved pipeline's scheduler config (quietly: see below)."""
+def make_scheduler(sampler: str, saved_config, path: str, latent: bool = False):
+    """The scheduler of ``sampler`` built from the saved pipeline's scheduler config (quietly: see below).
+
+    ``latent``: the model denoises a VAE's scaled latents, so DDIM and DDPM do not clip x̂0 to ±1.
+    """
     with other_class_keys_quiet():
-        return _make_scheduler(sampler, saved_config, path)
+        scheduler = _make_scheduler(sampler, saved_config, path)
+    if latent and scheduler.config.get("clip_sample", False):
+        scheduler = type(scheduler).from_config(scheduler.config, clip_sample=False)
+    return scheduler
 
 
 def _make_scheduler(sampler: str, saved_config, path: str):
@@ -179,7 +185,8 @@ def combine_draws(draws: list[dict]) -> dict:
 
 def score_set(pipe, sample: SampleSet, seed: int, batch_size: int, classifier, bar: tqdm) -> None:
     """Sample and score ``sample.draws`` draws; sets ``images``/``labels`` (first draw), ``seconds``, ``results``."""
-    pipe.scheduler = make_scheduler(sample.sampler, pipe.scheduler.config, pipe.trained_parametrization.path)
+    latent = getattr(pipe, "vae", None) is not None
+    pipe.scheduler = make_scheduler(sample.sampler, pipe.scheduler.config, pipe.trained_parametrization.path, latent)
     sample.nfe = evaluations_per_image(pipe.scheduler, sample.steps)
     results = []
     start = time.perf_counter()

@@ -29,17 +29,27 @@ def classifier_cache(tmp_path_factory):
         yield directory
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory, classifier_cache):
-    """One quick demo run (one torch thread, as the rest of the suite) and what it printed."""
+def _quick_demo(tmp_path_factory, *flags: str) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("demo") / "demo"
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch, _capture() as printed:
         patch.setenv("HF_HUB_OFFLINE", "1")
-        code = demo.main(["--quick", "--output_dir", str(out), "--num_threads", "1"])
+        code = demo.main(["--quick", "--output_dir", str(out), "--num_threads", "1", *flags])
     torch.set_num_threads(threads)
     assert code == 0
     return out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, classifier_cache):
+    """One quick demo run as ``make demo`` runs it (latent space; one torch thread, as the rest of the suite)."""
+    return _quick_demo(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def quick_pixel_run(tmp_path_factory, classifier_cache):
+    """One quick demo run with ``--space pixel`` (the UNet on the pixels: no VAE, a likelihood phase)."""
+    return _quick_demo(tmp_path_factory, "--space", "pixel")
 
 
 class _capture:
@@ -65,8 +75,53 @@ def test_pipeline_folder_loads_and_samples(quick_run):
     pipe = ScratchDiffusionPipeline.from_pretrained(str(out / "pipeline"))
     assert pipe.num_classes == 10
     assert pipe.trained_parametrization.path == "flow"
+    assert pipe.vae is not None and pipe.latent_shape == (1, 8, 8)  # the demo VAE's 1×8×8 latents
     images = pipe(batch_size=2, num_inference_steps=2, class_labels=[3, 7], guidance_scale=2.0, output_type="np")
     assert images.images.shape == (2, 16, 16, 1)
+
+
+def test_latent_demo_trains_its_vae_first_and_records_it(quick_run):
+    from safetensors.torch import load_file
+
+    out, printed = quick_run
+    training = json.loads((out / "training.json").read_text())
+    vae = training["vae"]
+    assert training["space"] == "latent" and vae["steps"] == demo.QUICK["vae_steps"] and vae["seconds"] > 0
+    assert vae["latent_shape"] == [1, 8, 8] and vae["downsampling_factor"] == 2 and vae["psnr"] > 0
+    assert "--vae_name_or_path" in training["argv"] and vae["command"].startswith("python training/train_vae.py ")
+    argv = training["argv"]
+    assert argv[argv.index("--logit_mean") + 1] == str(demo.DEFAULTS["logit_mean"]) == str(training["logit_mean"])
+    # the pipeline's vae is the one trained into vae/ (with the scale the trainer measured)
+    saved = load_file(str(out / "pipeline" / "vae" / "diffusion_pytorch_model.safetensors"))
+    trained = load_file(str(out / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert saved.keys() == trained.keys() and all(torch.equal(saved[k], trained[k]) for k in saved)
+    assert json.loads((out / "pipeline" / "vae" / "config.json").read_text())["scaling_factor"] == pytest.approx(
+        vae["scaling_factor"]
+    )
+    assert f"VAE: {vae['steps']} steps in" in printed and "1×8×8 latents, held-out PSNR" in printed
+    assert "[4/6] Likelihood skipped: a latent model's ODE likelihood is of the VAE's latents" in printed
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["likelihood"] is None and report["settings"]["space"] == "latent"
+
+
+def test_pixel_demo_has_no_vae_and_measures_bits_per_dim(quick_pixel_run):
+    from scratch_diffusion.pipelines import ScratchDiffusionPipeline
+
+    out, printed = quick_pixel_run
+    assert ScratchDiffusionPipeline.from_pretrained(str(out / "pipeline")).vae is None
+    assert not (out / "vae").exists() and "VAE:" not in printed
+    training = json.loads((out / "training.json").read_text())
+    assert training["space"] == "pixel" and "vae" not in training and "--vae_name_or_path" not in training["argv"]
+    table = (out / "metrics.md").read_text()
+    assert "Bits/dim: ODE (Heun" in table and "bits/dim (n=4 held-out digits" in table
+    report = json.loads((out / "metrics.json").read_text())
+    _, _, _, likelihood = demo.readme_table(report).split("\n\n")
+    ode, bound = report["likelihood"]["ode"], report["likelihood"]["bound"]
+    assert likelihood.startswith("Bits/dim: ODE (Heun ")
+    assert f"{ode['bits_per_dim']:.3f} ± {ode['stderr']:.3f}" in likelihood
+    assert f"{bound['bits_per_dim']:.3f} ± {bound['stderr']:.3f}" in likelihood
+    steps, minutes = training["steps"], training["seconds"] / 60
+    assert demo.readme_table(report).startswith(f"Measured here ({steps} training steps in {minutes:.1f} min; ")
 
 
 def test_model_card_and_tensorboard_logs(quick_run):
@@ -145,7 +200,6 @@ def test_metrics_json_table_and_figure(quick_run):
     ]
     # + the best setting's two-column summary table: samples, feature space, FD, KID, confident, class match
     assert len(rows) == len(report["results"]) + 6
-    assert "Bits/dim: ODE (Heun" in table and "bits/dim (n=4 held-out digits" in table
     header = next(line for line in table.splitlines() if line.startswith("| stage"))
     assert all(row.count("|") == header.count("|") for row in rows[: len(report["results"])])
     assert f"Quality bar ({demo.bar_text()}): **not met**." in table
@@ -162,7 +216,8 @@ def test_summary_names_outputs_best_and_load_command(quick_run):
     assert re.search(r"best: .*FD [\d.]+ vs real-data baseline [\d.]+ ± [\d.]+", printed)
     load = next(line for line in printed.splitlines() if "load it:" in line)
     assert "ScratchDiffusionPipeline" in load and str(out / "pipeline") in load
-    assert "digits classifier trained now in" in printed  # the module's cache starts empty
+    # the module's cache starts empty: the VAE's evaluation trains the metric's classifier, the demo then loads it
+    assert "digits classifier loaded from cache" in printed
     assert f"quality bar ({demo.bar_text()}): NOT met" in printed
 
 
@@ -195,13 +250,10 @@ def test_readme_table_command_prints_the_table_of_metrics_json(quick_run, tmp_pa
     command = [sys.executable, "-m", "scratch_diffusion.demo.readme_table", str(out / "metrics.json")]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     assert done.stdout == demo.readme_table(report) + "\n"
-    caption, table, verdict, likelihood = done.stdout.strip().split("\n\n")
-    ode, bound = report["likelihood"]["ode"], report["likelihood"]["bound"]
-    assert likelihood.startswith("Bits/dim: ODE (Heun ")
-    assert f"{ode['bits_per_dim']:.3f} ± {ode['stderr']:.3f}" in likelihood
-    assert f"{bound['bits_per_dim']:.3f} ± {bound['stderr']:.3f}" in likelihood
-    steps, minutes = report["training"]["steps"], report["training"]["seconds"] / 60
-    assert caption.startswith(f"Measured here ({steps} training steps in {minutes:.1f} min; whole demo ")
+    caption, table, verdict = done.stdout.strip().split("\n\n")  # a latent run: no bits/dim line
+    vae, steps, minutes = report["training"]["vae"], report["training"]["steps"], report["training"]["seconds"] / 60
+    assert caption.startswith(f"Measured here (a tiny VAE ({vae['steps']} steps in {vae['seconds'] / 60:.1f} min; ")
+    assert f"then {steps} training steps in {minutes:.1f} min on its 1×8×8 latents; whole demo " in caption
     lines = table.splitlines()
     assert "\n".join(lines[:2]) in README.read_text()  # the README shows this very table layout
     assert len(lines) == 2 + len(report["results"])
@@ -232,15 +284,28 @@ def test_rerun_with_reuse_says_so_and_without_replaces(quick_run):
     report = json.loads((out / "metrics.json").read_text())
     assert report["reused_pipeline"] is True and report["training"]["steps"] == demo.QUICK["max_train_steps"]
 
+    vae_weights = out / "vae" / "diffusion_pytorch_model.safetensors"
+    vae_before = vae_weights.stat().st_mtime_ns
     with _capture() as printed:
         assert demo.main(common) == 0
     assert f"Replacing the earlier run in {out}" in printed.getvalue()
     assert json.loads((out / "metrics.json").read_text())["reused_pipeline"] is False
+    assert vae_weights.stat().st_mtime_ns != vae_before  # the VAE is trained again too
+    assert len(list((out / "latent-cache").iterdir())) == 1  # the earlier run's latents were removed
 
 
 def test_bad_input_exits_2(tmp_path, capsys):
     assert demo.main(["--quick", "--output_dir", str(tmp_path / "none"), "--reuse"]) == 2
     assert "no trained pipeline" in capsys.readouterr().err
+    (tmp_path / "mine" / "vae").mkdir(parents=True)
+    (tmp_path / "mine" / "vae" / "notes.txt").write_text("not the demo's")
+    assert demo.main(["--quick", "--output_dir", str(tmp_path / "mine")]) == 2
+    assert "is not a VAE written by the demo (no vae_metrics.json)" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "vae" / "notes.txt").is_file()
+    assert demo.main(["--quick", "--vae_steps", "0"]) == 2
+    assert "--vae_steps must be ≥ 1, got 0" in capsys.readouterr().err
+    assert demo.main(["--objective", "ddpm", "--logit_mean", "-0.5"]) == 2
+    assert "--logit_mean -0.5 applies to --objective flow" in capsys.readouterr().err
     assert demo.main(["--objective", "flow", "--prediction_type", "epsilon"]) == 2
     with pytest.raises(SystemExit):
         demo.main(["--max_train_steps", "5", "--train_minutes", "1"])

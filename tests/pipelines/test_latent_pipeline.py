@@ -41,7 +41,7 @@ REPO_ID = "your-name/my-latent-pipeline"
 
 def latent_pipeline(scheduler=None, vae: AutoencoderKL | None = None, **unet_overrides) -> ScratchDiffusionPipeline:
     unet = tiny_unet(**{**LATENT_UNET, **unet_overrides})
-    scheduler = ScratchDDIMScheduler() if scheduler is None else scheduler
+    scheduler = ScratchDDIMScheduler(clip_sample=False) if scheduler is None else scheduler
     pipe = ScratchDiffusionPipeline(unet=unet, scheduler=scheduler, vae=tiny_vae() if vae is None else vae)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -80,10 +80,10 @@ def test_sampling_runs_on_latents_and_decodes():
 
 
 SCHEDULERS = {
-    "scratch-ddim": lambda: ScratchDDIMScheduler(),
-    "scratch-ddpm": lambda: ScratchDDPMScheduler(),
+    "scratch-ddim": lambda: ScratchDDIMScheduler(clip_sample=False),  # latents are not confined to ±1
+    "scratch-ddpm": lambda: ScratchDDPMScheduler(clip_sample=False),
     "scratch-flow-heun": lambda: ScratchFlowMatchScheduler(solver="heun"),  # the VP UNet through the conversion
-    "diffusers-ddim": lambda: DDIMScheduler(),
+    "diffusers-ddim": lambda: DDIMScheduler(clip_sample=False),
     "diffusers-dpm": lambda: DPMSolverMultistepScheduler(),
     "diffusers-euler": lambda: EulerDiscreteScheduler(),  # init_noise_sigma ≠ 1, scale_model_input
 }
@@ -92,8 +92,8 @@ SCHEDULERS = {
 @pytest.mark.parametrize("name", list(SCHEDULERS))
 def test_guidance_callbacks_and_schedulers_are_the_pixel_loop_on_latents(name):
     """With classifier-free guidance and a callback, the latents equal the pixel pipeline's on the same UNet."""
-    pipe = latent_pipeline(ScratchDDPMScheduler(), num_class_embeds=4)
-    pixel = ScratchDiffusionPipeline(unet=pipe.unet, scheduler=ScratchDDPMScheduler())  # the same trained model
+    pipe = latent_pipeline(ScratchDDPMScheduler(clip_sample=False), num_class_embeds=4)
+    pixel = ScratchDiffusionPipeline(unet=pipe.unet, scheduler=ScratchDDPMScheduler(clip_sample=False))
     pipe.scheduler, pixel.scheduler = SCHEDULERS[name](), SCHEDULERS[name]()
     pixel.set_progress_bar_config(disable=True)
     seen = []
@@ -132,13 +132,28 @@ def test_a_vae_that_does_not_fit_the_unet_is_refused_naming_both_numbers():
 SAMPLE_CALL = dict(batch_size=2, num_inference_steps=3, output_type="np")
 
 
+def test_a_scheduler_that_clips_x0_warns_on_latents_and_not_on_pixels():
+    """clip_sample clamps x̂0 to ±1: right for images in [−1, 1], wrong for a VAE's scaled latents."""
+    call = dict(batch_size=1, num_inference_steps=2, output_type="latent")
+    pipe = latent_pipeline(DDIMScheduler())  # diffusers' default: clip_sample=True
+    with pytest.warns(UserWarning, match=r"clip_sample=True.*not bounded by it; set clip_sample=False"):
+        pipe(**call)
+    pipe.scheduler = DDIMScheduler(clip_sample=False)
+    pixel = ScratchDiffusionPipeline(unet=pipe.unet, scheduler=DDIMScheduler())
+    pixel.set_progress_bar_config(disable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe(**call)
+        pixel(**call)
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
     """A folder holding ``latent-pipeline/`` (latent scale 0.5, shift 0.1) and ``expected.npy``, its samples."""
     root = tmp_path_factory.mktemp("latent")
     vae = tiny_vae()
     vae.register_to_config(scaling_factor=0.5, shift_factor=0.1)  # as train_vae.py records a measured scale
-    pipe = latent_pipeline(ScratchDDIMScheduler(prediction_type="v_prediction"), vae=vae)
+    pipe = latent_pipeline(ScratchDDIMScheduler(prediction_type="v_prediction", clip_sample=False), vae=vae)
     pipe.save_pretrained(root / "latent-pipeline")
     np.save(root / "expected.npy", pipe(**SAMPLE_CALL, generator=torch.manual_seed(0)).images)
     return root
