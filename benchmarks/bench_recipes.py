@@ -94,6 +94,9 @@ OBJECTIVES = {  # at the same 800 steps; the flow uniform row is steps_800
     "ddpm_v_cosine": Recipe(demo=V_PRED, flags=("--ddpm_beta_schedule", "squaredcos_cap_v2")),
     "ddpm_eps_min_snr_5": Recipe(demo=DDPM, flags=("--snr_gamma", "5")),
     "ddpm_v_zero_snr_min_snr_5": Recipe(demo=V_PRED, flags=("--rescale_betas_zero_snr", "--snr_gamma", "5")),
+    "ddpm_x0_linear": Recipe(demo={**DDPM, "prediction_type": "sample"}),
+    "ddpm_eps_scaled_linear": Recipe(demo=DDPM, flags=("--ddpm_beta_schedule", "scaled_linear")),
+    "ddpm_eps_sigmoid": Recipe(demo=DDPM, flags=("--ddpm_beta_schedule", "sigmoid")),
     **{name: RECIPES[name] for name in ("steps_800", "flow_logit_normal", "flow_shift_2")},
 }
 GROUPS = {"recipes": RECIPES, "objectives": OBJECTIVES}
