@@ -7,17 +7,27 @@ they count against the demo's budget. Run it alone: a job beside it measures the
 
     python benchmarks/bench_cpu_options.py --num_threads 2
     python benchmarks/bench_cpu_options.py --num_threads 2 --no_compile
+    python benchmarks/bench_cpu_options.py --table             # the recorded table, measuring nothing
+
+Every run records its timings, settings and machine in ``--results`` (default ``benchmarks/results/cpu_options.json``,
+replaced).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import UNet2DModel
+from provenance import print_recorded
+from results_io import environment, write_results
 
 from scratch_diffusion.training.models import load_unet_config
+
+RESULTS = Path(__file__).resolve().parent / "results" / "cpu_options.json"
 
 
 def make_unet(preset: str) -> UNet2DModel:
@@ -26,7 +36,22 @@ def make_unet(preset: str) -> UNet2DModel:
     return UNet2DModel(**config, num_class_embeds=11)
 
 
-def main() -> None:
+def table(record: dict[str, Any]) -> str:
+    """The documentation's table of a recorded run."""
+    s, best = record["settings"], record["seconds_per_update"]
+    threads = f"{s['num_threads']} torch thread{'s' if s['num_threads'] != 1 else ''}"
+    lines = [
+        f"| option (`{s['preset']}` UNet, batch {s['batch_size']}, {threads}) | ms per update | vs eager "
+        "| one-off cost |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, seconds in best.items():
+        cost = f"{record['compile_seconds']:.0f} s compiling" if name == "torch.compile" else "–"
+        lines.append(f"| {name} | {1e3 * seconds:.0f} | {best['eager'] / seconds:.2f}× | {cost} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="compact")
     p.add_argument("--batch_size", type=int, default=64)
@@ -34,7 +59,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="updates per timed round")
     p.add_argument("--repeats", type=int, default=5, help="rounds per variant (the best is reported)")
     p.add_argument("--no_compile", action="store_true", help="skip torch.compile (its compilation takes minutes)")
-    args = p.parse_args()
+    p.add_argument("--results", type=Path, default=RESULTS, help="JSON file the run is recorded in")
+    p.add_argument("--table", action="store_true", help="print the table recorded in --results; measure nothing")
+    args = p.parse_args(argv)
+    if args.table:
+        print_recorded(args.results, table, "`python benchmarks/bench_cpu_options.py --num_threads 2` (run it alone)")
+        return
     torch.set_num_threads(args.num_threads)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, 1, 16, 16, generator=generator)
@@ -70,12 +100,13 @@ def main() -> None:
             for _ in range(args.steps):
                 update(model, optimizer, sample)
             best[name] = min(best[name], (time.perf_counter() - start) / args.steps)
-    print(f"| option ({args.preset}, batch {args.batch_size}, {args.num_threads} threads) | ms per update | "
-          "vs eager | one-off cost |")  # fmt: skip
-    print("|---|---:|---:|---:|")
-    for name, seconds in best.items():
-        cost = f"{compile_seconds:.0f} s compiling" if name == "torch.compile" else "–"
-        print(f"| {name} | {1e3 * seconds:.0f} | {best['eager'] / seconds:.2f}× | {cost} |")
+    settings = {"preset": args.preset, "batch_size": args.batch_size, "num_threads": args.num_threads,
+                "steps": args.steps, "repeats": args.repeats}  # fmt: skip
+    record = {"environment": environment(), "settings": settings, "seconds_per_update": best,
+              "compile_seconds": compile_seconds}  # fmt: skip
+    print(table(record))
+    write_results(args.results, record)
+    print(f"recorded in {args.results}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,11 @@ and stays meaningful on a machine shared with other jobs; ``--clock wall`` measu
 instead. Prints one table and the ratio (target ≥ 0.85).
 
     python benchmarks/bench_training.py                      # small UNet, 16×16, batch 64
-    python benchmarks/bench_training.py --preset tiny --steps 20
+    python benchmarks/bench_training.py --preset tiny --steps 20 --results /tmp/training-tiny.json
+    python benchmarks/bench_training.py --table              # the recorded table, measuring nothing
+
+Every run records its images/s per repeat, settings and machine in ``--results`` (default
+``benchmarks/results/training.json``, replaced); run it alone, since a job beside it measures contention.
 """
 
 from __future__ import annotations
@@ -28,15 +32,22 @@ import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from provenance import print_recorded
+from results_io import environment, write_results
 
 from scratch_diffusion.training import run_training
 from scratch_diffusion.training.cli import parse_args as parse_train_args
-from scratch_diffusion.training.losses import make_objective
 from scratch_diffusion.training.models import build_unet
+from scratch_diffusion.training.objectives import make_objective
 from scratch_diffusion.training.optimization import make_optimizer
+
+RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
+TARGET = 0.85  # train.py's images/s ≥ 0.85 × the bare loop's
 
 
 def bare_loop(preset: str, batch: int, resolution: int, steps: int, clock) -> float:
@@ -85,7 +96,25 @@ def train_py_loop(preset: str, batch: int, resolution: int, steps: int, clock_na
     return batch / summary.cpu_seconds_per_step  # one process, no accumulation: `batch` images per update
 
 
-def main() -> None:
+def table(record: dict[str, Any]) -> str:
+    """The documentation's table of a recorded run: medians, every repeat, the ratio."""
+    s = record["settings"]
+    clock = {"cpu": "process CPU time", "wall": "wall time"}[s["clock"]]
+    bare, ours = record["images_per_second"]["bare loop"], record["images_per_second"]["train.py loop"]
+    ratio = statistics.median(ours) / statistics.median(bare)
+    setting = f"`{s['preset']}` UNet, {s['resolution']}×{s['resolution']}, batch {s['batch_size']}, {s['device']}"
+    return "\n".join([
+        f"Images/s, median of {s['repeats']} alternating repeats of {s['steps']} timed updates ({clock}; every repeat "
+        "in brackets):",
+        "",
+        f"| setting | bare loop | train.py loop | train.py / bare (target ≥ {TARGET}) |",
+        "|---|---:|---:|---:|",
+        f"| {setting} | {statistics.median(bare):.1f} ({', '.join(f'{v:.1f}' for v in bare)}) | "
+        f"{statistics.median(ours):.1f} ({', '.join(f'{v:.1f}' for v in ours)}) | **{ratio:.2f}** |",
+    ])  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="small")
     p.add_argument("--batch_size", type=int, default=64)
@@ -93,7 +122,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="timed steps per loop (one more runs as warm-up)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--clock", choices=("cpu", "wall"), help="default: wall on a GPU, cpu otherwise")
-    a = p.parse_args()
+    p.add_argument("--results", type=Path, default=RESULTS, help="JSON file the run is recorded in")
+    p.add_argument("--table", action="store_true", help="print the table recorded in --results; measure nothing")
+    a = p.parse_args(argv)
+    if a.table:
+        print_recorded(a.results, table, "`python benchmarks/bench_training.py` (run it alone)")
+        return
     a.clock = a.clock or ("wall" if torch.cuda.is_available() else "cpu")
     if a.clock == "cpu":
         torch.set_num_threads(1)
@@ -111,16 +145,14 @@ def main() -> None:
             f"train.py {results['train.py loop'][-1]:.1f} img/s",
             flush=True,
         )
-    device = "cuda" if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} thread(s)"
-    print(f"\nUNet preset {a.preset!r}, {a.resolution}×{a.resolution}, batch {a.batch_size}, {device}, "
-          f"{a.clock} clock, {a.steps} timed steps × {a.repeats} repeats\n")  # fmt: skip
-    print("| loop | images/s (median) | all runs |")
-    print("|---|---|---|")
-    for name, values in results.items():
-        runs = ", ".join(f"{v:.1f}" for v in values)
-        print(f"| {name} | {statistics.median(values):.1f} | {runs} |")
-    ratio = statistics.median(results["train.py loop"]) / statistics.median(results["bare loop"])
-    print(f"\ntrain.py / bare = {ratio:.3f} (target ≥ 0.85)")
+    device = "cuda" if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} torch thread)"
+    settings = {"preset": a.preset, "resolution": a.resolution, "batch_size": a.batch_size, "device": device,
+                "clock": a.clock, "steps": a.steps, "repeats": a.repeats}  # fmt: skip
+    record = {"environment": environment(), "settings": settings, "images_per_second": results}
+    print()
+    print(table(record))
+    write_results(a.results, record)
+    print(f"\nrecorded in {a.results}")
 
 
 if __name__ == "__main__":

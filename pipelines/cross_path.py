@@ -5,7 +5,9 @@ sample and timestep are mapped to the point of the model's path with the same SN
 output is converted into what the scheduler expects (``scratch_schedulers.path_change``: the exact
 change of variables; Nakkiran et al., 2024). Everything is computed once per schedule on the host
 (:func:`plan_model_calls`), so a step only multiplies by two numbers and indexes a timestep tensor
-already on the device: the UNet call count is the native one and no step reads a value back.
+already on the device: the UNet call count is the native one and no step reads a value back. A
+scheduler of the model's own parametrisation gets a plan too, of identity calls at its own timesteps
+(:func:`native_model_calls`), so every caller runs one code path (:class:`~.denoiser.Denoiser`).
 
 **What can be described.** A scheduler's path and parametrisation (``noise_path.parametrization_of``):
 ours and diffusers' VP schedulers (``alphas_cumprod``; DDPM, DDIM, DPM-Solver, Euler, UniPC, …),
@@ -19,9 +21,12 @@ before any model evaluation.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +36,7 @@ from scratch_schedulers.noise_path import (
     make_betas,
     parametrization_of,
     rescale_zero_terminal_snr,
+    signal_noise_at,
 )
 from scratch_schedulers.path_change import (
     PathPoint,
@@ -41,6 +47,7 @@ from scratch_schedulers.path_change import (
     vp_log_snr_table,
     vp_model_point,
 )
+from scratch_schedulers.samplers import log_snr
 
 # The keys of a training scheduler's config that fix its noise path (saved as the pipeline's noise_schedule).
 VP_SCHEDULE_DEFAULTS = {
@@ -88,6 +95,11 @@ class ModelPath:
         table = vp_log_snr_table(torch.cumprod(1.0 - betas, dim=0))
         return cls(parametrization, int(s["num_train_timesteps"]), table)
 
+    @staticmethod
+    def of_schedule(parametrization: Parametrization, schedule: Mapping) -> ModelPath:
+        """:meth:`from_schedule`, built once per (parametrisation, schedule) and reused by every call."""
+        return _cached_model_path(parametrization, json.dumps(schedule, sort_keys=True))
+
     def point(self, lam: float) -> PathPoint:
         """Where the model is evaluated for a sampler point of log-SNR ``lam``."""
         if self.parametrization.path == "flow":
@@ -95,24 +107,25 @@ class ModelPath:
         return vp_model_point(lam, self.log_snr_table)
 
 
+@functools.lru_cache(maxsize=16)
+def _cached_model_path(parametrization: Parametrization, schedule_json: str) -> ModelPath:
+    return ModelPath.from_schedule(parametrization, json.loads(schedule_json))
+
+
 def sampler_levels(scheduler: object, path: str) -> list[tuple[float, float]]:
     """(a, b) of the model input at every entry of ``scheduler.timesteps`` (after ``scale_model_input``).
 
     Schedulers with one ``sigmas`` entry per timestep plus a final one (DPM-Solver, Euler, UniPC,
     flow matching) sample at those levels: σ on the flow path, s = b/a on the VP path, where
-    a = 1/√(1 + s²). Others (DDPM, DDIM) are at ᾱ_t of their integer timesteps; a fractional t
-    interpolates s linearly, as diffusers' discrete schedulers do.
+    a = 1/√(1 + s²). Others (DDPM, DDIM) are at the path point of their timesteps
+    (``noise_path.signal_noise_at``: a fractional t interpolates s linearly, as diffusers' discrete schedulers do).
     """
-    timesteps = torch.as_tensor(scheduler.timesteps).detach().cpu().to(torch.float64)
+    timesteps = torch.as_tensor(scheduler.timesteps).detach().cpu()
     sigmas = getattr(scheduler, "sigmas", None)
-    if sigmas is not None and len(sigmas) == len(timesteps) + 1:
-        levels = torch.as_tensor(sigmas).detach().cpu().to(torch.float64)[:-1]
-    elif path == "flow":
-        levels = timesteps / scheduler.config.num_train_timesteps
-    else:
-        alpha_bar = torch.as_tensor(scheduler.alphas_cumprod).detach().cpu().to(torch.float64).numpy()
-        table = np.sqrt((1 - alpha_bar) / alpha_bar)
-        levels = torch.from_numpy(np.interp(timesteps.numpy(), np.arange(len(table)), table))
+    if sigmas is None or len(sigmas) != len(timesteps) + 1:
+        a, b = signal_noise_at(scheduler, timesteps)
+        return list(zip(a.tolist(), b.tolist(), strict=True))
+    levels = torch.as_tensor(sigmas).detach().cpu().to(torch.float64)[:-1]
     if path == "flow":
         return [(1 - s, s) for s in levels.tolist()]
     a = 1 / torch.sqrt(1 + levels**2)
@@ -120,14 +133,33 @@ def sampler_levels(scheduler: object, path: str) -> list[tuple[float, float]]:
     return list(zip(a.tolist(), b.tolist(), strict=True))
 
 
-class ModelCall:
-    """The UNet evaluation for one sampler point: scale the input, call at the model's timestep, read out."""
+class Point(NamedTuple):
+    """A point x = a·x0 + b·ε of a path, with its log-SNR λ = log(a/b)."""
 
-    def __init__(self, input_scale: float, readouts: Sequence[tuple[float, float]]):
+    a: float
+    b: float
+    lam: float
+
+
+class ModelCall:
+    """The UNet evaluation for one sampler point: scale the input, call at the model's timestep, read out.
+
+    ``sampler`` and ``model`` are the two points (a, b, λ) of the call: where the sampler is and where the
+    model is evaluated (same λ; the same point when the scheduler samples the model's own parametrisation).
+    """
+
+    def __init__(
+        self,
+        input_scale: float,
+        readouts: Sequence[tuple[float, float]],
+        sampler: Point | None = None,
+        model: Point | None = None,
+    ):
         # Identities within rounding (a same-path conversion gives 1 ± 1e-16) are snapped to exactly 1 and 0,
         # so the loop skips those full-tensor multiplies.
         self.input_scale = _snap(input_scale, 1.0)
         self.readouts = tuple((_snap(p, 1.0), _snap(q, 0.0)) for p, q in readouts)  # target = p·output + q·x_model
+        self.sampler, self.model = sampler, model if model is not None else sampler
 
     def scale_input(self, x: torch.Tensor) -> torch.Tensor:
         """The sampler's sample at the model's point of equal SNR."""
@@ -149,10 +181,30 @@ def _read(output: torch.Tensor, x_model: torch.Tensor, p: float, q: float) -> to
 
 @dataclass
 class ModelCalls:
-    """One :class:`ModelCall` per sampler point and the model timesteps, already on the device."""
+    """The plan of one run: a :class:`ModelCall` per sampler point and the model timesteps, already on the device.
+
+    ``targets`` are the prediction types each call returns, in order.
+    """
 
     calls: list[ModelCall]
     timesteps: torch.Tensor
+    targets: tuple[str, ...]
+
+
+def native_model_calls(
+    timesteps: torch.Tensor, prediction_type: str, levels: Sequence[tuple[float, float]] | None = None
+) -> ModelCalls:
+    """Identity calls at the sampler's own ``timesteps`` (the model samples its own parametrisation).
+
+    ``levels``: the sampler points (a, b) of the timesteps, recorded as both points of each call; without
+    them (one timestep per example) the calls carry no point.
+    """
+    if levels is None:
+        points = [None] * len(timesteps)
+    else:
+        a, b = torch.tensor(levels, dtype=torch.float64).reshape(-1, 2).unbind(1)
+        points = [Point(*point) for point in zip(a.tolist(), b.tolist(), log_snr(a, b).tolist(), strict=True)]
+    return ModelCalls([ModelCall(1.0, [(1.0, 0.0)], point) for point in points], timesteps, (prediction_type,))
 
 
 def plan_model_calls(
@@ -177,27 +229,28 @@ def plan_model_calls(
                 f"(a={a:.4g}, b={b:.4g}, λ={lam:.4g}; model timestep {point.timestep:.4g}): the conversion divides by "
                 "zero there. Use a schedule that avoids this point, or a scheduler of the model's own parametrisation."
             )
-        calls.append(ModelCall(rescale_factor(a, b, point.a, point.b), readouts))
+        sampler, model_point = Point(a, b, lam), Point(point.a, point.b, lam)
+        calls.append(ModelCall(rescale_factor(a, b, point.a, point.b), readouts, sampler, model_point))
         timesteps.append(point.timestep)
-    return ModelCalls(calls, torch.tensor(timesteps, dtype=torch.float32).to(device))
+    return ModelCalls(calls, torch.tensor(timesteps, dtype=torch.float32).to(device), tuple(targets))
 
 
 def scheduler_model_calls(
     scheduler: object,
     sampled: Parametrization,
     trained: Parametrization,
-    noise_schedule: Mapping,
+    noise_schedule: Mapping | None,
     targets: Sequence[str] | None,
     device: torch.device,
     levels: Sequence[tuple[float, float]] | None = None,
-) -> ModelCalls | None:
-    """The model calls for ``scheduler``'s current timesteps (or ``levels``), or None where it samples natively.
+) -> ModelCalls:
+    """The model calls for ``scheduler``'s current timesteps (or ``levels``), read once from the scheduler.
 
     ``targets`` None asks for the scheduler's own prediction type, and a scheduler of the trained
-    parametrisation then calls the UNet as it is (no conversion at all).
+    parametrisation then calls the UNet as it is, at its own timesteps (:func:`native_model_calls`).
     """
-    if targets is None and sampled == trained:
-        return None
-    model = ModelPath.from_schedule(trained, noise_schedule)
     levels = sampler_levels(scheduler, sampled.path) if levels is None else levels
+    if targets is None and sampled == trained:
+        return native_model_calls(scheduler.timesteps, sampled.prediction_type, levels)
+    model = ModelPath.of_schedule(trained, noise_schedule)
     return plan_model_calls(levels, model, targets or (sampled.prediction_type,), device)

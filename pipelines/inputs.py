@@ -68,19 +68,21 @@ def check_call_arguments(
 
 
 def check_conditioning(
-    class_labels: int | Sequence[int] | torch.Tensor | None, guidance_scale: float, num_classes: int | None
+    class_labels: int | Sequence[int] | torch.Tensor | None, guidance: object | None, num_classes: int | None
 ) -> None:
-    """Class labels only for a class-conditional UNet; guidance only towards given class labels."""
+    """Class labels only for a class-conditional UNet; a guidance rule that needs labels only towards given ones.
+
+    ``guidance`` is the call's rule (``guidance.py``) or None; one whose ``needs_labels`` is False passes.
+    """
     if num_classes is None and class_labels is not None:
         raise ValueError(
             f"class_labels={class_labels!r} given, but the UNet is unconditional "
             "(unet.config.num_class_embeds is None); allowed: class_labels=None."
         )
-    if guidance_scale != 1 and class_labels is None:
+    if guidance is not None and guidance.needs_labels and class_labels is None:
         reason = "the UNet is unconditional" if num_classes is None else "no class_labels were given"
         raise ValueError(
-            f"guidance_scale={guidance_scale!r} needs class labels to guide towards, but {reason}; "
-            "allowed: guidance_scale=1.0."
+            f"{guidance.argument} needs class labels to guide towards, but {reason}; allowed: guidance_scale=1.0."
         )
 
 

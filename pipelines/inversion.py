@@ -9,9 +9,10 @@ this is the Euler step of dx/dσ = u from σ = 0 to 1. The grid is the scheduler
 (each direction evaluates the model at the other end of a step): DDIM's Table 2 reports a
 per-dimension MSE of 0.014 at 10 steps falling to 0.0001 at 1000 on CIFAR-10.
 
-The model is evaluated through :mod:`.cross_path`, so any model the pipeline can sample with a
-scheduler can also be inverted with it. The inverted point is the sampler's first sample, given
-back as ``latents`` (unit-scale noise: the scheduler's ``init_noise_sigma`` must be 1).
+The model is the pipeline's denoiser (:mod:`.denoiser`, guidance included) asked for (x̂0, ε̂) at each
+point, so any model the pipeline can sample with a scheduler can also be inverted with it. The inverted
+point is the sampler's first sample, given back as ``latents`` (unit-scale noise: the scheduler's
+``init_noise_sigma`` must be 1).
 
 A latent pipeline (one with a ``vae``) inverts in latent space: the images are encoded first (the
 posterior mean, :func:`~.latents.encode_to_latents`), and the returned latents are the VAE-latent noise
@@ -28,7 +29,8 @@ import torch
 
 from scratch_schedulers.samplers import reverse_step
 
-from .cross_path import ModelCalls, sampler_levels
+from .cross_path import sampler_levels
+from .denoiser import Denoiser
 from .inputs import check_call_arguments, check_conditioning, sample_shape
 from .latents import decoded_shape, encode_to_latents
 
@@ -110,21 +112,15 @@ def inversion_levels(scheduler: object, levels: Sequence[tuple[float, float]], p
 def invert_samples(
     x: torch.Tensor,
     levels: Sequence[tuple[float, float]],
-    calls: ModelCalls,
-    evaluate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    model_dtype: torch.dtype,
+    denoiser: Denoiser,
     progress: Callable[[int], object] = lambda _: None,
 ) -> torch.Tensor:
     """Run the DDIM update upwards from ``levels[-1]`` to ``levels[0]``: one model evaluation per step.
 
-    ``calls`` holds, for every level, the model call returning (x̂0, ε̂) (targets ``sample`` and
-    ``epsilon``); ``evaluate(x_model, timestep)`` is the (guided) UNet. Works in float32.
+    ``denoiser(x, k)`` returns (x̂0, ε̂) at level k (targets ``sample`` and ``epsilon``). Works in float32.
     """
     for k in range(len(levels) - 1, 0, -1):
-        call = calls.calls[k]
-        x_model = call.scale_input(x)
-        output = evaluate(x_model.to(model_dtype), calls.timesteps[k]).float()
-        x0, eps = call.read(output, x_model)
+        x0, eps = denoiser(x, k)
         a_up, b_up = levels[k - 1]
         x = reverse_step(x0, eps, a_up, b_up**2, direction=b_up)
         progress(1)
@@ -137,7 +133,8 @@ def invert_images(
     """``ScratchDiffusionPipeline.invert``: check everything, plan the model calls on a host grid, then invert."""
     batch_size = image_count(images)
     check_call_arguments(batch_size, num_inference_steps, None, 0.0, guidance_scale, "pt")
-    check_conditioning(class_labels, guidance_scale, pipe.num_classes)
+    guidance = pipe.guidance(guidance_scale)
+    check_conditioning(class_labels, guidance, pipe.num_classes)
     check_invertible(pipe.scheduler)
     device = pipe._execution_device
     shape = sample_shape(pipe.unet, batch_size)
@@ -148,16 +145,12 @@ def invert_images(
         image_shape = (batch_size, *decoded_shape(vae, shape[1:]))
         x = images_to_samples(images, image_shape, device, needed_by="this pipeline's VAE")
         x = encode_to_latents(vae, x).to(device=device, dtype=torch.float32)
-    labels, guided = pipe.guided_class_labels(class_labels, batch_size, guidance_scale, device)
+    labels = pipe.prepare_class_labels(class_labels, batch_size, device)
     pipe.scheduler.set_timesteps(num_inference_steps)  # a host grid: planning reads nothing back
     sampled = pipe.check_parametrization()
     levels = inversion_levels(pipe.scheduler, sampler_levels(pipe.scheduler, sampled.path), sampled.path)
-    plan = pipe.model_calls(("sample", "epsilon"), device, levels)
-
-    def evaluate(x_model: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        return pipe.predict(torch.cat([x_model, x_model]) if guided else x_model, timestep, labels, guidance_scale)
-
+    denoiser = pipe.denoiser(sampled, ("sample", "epsilon"), labels, guidance, device, levels)
     with pipe.progress_bar(total=len(levels) - 1) as bar:
-        latents = invert_samples(x, levels, plan, evaluate, pipe.unet.dtype, bar.update)
+        latents = invert_samples(x, levels, denoiser, bar.update)
     pipe.maybe_free_model_hooks()
     return latents

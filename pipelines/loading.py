@@ -8,8 +8,9 @@ from pathlib import Path
 
 from diffusers import DiffusionPipeline
 
+from .components import COMPONENTS
 from .remote_code import BUNDLE_MODULE
-from .saved_format import SHIPPED_SCHEDULERS, check_saved_folder, read_json_object
+from .saved_format import check_saved_folder, read_json_object
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -26,7 +27,8 @@ def installed_folder(pipeline_cls: type, name: str, kwargs: dict) -> str:
 
     Downloads a Hub repo id (diffusers' ``download``, which validates the repo and fetches every
     component folder, a ``vae/`` included), checks the folder (:func:`check_saved_folder`), and puts
-    the installed scheduler class into ``kwargs["scheduler"]`` where the folder names one of ours.
+    the installed class of ours into ``kwargs[<component>]`` for every component the folder names as one
+    (``components.py``: today the scheduler's).
     """
     if not os.path.isdir(name) and looks_like_local_path(name):
         raise FileNotFoundError(
@@ -34,15 +36,19 @@ def installed_folder(pipeline_cls: type, name: str, kwargs: dict) -> str:
         )
     folder = name if os.path.isdir(name) else pipeline_cls.download(name, **kwargs)
     check_saved_folder(folder, pipeline_cls)
-    library, class_name = pipeline_cls.load_config(folder).get("scheduler", (None, None))
-    if library == BUNDLE_MODULE:
-        if class_name not in SHIPPED_SCHEDULERS:
+    index = pipeline_cls.load_config(folder)
+    for component in COMPONENTS.values():
+        entry = index.get(component.name)
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[0] != BUNDLE_MODULE:
+            continue
+        class_name = entry[1]
+        if class_name not in component.ours:
             raise ValueError(
-                f"{name}: scheduler class {class_name!r} is not part of this scratch-diffusion version; "
-                f"known: {sorted(SHIPPED_SCHEDULERS)}. Upgrade the package or load with "
+                f"{name}: {component.name} class {class_name!r} is not part of this scratch-diffusion version; "
+                f"known: {sorted(component.ours)}. Upgrade the package or load with "
                 "DiffusionPipeline.from_pretrained(..., trust_remote_code=True)."
             )
-        kwargs["scheduler"] = SHIPPED_SCHEDULERS[class_name].from_pretrained(folder, subfolder="scheduler")
+        kwargs[component.name] = component.ours[class_name].from_pretrained(folder, subfolder=component.name)
     return folder
 
 

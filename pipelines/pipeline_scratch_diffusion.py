@@ -7,8 +7,9 @@ As thin as diffusers' ``DDPMPipeline`` — set up the noise, loop, postprocess �
 any scheduler that speaks diffusers' API: it scales the initial noise by ``init_noise_sigma``,
 calls ``scale_model_input`` every step, passes ``eta``/``generator`` only where ``step`` accepts
 them, and iterates ``scheduler.timesteps`` as given (second-order schedulers such as Heun repeat
-timesteps, one model evaluation per entry). Classifier-free guidance (Ho & Salimans, 2022) runs
-the conditional and unconditional halves in one batched forward pass:
+timesteps, one model evaluation per entry). The UNet is called through one denoiser
+(``denoiser.py``) that every use shares — sampling, inversion, the likelihood code — with
+classifier-free guidance (Ho & Salimans, 2022) as its guidance rule (``guidance.py``):
 ŷ = ŷ_∅ + w·(ŷ_c − ŷ_∅), with the null class ∅ = ``num_class_embeds − 1``.
 
 The pipeline records what its UNet was trained to predict (``prediction_type``) on which noise
@@ -35,11 +36,11 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from scratch_schedulers import Parametrization
 
-from .cross_path import ModelCalls, ModelPath, noise_schedule_of, scheduler_model_calls
+from .components import COMPONENTS, declares_components, optional_components
+from .cross_path import ModelPath, noise_schedule_of, sampler_levels, scheduler_model_calls
+from .denoiser import Denoiser, UNetModel
+from .guidance import ClassifierFreeGuidance, guidance_from_scale
 from .inputs import (
-    MAX_BATCH_SIZE,
-    OUTPUT_TYPES,
-    SAMPLING_BUFFERS,
     check_call_arguments,
     check_callback_inputs,
     check_conditioning,
@@ -50,27 +51,16 @@ from .inputs import (
 )
 from .inversion import ImageInput, invert_images
 from .latent_pipeline_support import LatentSpaceMixin
-from .latents import check_vae_fits_unet, warn_if_scheduler_clips
+from .latents import warn_if_scheduler_clips
 from .loading import installed_folder
 from .parametrization import check_scheduler_parametrization, resolve_parametrization
 from .postprocess import samples_to_images
 from .remote_code import installed_model_index, running_from_bundle, shipped_model_index, write_shipped_code
-from .saved_format import SHIPPED_SCHEDULERS, SavedPipelineError, check_saved_folder, read_json_object
 
-# Names other modules, tests and the README import from here since before the split.
-__all__ = [
-    "MAX_BATCH_SIZE",
-    "OUTPUT_TYPES",
-    "SAMPLING_BUFFERS",
-    "SHIPPED_SCHEDULERS",
-    "SavedPipelineError",
-    "ScratchDiffusionPipeline",
-    "check_saved_folder",
-    "read_json_object",
-    "resolve_parametrization",
-]
+__all__ = ["ScratchDiffusionPipeline"]
 
 
+@declares_components
 class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
     r"""Sample images from a ``UNet2DModel`` with any diffusers-style scheduler.
 
@@ -90,11 +80,12 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
             the β keys). Defaults to the scheduler's when it samples the trained path.
 
     The last three are saved in ``model_index.json``. A scheduler of another path or parametrisation
-    samples the UNet through the exact change of variables (``cross_path.py``).
+    samples the UNet through the exact change of variables (``cross_path.py``). Further optional
+    components are the rows of the component table (``components.py``), passed by keyword.
     """
 
     model_cpu_offload_seq = "unet->vae"
-    _optional_components: ClassVar[list[str]] = ["vae"]
+    _optional_components: ClassVar[list[str]] = optional_components()  # kept current by @declares_components
     _callback_tensor_inputs: ClassVar[list[str]] = ["latents", "model_output"]
 
     def __init__(
@@ -105,17 +96,24 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         prediction_type: str | None = None,
         noise_path: str | None = None,
         noise_schedule: Mapping | None = None,
+        **components,
     ):
         super().__init__()
-        if vae is not None:
-            check_vae_fits_unet(vae, unet.config)
+        components = {"unet": unet, "scheduler": scheduler, "vae": vae, **components}
+        unknown = sorted(set(components) - set(COMPONENTS))
+        if unknown:
+            raise TypeError(f"unknown pipeline components {unknown}; the components are {list(COMPONENTS)}.")
+        for name, component in components.items():
+            fits = COMPONENTS[name].fits
+            if component is not None and fits is not None:
+                fits(component, unet.config)
         trained = resolve_parametrization(scheduler, prediction_type, noise_path)
         if noise_schedule is None:
             noise_schedule = noise_schedule_of(scheduler, trained.path)
         else:
             noise_schedule = dict(noise_schedule)
             ModelPath.from_schedule(trained, noise_schedule)  # a bad schedule fails here, naming the key
-        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+        self.register_modules(**{name: components.get(name) for name in COMPONENTS})
         self.register_to_config(
             prediction_type=trained.prediction_type, noise_path=trained.path, noise_schedule=noise_schedule
         )
@@ -182,20 +180,41 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         """The scheduler's parametrisation; ``ValueError`` if it cannot sample the UNet (``parametrization.py``)."""
         return check_scheduler_parametrization(self.scheduler, self.trained_parametrization, self.config.noise_schedule)
 
-    def model_calls(self, targets: Sequence[str] | None, device: torch.device, levels=None) -> ModelCalls | None:
-        """The converted UNet calls for the scheduler's timesteps (or ``levels``); None when it samples natively."""
-        sampled = self.check_parametrization()
-        return scheduler_model_calls(
+    def guidance(self, guidance_scale: float) -> ClassifierFreeGuidance | None:
+        """The guidance rule of a call: classifier-free guidance of weight ``guidance_scale``, None for w = 1."""
+        return guidance_from_scale(guidance_scale, self.num_classes)
+
+    def set_timesteps(self, num_inference_steps: int, device: torch.device, sampled: Parametrization) -> list:
+        """Set the scheduler's timesteps for a run on ``device``; return their sampler points (a, b).
+
+        The points are read on a host grid, so nothing is ever read back from the device; on an accelerator
+        the grid is then set again there, for the loop (on the CPU the host grid is the loop's).
+        """
+        self.scheduler.set_timesteps(num_inference_steps)
+        levels = sampler_levels(self.scheduler, sampled.path)
+        if device.type != "cpu":
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        return levels
+
+    def denoiser(
+        self,
+        sampled: Parametrization,
+        targets: Sequence[str] | None,
+        labels: torch.Tensor | None,
+        guidance: ClassifierFreeGuidance | None,
+        device: torch.device,
+        levels: Sequence[tuple[float, float]] | None = None,
+    ) -> Denoiser:
+        """The UNet as D(x, i) at the scheduler's current timesteps (or ``levels``), answering ``targets``.
+
+        ``sampled`` is the scheduler's parametrisation (:meth:`check_parametrization`, resolved once per call);
+        ``targets`` None asks for it, natively where it is the UNet's own (``cross_path.scheduler_model_calls``).
+        """
+        plan = scheduler_model_calls(
             self.scheduler, sampled, self.trained_parametrization, self.config.noise_schedule, targets, device, levels
         )
-
-    def predict(self, model_input: torch.Tensor, timestep, labels: torch.Tensor | None, guidance_scale: float):
-        """The UNet output at (model_input, timestep); with labels and w ≠ 1 the batch holds both CFG halves."""
-        model_output = self.unet(model_input, timestep, class_labels=labels).sample
-        if labels is not None and guidance_scale != 1:
-            conditional, unconditional = model_output.chunk(2)
-            model_output = unconditional + guidance_scale * (conditional - unconditional)
-        return model_output
+        conditions = {} if labels is None else {"class_labels": labels}
+        return Denoiser(UNetModel(self.unet), plan, conditions, guidance, dtype=self.unet.dtype)
 
     def check_inputs(
         self,
@@ -207,16 +226,20 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         output_type: str,
         callback_on_step_end_tensor_inputs: Sequence[str],
         eta: float = 0.0,
-    ) -> None:
-        """Validate the arguments of ``__call__`` (``inputs.py``); every error names the value and what is allowed."""
+    ) -> tuple[Parametrization, ClassifierFreeGuidance | None]:
+        """Validate the arguments of ``__call__`` (``inputs.py``); every error names the value and what is allowed.
+
+        Returns the scheduler's parametrisation and the call's guidance rule, each resolved once here.
+        """
         check_call_arguments(batch_size, num_inference_steps, generator, eta, guidance_scale, output_type)
-        check_conditioning(class_labels, guidance_scale, self.num_classes)
+        guidance = self.guidance(guidance_scale)
+        check_conditioning(class_labels, guidance, self.num_classes)
         check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
-        self.check_parametrization()
+        sampled = self.check_parametrization()
         if self.vae is not None:
             warn_if_scheduler_clips(self.scheduler)
-        guided = self.num_classes is not None and class_labels is not None and guidance_scale != 1
-        self.check_memory(batch_size * (2 if guided else 1))
+        self.check_memory(batch_size * (1 if guidance is None else guidance.memory_factor))
+        return sampled, guidance
 
     def check_memory(self, batch_size: int) -> None:
         """Refuse a batch whose sampling buffers alone exceed the free memory (``inputs.check_sampling_memory``)."""
@@ -232,14 +255,6 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         if self.num_classes is None:
             return None
         return class_label_tensor(class_labels, batch_size, self.num_classes, device)
-
-    def guided_class_labels(self, class_labels, batch_size: int, guidance_scale: float, device: torch.device):
-        """(labels, guided): with guidance the conditional half first, then the null class — one forward pass."""
-        labels = self.prepare_class_labels(class_labels, batch_size, device)
-        guided = labels is not None and guidance_scale != 1
-        if guided:
-            labels = torch.cat([labels, torch.full_like(labels, self.num_classes)])
-        return labels, guided
 
     def step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None, eta: float) -> dict:
         """``eta`` and ``generator`` for ``scheduler.step``, each only if ``step`` accepts it."""
@@ -303,7 +318,7 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        self.check_inputs(
+        sampled, guidance = self.check_inputs(
             batch_size,
             num_inference_steps,
             generator,
@@ -314,7 +329,7 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
             eta,
         )
         device = self._execution_device
-        labels, guided = self.guided_class_labels(class_labels, batch_size, guidance_scale, device)
+        labels = self.prepare_class_labels(class_labels, batch_size, device)
 
         shape = sample_shape(self.unet, batch_size)
         if latents is None:
@@ -322,26 +337,15 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         else:
             check_latents(latents, shape)
             latents = latents.to(device=device, dtype=self.unet.dtype)
-        plan = None  # the scheduler samples the UNet's own parametrisation
-        if self.check_parametrization() != self.trained_parametrization:  # plan the conversion on a host grid
-            self.scheduler.set_timesteps(num_inference_steps)
-            plan = self.model_calls(None, device)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        levels = self.set_timesteps(num_inference_steps, device, sampled)
+        denoiser = self.denoiser(sampled, None, labels, guidance, device, levels)
         latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)
         self._num_timesteps = len(self.scheduler.timesteps)
         step_kwargs = self.step_kwargs(generator, eta)
         scale_model_input = getattr(self.scheduler, "scale_model_input", lambda sample, timestep: sample)
 
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = torch.cat([latents, latents]) if guided else latents
-            model_input = scale_model_input(model_input, t)
-            if plan is None:
-                model_output = self.predict(model_input, t, labels, guidance_scale)
-            else:  # the change of variables: precomputed numbers and a timestep already on the device
-                call = plan.calls[i]
-                model_input = call.scale_input(model_input)
-                model_output = self.predict(model_input, plan.timesteps[i], labels, guidance_scale)
-                model_output = call.read(model_output, model_input[: len(model_output)])[0]
+            model_output = denoiser(scale_model_input(latents, t), i)[0]
             latents = self.scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
             if callback_on_step_end is not None:
                 tensors = {"latents": latents, "model_output": model_output}
@@ -386,3 +390,4 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
                 any model evaluation.
         """
         return invert_images(self, images, num_inference_steps, class_labels, guidance_scale)
+

@@ -3,7 +3,8 @@
 diffusers' own errors for a truncated ``.safetensors`` file or a half-written JSON config point
 into its internals; :func:`check_saved_folder` raises :class:`SavedPipelineError` naming the file
 instead, refuses pickle-only model weights, and warns about config keys this version does not know.
-The model folders checked are ``unet/`` and, for a latent pipeline, ``vae/``.
+The model folders checked are those of the component table (``components.py``) that the index lists:
+``unet/`` and, for a latent pipeline, ``vae/``.
 """
 
 from __future__ import annotations
@@ -13,25 +14,10 @@ import json
 import os
 import warnings
 
-from diffusers import AutoencoderKL, UNet2DModel
-
-from scratch_schedulers import (
-    ScratchDDIMScheduler,
-    ScratchDDPMScheduler,
-    ScratchDPMSolverScheduler,
-    ScratchFlowMatchScheduler,
-)
-
+from .components import SHIPPED_SCHEDULERS, model_components
 from .remote_code import BUNDLE_MODULE
 
-# Our scheduler classes by name: what a saved ``["scratch_diffusion", <class>]`` entry may name.
-SHIPPED_SCHEDULERS = {
-    cls.__name__: cls
-    for cls in (ScratchDDPMScheduler, ScratchDDIMScheduler, ScratchDPMSolverScheduler, ScratchFlowMatchScheduler)
-}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-# The model components of a saved pipeline and the diffusers class whose config keys each is checked against.
-MODEL_COMPONENTS = {"unet": UNet2DModel, "vae": AutoencoderKL}
 
 
 class SavedPipelineError(OSError):
@@ -97,9 +83,9 @@ def _init_keys(cls: type) -> set[str]:
 def check_saved_folder(folder: str | os.PathLike, pipeline_cls: type | None = None) -> None:
     """Check a saved pipeline folder before diffusers reads it; raise :class:`SavedPipelineError` naming the file.
 
-    ``model_index.json``, ``scheduler/scheduler_config.json``, ``unet/config.json`` and (for a latent
-    pipeline) ``vae/config.json`` must be JSON objects; the folder of every model the index lists must
-    exist; every ``unet/*.safetensors`` and ``vae/*.safetensors`` file must be complete (header and
+    ``model_index.json``, ``scheduler/scheduler_config.json`` and the ``config.json`` of every model
+    component of the table that the index lists (``unet/``; a latent pipeline's ``vae/``) must be JSON
+    objects; each such folder must exist, and every ``*.safetensors`` file in it must be complete (header and
     length); a model with only pickle-based weights (``.bin``, ``.pt``, ``.ckpt``) is refused. Keys
     unknown to the installed classes (a folder from a newer version) are reported with a
     ``UserWarning``. Any other missing file is left to diffusers' own error.
@@ -118,7 +104,7 @@ def check_saved_folder(folder: str | os.PathLike, pipeline_cls: type | None = No
         scheduler_cls = SHIPPED_SCHEDULERS.get(scheduler_entry[1]) if isinstance(scheduler_entry, list) else None
         if scheduler_cls is not None and scheduler_entry[0] == BUNDLE_MODULE:
             _warn_unknown_keys(scheduler_config, config, _init_keys(scheduler_cls))
-    for name, model_cls in MODEL_COMPONENTS.items():
+    for name, model_cls in model_components().items():
         entry = index.get(name)
         if isinstance(entry, list) and entry and entry[0] is not None:  # absent, or diffusers' [null, null]
             _check_model_folder(root, name, entry, model_cls)

@@ -6,8 +6,8 @@ conversions), ``path_change`` the exact change of variables between the VP and t
 ``SchedulerMixin``/``ConfigMixin`` API: ``scheduling_common`` holds what they share (output type,
 step checks, working precision), ``scheduling_vp`` the discrete VP chain of DDPM and DDIM,
 ``dpm_grids``/``dpm_stepping`` the DPM-Solver grids and multistep history, ``validation`` the
-argument checks. ``exact_denoiser`` (with ``mixture_statistics`` and ``ode_reference``) verifies any
-scheduler against a Gaussian mixture's exact denoiser and probability-flow ODE.
+argument checks. The ``oracle`` subpackage verifies any scheduler against a Gaussian mixture's exact
+denoiser, density and probability-flow ODE; it imports the core, never the other way round.
 """
 
 from diffusers.configuration_utils import ConfigMixin

@@ -86,8 +86,12 @@ def timesteps_of_levels(levels: np.ndarray, table: np.ndarray) -> np.ndarray:
     Linear interpolation of log s between integer timesteps, clamped to [0, T − 1] — the inverse
     diffusers' Karras-family schedulers use.
     """
+    # log of the float32 table, as diffusers' _sigma_to_t: the grid's first level is the table's last entry, and
+    # float64 logs put it at exactly T − 1 where diffusers' float32 log may land 1 ulp below and truncate to T − 2
+    # (which way depends on the last bit of ᾱ's cumprod, i.e. on the CPU's SIMD path).
     with np.errstate(divide="ignore"):
-        log_table, log_levels = np.log(table), np.log(np.maximum(levels, 1e-10))
+        log_table = np.log(table.astype(np.float32)).astype(np.float64)
+        log_levels = np.log(np.maximum(levels, 1e-10))
     finite = np.isfinite(log_table)
     return np.interp(log_levels, log_table[finite], np.arange(len(table))[finite])
 

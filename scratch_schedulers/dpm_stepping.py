@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .noise_path import signal_noise_at
 from .samplers import (
     clean_endpoint_step,
     corrected_prediction_shift,
@@ -63,7 +64,7 @@ class PastStep(NamedTuple):
 
 class DPMSolverStepping:
     """Mixin of :class:`~scratch_schedulers.ScratchDPMSolverScheduler`: reads the grid that its ``set_timesteps``
-    builds (``_a``, ``_b``, ``_lam``, ``_b_ratio``, ``_host_timesteps``, ``_first_index``, ``_level_table``)."""
+    builds (``_a``, ``_b``, ``_lam``, ``_b_ratio``, ``_host_timesteps`` and ``_first_index``)."""
 
     def _start(self, value: float | None, position: int) -> DPMStart:
         """The step from host timestep ``value`` (None: a device timestep, trusted to be the loop's next one)
@@ -82,19 +83,13 @@ class DPMSolverStepping:
     def _off_schedule_start(self, value: float) -> DPMStart:
         """A first-order step from the exact path point of an off-schedule host timestep (module docstring)."""
         T = self.config.num_train_timesteps
-        check_step_timesteps(torch.tensor(value, dtype=torch.float64), T if self.path == "flow" else T - 1, False)
-        if self.path == "flow":
-            b = np.float32(value) / np.float32(T)  # σ = t/T in float32, as add_noise
-            a = 1 - b
-        else:
-            level = np.float32(np.interp(value, np.arange(T), self._level_table))
-            a = 1 / np.sqrt(level**2 + 1)
-            b = np.float32(1) if np.isinf(level) else level * a
+        t = torch.tensor(value, dtype=torch.float64)
+        check_step_timesteps(t, T if self.noise_path == "flow" else T - 1, False)
+        a, b = (v.to(torch.float64) for v in signal_noise_at(self, t, dtype=torch.float32))  # float32, as the grid
         if a == 0 and self.config.prediction_type == "epsilon":
             raise ValueError(f"timestep {value:g} has a = 0 (λ = −∞): an ε-prediction says nothing about x0 there.")
         target = int(np.sum(np.asarray(self._host_timesteps) > value))  # the first grid point below t
-        a64, b64 = torch.tensor(float(a), dtype=torch.float64), torch.tensor(float(b), dtype=torch.float64)
-        return DPMStart(None, a64, b64, log_snr(a64, b64), target, self._b[target] / b64)
+        return DPMStart(None, a, b, log_snr(a, b), target, self._b[target] / b)
 
     def _consecutive_history(self, start: DPMStart, example: int | None = None) -> list[PastStep]:
         """The latest steps that led here in one line (landing at i, i − 1, ...), for one example or all.

@@ -21,6 +21,7 @@ Notation
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Sequence
@@ -256,49 +257,99 @@ class Parametrization:
 FLOW_PREDICTION_NAMES = {"flow_prediction": "flow_velocity", "flow_velocity": "flow_velocity"}
 # What a scheduler on each path may ask the model for (the flow path has no v-prediction).
 SAMPLER_PREDICTION_TYPES = {"vp": VP_PREDICTION_TYPES, "flow": ("flow_velocity", "epsilon", "sample")}
+NOISE_PATHS: tuple[str, ...] = get_args(NoisePath)
+
+
+@functools.cache
+def _init_parameters(cls: type) -> frozenset[str]:
+    """The argument names of ``cls.__init__`` (read once per class)."""
+    return frozenset(inspect.signature(cls.__init__).parameters)
+
+
+def noise_path_of(scheduler: object) -> NoisePath:
+    """The path ``scheduler`` samples: the one it declares (``noise_path``, as ours do), else recognised.
+
+    diffusers' schedulers declare nothing: DPM-Solver with ``use_flow_sigmas=True`` and FlowMatch
+    schedulers sample the flow path, others with ``alphas_cumprod`` the VP path; VE/EDM schedulers cannot
+    be described (``ValueError``).
+    """
+    declared = getattr(scheduler, "noise_path", None)  # a class attribute, or set at construction from the config
+    if declared is not None:
+        check_choice(f"{type(scheduler).__name__}.noise_path", declared, NOISE_PATHS)
+        return declared
+    config = getattr(scheduler, "config", {})
+    # from_config keeps keys another class left in the config: read use_flow_sigmas only where it is an argument
+    if "use_flow_sigmas" in _init_parameters(type(scheduler)) and config.get("use_flow_sigmas", False):
+        return "flow"
+    if hasattr(scheduler, "alphas_cumprod"):
+        return "vp"
+    if "FlowMatch" in type(scheduler).__name__:
+        return "flow"
+    raise ValueError(
+        f"cannot describe the noise path of {type(scheduler).__name__}: expected a scheduler that declares "
+        "noise_path ('vp' or 'flow'), a VP scheduler (with alphas_cumprod), a flow-matching scheduler (FlowMatch…) "
+        "or DPM-Solver with use_flow_sigmas=True; VE/EDM schedulers are not supported."
+    )
 
 
 def parametrization_of(scheduler: object) -> Parametrization:
-    """The path and parametrisation a scheduler (ours or any diffusers one) samples with.
+    """The path (:func:`noise_path_of`) and parametrisation a scheduler (ours or any diffusers one) samples with.
 
-    DPM-Solver with ``use_flow_sigmas=True`` samples the flow path (its ``flow_prediction`` is the
-    velocity ``flow_velocity``); otherwise schedulers with ``alphas_cumprod`` sample the VP path with
-    their config's ``prediction_type``, and FlowMatch schedulers the flow path. VE/EDM schedulers
-    cannot be described: ``ValueError``, as for a prediction type the path does not have.
+    The prediction type is the config's ``prediction_type``; on the flow path diffusers' ``flow_prediction``
+    is the velocity ``flow_velocity``, which is also what a flow scheduler without a ``prediction_type``
+    argument (FlowMatch) asks for. A prediction type the path does not have is a ``ValueError``.
     """
+    path = noise_path_of(scheduler)
     config = getattr(scheduler, "config", {})
     prediction_type = config.get("prediction_type", "epsilon")
-    name = type(scheduler).__name__
-    # from_config keeps keys another class left in the config: read use_flow_sigmas only where it is an argument
-    takes_flow_sigmas = "use_flow_sigmas" in inspect.signature(type(scheduler).__init__).parameters
-    if takes_flow_sigmas and config.get("use_flow_sigmas", False):
-        path, prediction_type = "flow", FLOW_PREDICTION_NAMES.get(prediction_type, prediction_type)
-    elif hasattr(scheduler, "alphas_cumprod"):
-        path = "vp"
-    elif "FlowMatch" in name:
-        path, prediction_type = "flow", "flow_velocity"
-    else:
-        raise ValueError(
-            f"cannot describe the noise path of {name}: expected a VP scheduler (with alphas_cumprod), a "
-            "flow-matching scheduler (FlowMatch…) or DPM-Solver with use_flow_sigmas=True; VE/EDM schedulers are "
-            "not supported."
+    if path == "flow":
+        takes_prediction_type = "prediction_type" in _init_parameters(type(scheduler))
+        prediction_type = FLOW_PREDICTION_NAMES.get(prediction_type, prediction_type) if takes_prediction_type else (
+            "flow_velocity"
         )
     if prediction_type not in SAMPLER_PREDICTION_TYPES[path]:
         raise ValueError(
-            f"{name} asks for prediction_type={prediction_type!r} on the {path!r} path; "
+            f"{type(scheduler).__name__} asks for prediction_type={prediction_type!r} on the {path!r} path; "
             f"allowed there: {list(SAMPLER_PREDICTION_TYPES[path])}."
         )
     return Parametrization(path, prediction_type)
 
 
-def signal_noise_at(scheduler: object, timestep: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a_t, b_t) of ``scheduler``'s path at ``timestep`` (float64 tensors, broadcast like ``timestep``)."""
-    t = torch.as_tensor(timestep).detach().cpu()
-    if parametrization_of(scheduler).path == "flow":
-        sigma = t.to(torch.float64) / scheduler.config.num_train_timesteps
+def signal_noise_at(
+    scheduler: object,
+    timestep: torch.Tensor | float,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a_t, b_t) of ``scheduler``'s path at ``timestep``: the one look-up from a timestep to its path point.
+
+    Flow path: σ = t/T, (a, b) = (1 − σ, σ). VP path: (√ᾱ_t, √(1 − ᾱ_t)) at an integer t; a fractional t
+    interpolates the level s = b/a = √((1 − ᾱ)/ᾱ) linearly between its neighbours, as diffusers' discrete
+    (Euler, Heun, …) schedulers do, and gives (1, s)/√(1 + s²). Computed in ``dtype`` (float64 unless asked)
+    on ``device`` (the timestep's own unless given), broadcast like ``timestep``; nothing is read back from
+    a device, and integer timesteps (the training batches) take no interpolation at all.
+    """
+    t = torch.as_tensor(timestep, device=device)
+    if noise_path_of(scheduler) == "flow":
+        sigma = t.to(dtype) / scheduler.config.num_train_timesteps
         return 1 - sigma, sigma
-    alpha_bar = torch.as_tensor(scheduler.alphas_cumprod).detach().cpu().to(torch.float64)[t.long()]
-    return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    alpha_bar = torch.as_tensor(scheduler.alphas_cumprod).to(device=t.device, dtype=dtype)
+    if not t.is_floating_point():
+        at = alpha_bar[t]
+        return at**0.5, (1 - at) ** 0.5
+    low = t.floor().long().clamp(0, len(alpha_bar) - 1)
+    at = alpha_bar[low]
+    a, b = at**0.5, (1 - at) ** 0.5
+    fraction = (t - low).to(dtype)
+    if t.device.type == "cpu" and not bool((fraction != 0).any()):
+        return a, b
+    level_table = ((1 - alpha_bar) / alpha_bar) ** 0.5  # +∞ where ᾱ = 0 (zero terminal SNR)
+    high = (low + 1).clamp(max=len(alpha_bar) - 1)
+    level = level_table[low] + fraction * (level_table[high] - level_table[low])
+    a_between = 1 / (1 + level**2) ** 0.5
+    b_between = torch.where(torch.isinf(level), torch.ones_like(level), level * a_between)
+    between = fraction != 0
+    return torch.where(between, a_between, a), torch.where(between, b_between, b)
 
 
 def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:

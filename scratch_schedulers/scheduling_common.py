@@ -13,6 +13,7 @@ Nothing here knows about a particular path; :mod:`.scheduling_vp` (DDPM, DDIM) a
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,19 @@ class ScratchSchedulerOutput(BaseOutput):
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
 
+    def __post_init__(self) -> None:
+        """``BaseOutput.__post_init__`` for these two fields: the non-None ones become dict items, in field order.
+
+        The same result without ``dataclasses.fields()`` and diffusers' generic checks, which cost about as much
+        as a small step's arithmetic; anything but a tensor as ``prev_sample`` takes diffusers' own path.
+        """
+        if not isinstance(self.prev_sample, torch.Tensor):
+            super().__post_init__()
+            return
+        OrderedDict.__setitem__(self, "prev_sample", self.prev_sample)  # the attributes are already set
+        if self.pred_original_sample is not None:
+            OrderedDict.__setitem__(self, "pred_original_sample", self.pred_original_sample)
+
 
 # What ``step(..., return_dict=...)`` returns, and what its ``generator`` argument accepts.
 StepResult = ScratchSchedulerOutput | tuple[torch.Tensor, torch.Tensor]
@@ -55,7 +69,7 @@ def timestep_tensor(timestep: int | float | torch.Tensor, sample: torch.Tensor) 
 
 def is_host(timestep: object) -> bool:
     """A Python number or a CPU tensor: its value may be read without a host–device synchronisation."""
-    return not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu"
+    return not isinstance(timestep, torch.Tensor) or timestep.is_cpu
 
 
 def check_step_timesteps(t: torch.Tensor, upper: float, integer: bool) -> None:
@@ -101,7 +115,7 @@ def check_step_shapes(model_output: torch.Tensor, sample: torch.Tensor, allow_va
             f"model_output has dtype {model_output.dtype} and sample {sample.dtype}; both must be floating point "
             "(torch.float16, torch.bfloat16, torch.float32 or torch.float64)."
         )
-    if model_output.device != sample.device:
+    if not (model_output.is_cpu and sample.is_cpu) and model_output.device != sample.device:  # is_cpu: no objects
         raise ValueError(
             f"model_output is on device {model_output.device} but sample is on {sample.device}; "
             "both must be on the same device."
@@ -175,6 +189,8 @@ class ScratchScheduler(SchedulerMixin, ConfigMixin):
 
     order = 1
     init_noise_sigma = 1.0
+    # The path the scheduler samples, declared (``noise_path.noise_path_of`` reads it): "vp" or "flow".
+    noise_path: str
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

@@ -31,6 +31,8 @@ from .validation import check_choice
 
 VarianceType = Literal["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"]
 VARIANCE_TYPES: tuple[str, ...] = get_args(VarianceType)
+# The variance types whose model output carries a variance block (2·C channels) beside the prediction.
+LEARNED_VARIANCE_TYPES: tuple[str, ...] = ("learned", "learned_range")
 
 
 class DDPMStepCoefficients(NamedTuple):
@@ -113,7 +115,7 @@ class ScratchDDPMScheduler(DiscreteVPScheduler):
         per example) to the largest scheduled timestep below it; ``model_output`` has twice the channels
         of ``sample`` when ``variance_type`` is ``learned``/``learned_range``. A list of B generators
         draws each example's noise from its own generator (as that example stepped alone would)."""
-        learned = self.variance_type in ("learned", "learned_range")
+        learned = self.variance_type in LEARNED_VARIANCE_TYPES
         check_step_shapes(model_output, sample, allow_variance=learned)
         c = self._row(timestep, sample)
         predicted_variance = None

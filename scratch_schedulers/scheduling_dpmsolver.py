@@ -54,6 +54,7 @@ from .scheduling_common import (
     step_result,
     timestep_tensor,
 )
+from .scheduling_ddpm import LEARNED_VARIANCE_TYPES, VARIANCE_TYPES, VarianceType
 from .scheduling_vp import VP_COMPATIBLES
 from .validation import check_choice, check_custom_timesteps, check_device, check_inference_steps
 
@@ -84,7 +85,8 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         use_flow_sigmas, flow_shift, use_dynamic_shifting, time_shift_type: the flow path x = (1 − σ)·x0 + σ·ε
             with σ shifted by ``flow_shift`` (or e^μ from ``set_timesteps(mu=...)``).
         lambda_min_clipped: timesteps with λ below this are not visited.
-        variance_type: ``learned``/``learned_range`` models return a variance block, ignored here.
+        variance_type: ``learned``/``learned_range`` models return a variance block, ignored here; DDPM's fixed
+            types (what a DDPM config brings to ``from_config``) mean no block, as ``None`` does.
         timestep_spacing, steps_offset: diffusers' DPM-Solver spacings (``linspace``, ``leading``, ``trailing``).
         time_grid: None (diffusers' grid from the keys above), or ``logsnr``, ``karras`` or ``flow_uniform``
             (:func:`~scratch_schedulers.dpm_grids.time_grid_lambdas`); timesteps then sit exactly at
@@ -143,7 +145,7 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         flow_shift: float = 1.0,
         final_sigmas_type: Literal["zero", "sigma_min"] = "zero",
         lambda_min_clipped: float = -float("inf"),
-        variance_type: Literal["learned", "learned_range"] | None = None,
+        variance_type: VarianceType | None = None,
         timestep_spacing: TimestepSpacing = "linspace",
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
@@ -156,12 +158,12 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         final_step: Literal["x0", "sigma_squared"] = "x0",
     ):
         self._check_config()
-        self.path = "flow" if use_flow_sigmas else "vp"
+        self.noise_path = "flow" if use_flow_sigmas else "vp"
         betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas)
         if rescale_betas_zero_snr:
             betas = rescale_zero_terminal_snr(betas)
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        if self.path == "vp":  # the flow path has no ᾱ (parametrization_of tells the paths apart by it)
+        if self.noise_path == "vp":  # the flow path has no ᾱ (diffusers tells the paths apart by it)
             self.betas, self.alphas, self.alphas_cumprod = betas, 1.0 - betas, alphas_cumprod
         with np.errstate(divide="ignore"):  # s = b/a per training timestep; +∞ where ᾱ = 0
             self._level_table = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).to(torch.float64).numpy()
@@ -177,7 +179,7 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         check_choice("solver_type", cfg.solver_type, ("midpoint", "heun", "bh1", "bh2"))
         check_choice("final_sigmas_type", cfg.final_sigmas_type, ("zero", "sigma_min"))
         check_choice("timestep_spacing", cfg.timestep_spacing, ("linspace", "leading", "trailing"))
-        check_choice("variance_type", cfg.variance_type, (None, "learned", "learned_range"))
+        check_choice("variance_type", cfg.variance_type, (None, *VARIANCE_TYPES))
         check_choice("time_shift_type", cfg.time_shift_type, ("exponential",))
         check_choice("time_grid", cfg.time_grid, (None, *TIME_GRIDS))
         check_choice("third_order", cfg.third_order, ("taylor", "diffusers"))
@@ -222,13 +224,13 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         if num_inference_steps is not None:
             check_inference_steps(num_inference_steps, cfg.num_train_timesteps)
         shift = float(np.exp(mu)) if mu is not None else cfg.flow_shift
-        levels, grid = self._flow_grid(num_inference_steps, timesteps, shift) if self.path == "flow" else (
+        levels, grid = self._flow_grid(num_inference_steps, timesteps, shift) if self.noise_path == "flow" else (
             self._vp_grid(num_inference_steps, timesteps))
         # The path points are the float32 levels exposed as ``self.sigmas``, with a and b evaluated in float32
         # by the same formulas as diffusers (a = 1/√(1 + s²), b = s·a): x̂0 = (x − b·ε)/a cancels badly near
         # the clean end, so equal float32 scalars are what keeps the two schedulers' samples together.
         levels = np.append(levels, self._final_level(shift)).astype(np.float32)
-        if self.path == "flow":
+        if self.noise_path == "flow":
             a, b = 1 - levels, levels
         else:
             with np.errstate(invalid="ignore"):
@@ -302,7 +304,7 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         """Level after the last step: 0 (x0 itself) or the least noisy training level."""
         if self.config.final_sigmas_type == "zero":
             return 0.0
-        if self.path == "flow":
+        if self.noise_path == "flow":
             return float(shift_sigmas(1 / self.config.num_train_timesteps, shift))
         return float(self._level_table[0])
 
@@ -360,7 +362,7 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         """
         if self.num_inference_steps is None:
             raise ValueError("num_inference_steps is None: call set_timesteps() before step().")
-        check_step_shapes(model_output, sample, allow_variance=self.config.variance_type is not None)
+        check_step_shapes(model_output, sample, allow_variance=self.config.variance_type in LEARNED_VARIANCE_TYPES)
         t = timestep_tensor(timestep, sample)
         x, out = in_working_precision(sample, model_output)
         out = out[:, : x.shape[1]]
@@ -371,7 +373,8 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         else:
             prev_sample, x0, entry = self._step_per_example(t, x, out)
         self._history = [*self._history[-2:], entry]  # 3M needs the last two, its UniC-3 corrector three
-        self._position = int(np.min(entry[0]))
+        target = entry[0]  # the grid index landed on: an int, or an array of one per example
+        self._position = target if isinstance(target, int) else int(target.min())
         return step_result(prev_sample, x0, sample.dtype, return_dict)
 
     # ---- forward process (training, img2img) -------------------------------------------------
@@ -383,9 +386,9 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         T = self.config.num_train_timesteps
         host = torch.as_tensor(timesteps)
         if host.device.type == "cpu":  # validated like step's timesteps; device ones are not read back
-            check_step_timesteps(host, T if self.path == "flow" else T - 1, integer=self.path == "vp")
+            check_step_timesteps(host, T if self.noise_path == "flow" else T - 1, integer=self.noise_path == "vp")
         t = host.to(original_samples.device)
-        if self.path == "flow":
+        if self.noise_path == "flow":
             sigma = append_dims(t.to(torch.float32) / T, original_samples.ndim).to(original_samples.dtype)
             return (1 - sigma) * original_samples + sigma * noise
         alpha_bar = self.alphas_cumprod.to(original_samples.device)[t.long()]

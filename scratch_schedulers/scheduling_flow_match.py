@@ -71,6 +71,7 @@ class ScratchFlowMatchScheduler(ScratchScheduler):
     """
 
     _compatibles = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]  # noqa: RUF012
+    noise_path = "flow"
 
     @register_to_config
     def __init__(
@@ -96,6 +97,7 @@ class ScratchFlowMatchScheduler(ScratchScheduler):
         if stochastic_sampling and solver != "euler":
             raise ValueError(f"stochastic_sampling=True needs solver='euler', got solver={solver!r}.")
         self.order = 1 if solver == "euler" else 2
+        self._deterministic_euler = solver == "euler" and not stochastic_sampling  # the fused host step applies
         # Training grid, as diffusers (in float32): σ = t/T for t = T … 1, statically shifted.
         T = num_train_timesteps
         train_t = torch.from_numpy(np.linspace(1, T, T, dtype=np.float32)[::-1].copy())
@@ -108,7 +110,6 @@ class ScratchFlowMatchScheduler(ScratchScheduler):
         self.sigmas = torch.cat([sigmas, torch.zeros(1)])
         self._grid: np.ndarray | None = None  # distinct σ_0 > … > σ_{n−1} > σ_n = 0 after set_timesteps
         self._host_floats: dict[float, tuple[float, float]] = {}
-        self._begin_index = 0
         self._position = 0
         self._heun_pending: tuple[torch.Tensor, torch.Tensor, float, float] | None = None
 
@@ -161,31 +162,32 @@ class ScratchFlowMatchScheduler(ScratchScheduler):
         if grid[-1] <= 0:
             raise ValueError(f"custom sigmas/timesteps must stay > 0 (σ = 0 is appended), got {grid.tolist()}.")
         self.num_inference_steps = len(grid)
-        self._grid = np.append(grid, 0.0)
-        grid32 = torch.from_numpy(grid).to(torch.float32)
-        if self.config.solver == "heun":  # σ_0, σ_1, σ_1, …, σ_{n−1}, σ_{n−1}: predictor/corrector pairs
-            grid32 = torch.cat([grid32[:1], grid32[1:].repeat_interleave(2)])
-            self.sigmas = torch.cat([grid32, torch.zeros(1)]).to(device)
-        else:
-            self.sigmas = torch.from_numpy(self._grid).to(torch.float32).to(device)
-        self.timesteps = (grid32 * T).to(device)
-        self._distinct_timesteps = torch.from_numpy(grid * T).to(torch.float32)
-        sigma32 = torch.from_numpy(self._grid).to(torch.float32)
-        self._host_sigmas = {float(t): (sigma32[i], sigma32[i + 1]) for i, t in enumerate(self._distinct_timesteps)}
-        # σ and the float32 step σ_next − σ (as diffusers computes it) for the fused host Euler step
-        euler_steps = [(float(s), float(s_next - s)) for s, s_next in itertools.pairwise(sigma32)]
-        self._host_floats = dict(zip(self._distinct_timesteps.tolist(), euler_steps, strict=True))
+        self._grid = np.append(grid, 0.0)  # float64, read by the Heun stages
+        sigma32 = torch.from_numpy(self._grid).to(torch.float32)  # σ_0 … σ_{n−1}, 0 as diffusers holds them
+        # The distinct timesteps exactly as self.timesteps holds them (float32 σ times T, as diffusers), so that
+        # every value of self.timesteps is a key of the O(1) host look-ups below (float32(σ·T) differs by an ulp).
+        distinct = sigma32[:-1] * T
+        # per distinct timestep: (σ, σ_next) as tensors, and σ with the float32 step σ_next − σ (as diffusers
+        # computes it) as floats for the fused host Euler step
+        self._host_sigmas, self._host_floats = {}, {}
+        for t, (s, s_next) in zip(distinct.tolist(), itertools.pairwise(sigma32), strict=True):
+            self._host_sigmas[t], self._host_floats[t] = (s, s_next), (float(s), float(s_next - s))
         # (distinct timesteps, −∞) and (σ grid, 0) in float32, for off-schedule and per-example look-ups
-        self._host_grids = (torch.cat([self._distinct_timesteps, torch.tensor([-torch.inf])]), sigma32)
+        self._host_grids = (torch.cat([distinct, torch.tensor([-torch.inf])]), sigma32)
         self._device_grids: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._schedule = (grid32 * T).tolist()  # self.timesteps on the host, for the Heun loop's order check
-        self._begin_index = 0
+        if self.config.solver == "heun":  # σ_0, σ_1, σ_1, …, σ_{n−1}, σ_{n−1}, 0: predictor/corrector pairs
+            loop_sigmas = torch.cat([sigma32[:1], sigma32[1:-1].repeat_interleave(2), sigma32[-1:]])
+            timesteps = torch.cat([distinct[:1], distinct[1:].repeat_interleave(2)])
+        else:
+            loop_sigmas, timesteps = sigma32, distinct
+        self.sigmas, self.timesteps = loop_sigmas.to(device), timesteps.to(device)
+        self._schedule = timesteps.tolist()  # self.timesteps on the host, for the Heun loop's order check
         self._position = 0
         self._heun_pending = None
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start a loop at ``self.timesteps[begin_index:]`` (image-to-image); resets a Heun loop."""
-        self._begin_index = self._position = begin_index
+        self._position = begin_index
         self._heun_pending = None
 
     # ---- forward process (training, img2img) -----------------------------------------------------
@@ -262,10 +264,14 @@ class ScratchFlowMatchScheduler(ScratchScheduler):
 
     def _host_euler_step(self, timestep: float | torch.Tensor, like: torch.Tensor) -> tuple[float, float] | None:
         """(σ, σ_next − σ) as Python floats for a deterministic Euler step from one host timestep, else None
-        (device timesteps are located on their device, without a read-back)."""
-        if self.config.solver != "euler" or self.config.stochastic_sampling:
+        (device timesteps are located on their device, without a read-back).
+
+        A value of ``self.timesteps`` is one dict look-up (keys built by ``set_timesteps``): the hot path of a
+        sampling loop creates no tensor and validates nothing it has not already validated.
+        """
+        if not self._deterministic_euler:
             return None
-        if not is_host(timestep) or (isinstance(timestep, torch.Tensor) and timestep.numel() != 1):
+        if isinstance(timestep, torch.Tensor) and (not timestep.is_cpu or timestep.numel() != 1):
             return None
         host = self._host_floats.get(float(timestep))
         if host is None:  # not a value of self.timesteps: validate (raises) and locate

@@ -25,6 +25,7 @@ from .noise_path import (
     append_dims,
     make_betas,
     rescale_zero_terminal_snr,
+    signal_noise_at,
     spaced_timesteps,
 )
 from .samplers import dynamic_threshold
@@ -66,6 +67,7 @@ class DiscreteVPScheduler(ScratchScheduler):
     """
 
     _compatibles = VP_COMPATIBLES
+    noise_path = "vp"
     _row_type: Any  # the NamedTuple class of the table columns, set by each subclass
 
     # ---- construction ------------------------------------------------------------------------
@@ -90,7 +92,6 @@ class DiscreteVPScheduler(ScratchScheduler):
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # float32, as diffusers exposes it
-        self.one = torch.tensor(1.0)
         # A host copy of ᾱ for checks that must not touch a tensor (the zero-SNR guard); the
         # coefficient tables themselves are computed in float32 (see _set_schedule).
         self._alpha_bar = self.alphas_cumprod.to(torch.float64).numpy()
@@ -252,9 +253,8 @@ class DiscreteVPScheduler(ScratchScheduler):
                     f"timesteps of a discrete VP scheduler must be integers in [0, {T}), got "
                     f"{host.flatten()[:8].tolist()}."
                 )
-        timesteps = torch.as_tensor(timesteps, device=like.device)
-        alpha_bar = self.alphas_cumprod.to(device=like.device)[timesteps.long()].to(like.dtype)
-        return self._path_scales(append_dims(alpha_bar, like.ndim))
+        a, b = signal_noise_at(self, torch.as_tensor(timesteps).long(), dtype=like.dtype, device=like.device)
+        return append_dims(a, like.ndim), append_dims(b, like.ndim)
 
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor

@@ -13,15 +13,16 @@ from Python. The loop lives in ``trainer``; everything else in the modules here:
 ``latent_data``      latents encoded once, cached on disk, their scale, latent batches
 ``errors``           :class:`ConfigError` (bad input before training: exit status 2)
 ``entry``            the command line's exit statuses and messages (``run_command``), shared by both scripts
-``loop``             the accelerate state, the launch check, the run's length and its resumed batches
+``loop``             the accelerate state, the launch check, the run's length, its batches, the update
 ``trainer``          :func:`train` / :func:`run_training`: accelerate, the loop, the outputs
 ``monitoring``       :class:`TrainingSummary`, the buffered loss log, non-finite-loss checks
 ``optimization``     AdamW and the EMA weights
 ``data``             datasets → uint8 tensors decoded once, the epoch-seeded sampler, augmentation
 ``models``           ``UNet2DModel`` presets (tiny / small / base) or a JSON config
-``losses``           the DDPM-family and flow-matching objectives (noise from the schedulers)
+``init_from``        ``--init_from``: a run started from a saved pipeline's UNet (or a saved VAE)
+``objectives``       one module per objective (ddpm, flow): arguments, checks, loss, card text, sampler
 ``checkpoints``      atomic ``accelerate.save_state`` checkpoints, rotation and resume
-``export``           the noise scheduler, the saved pipeline and the sample grid
+``export``           the saved pipeline, the sample grid and the usage snippet
 ``evaluation``       ``--eval_steps``: FD/KID of EMA samples during training, ``best/``
 ``model_card``       the Hugging Face model card (``README.md``)
 ``hub``              ``HfApi.create_repo`` + ``upload_folder``

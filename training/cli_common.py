@@ -11,8 +11,8 @@ import math
 import os
 
 from scratch_diffusion.images import IMAGE_EXTENSIONS, is_image_file
+from scratch_diffusion.pipelines.inputs import MAX_BATCH_SIZE
 from scratch_diffusion.pipelines.loading import looks_like_local_path
-from scratch_diffusion.pipelines.pipeline_scratch_diffusion import MAX_BATCH_SIZE
 
 from .checkpoints import CHECKPOINT_RE, CheckpointError, check_checkpoint
 from .errors import ConfigError

@@ -95,11 +95,14 @@ def validate_latent_args(args: argparse.Namespace, unet_config: dict) -> None:
         f"({args.vae_name_or_path!r}); use a multiple of {factor}.",
     )
     channels, size = config["latent_channels"], args.resolution // factor
+    init_from = getattr(args, "init_from", None)  # train.py's --init_from: the saved UNet's config
+    unet_name = init_from or args.model_config_name_or_path
+    unet_flag = "--init_from" if init_from else "--model_config_name_or_path"
     for key in ("in_channels", "out_channels"):
         stated = unet_config.get(key)
         _check(
             stated is None or stated == channels,
-            f"--model_config_name_or_path {args.model_config_name_or_path!r} states {key} {stated}, but the VAE's "
+            f"{unet_flag} {unet_name!r} states {key} {stated}, but the VAE's "
             f"latents have {channels} channels (latent_channels of {args.vae_name_or_path!r}); remove {key} from "
             f"the UNet config (it is set from the data) or set it to {channels}.",
         )
@@ -107,6 +110,6 @@ def validate_latent_args(args: argparse.Namespace, unet_config: dict) -> None:
     _check(
         size >= unet_factor and size % unet_factor == 0,
         f"the latent side {size} (--resolution {args.resolution} / the VAE's factor {factor}) cannot be downsampled "
-        f"by the UNet ({args.model_config_name_or_path!r} halves it {unet_factor.bit_length() - 1} times); use a "
+        f"by the UNet ({unet_name!r} halves it {unet_factor.bit_length() - 1} times); use a "
         f"--resolution that is a multiple of {factor * unet_factor}.",
     )

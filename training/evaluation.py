@@ -37,6 +37,7 @@ from . import export
 from .cli_evaluation import feature_space_allowed
 from .data import centre_crop
 from .errors import ConfigError
+from .objectives import Objective
 from .optimization import ema_weights
 from .randomness import derive_seed
 
@@ -65,24 +66,17 @@ class EvaluationRecord:
         return asdict(self)
 
 
-def evaluation_scheduler(sampler: str, sampling_scheduler):
+def evaluation_scheduler(sampler: str, objective: Objective, sampling_scheduler):
     """The scheduler of ``--eval_sampler``: ``saved`` (the saved pipeline's) or ``dpmsolver`` (few-step).
 
     ``dpmsolver`` is :class:`~scratch_schedulers.ScratchDPMSolverScheduler` with ``FEW_STEP_CONFIG`` on
-    the model's path (its ``flow_uniform`` time grid replaces a flow model's sampling shift).
+    the ``objective``'s path (:meth:`Objective.few_step_scheduler`).
     """
-    from scratch_schedulers import FEW_STEP_CONFIG, ScratchDPMSolverScheduler, ScratchFlowMatchScheduler
-
     if sampler == "saved":
         return sampling_scheduler
     if sampler != "dpmsolver":
         raise ValueError(f"--eval_sampler {sampler!r}; allowed: 'saved', 'dpmsolver'.")
-    config = {k: v for k, v in sampling_scheduler.config.items() if k != "shift"}
-    if isinstance(sampling_scheduler, ScratchFlowMatchScheduler):
-        return ScratchDPMSolverScheduler.from_config(
-            config, **FEW_STEP_CONFIG, use_flow_sigmas=True, prediction_type="flow_prediction"
-        )
-    return ScratchDPMSolverScheduler.from_config(config, **FEW_STEP_CONFIG, use_flow_sigmas=False)
+    return objective.few_step_scheduler(sampling_scheduler)
 
 
 def reference_images(dataset, num_images: int, resolution: int, seed: int) -> torch.Tensor:
@@ -159,6 +153,7 @@ class TrainingEvaluation:
         self,
         args,
         dataset,
+        objective: Objective,
         sampling_scheduler,
         max_train_steps: int,
         accelerator: Accelerator,
@@ -168,7 +163,7 @@ class TrainingEvaluation:
         self.args, self.sampling_scheduler, self.max_train_steps = args, sampling_scheduler, max_train_steps
         self.vae = vae  # a latent run's VAE: samples are decoded and scored as images
         self.every = args.eval_steps or 0
-        self.scheduler = evaluation_scheduler(args.eval_sampler, sampling_scheduler)
+        self.scheduler = evaluation_scheduler(args.eval_sampler, objective, sampling_scheduler)
         self.num_inference_steps = args.eval_num_inference_steps or args.ddpm_num_inference_steps
         self.sampler = type(self.scheduler).__name__ + (
             " (FEW_STEP_CONFIG)" if args.eval_sampler == "dpmsolver" else ""

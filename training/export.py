@@ -1,9 +1,7 @@
 """What training hands over: the pipeline (saved with EMA weights), sample grids and the usage snippet.
 
-A ddpm-trained UNet is saved with ``ScratchDDIMScheduler`` (same β schedule and prediction type,
-``trailing`` spacing) because it samples well in 50 steps; ``ScratchDDPMScheduler.from_config``
-swaps ancestral sampling back in. A flow-trained UNet is saved with its
-``ScratchFlowMatchScheduler`` (Euler, with the training shift).
+The scheduler the pipeline is saved with is the objective's (``Objective.sampling_scheduler``,
+``training/objectives/``): DDIM for a ddpm-trained UNet, the flow-matching Euler scheduler for a flow one.
 """
 
 from __future__ import annotations
@@ -16,32 +14,18 @@ import torch
 from PIL import Image
 
 from scratch_diffusion.pipelines import ScratchDiffusionPipeline
-from scratch_schedulers import ScratchDDIMScheduler, ScratchFlowMatchScheduler
 
 GRID_MIN_CELL_PX = 64  # small images are upscaled (nearest) so a grid stays readable
 
 
-def sampling_scheduler(training_scheduler, latent: bool = False):
-    """The scheduler the saved pipeline samples with, built from the training scheduler's config.
-
-    ``latent``: the UNet models a VAE's scaled latents, which are not confined to [−1, 1], so DDIM's x̂0 clipping
-    (diffusers' default ``clip_sample=True``, right for images) is switched off (as in Stable Diffusion's configs).
-    """
-    if isinstance(training_scheduler, ScratchFlowMatchScheduler):
-        return ScratchFlowMatchScheduler.from_config(training_scheduler.config)
-    return ScratchDDIMScheduler.from_config(
-        training_scheduler.config, timestep_spacing="trailing", **({"clip_sample": False} if latent else {})
-    )
-
-
-def build_pipeline(unet, scheduler, vae=None) -> ScratchDiffusionPipeline:
+def build_pipeline(unet, scheduler, **components) -> ScratchDiffusionPipeline:
     """The pipeline of ``unet`` (e.g. holding EMA weights) with the sampling ``scheduler``.
 
-    With ``vae`` (a latent run's ``AutoencoderKL``, its latent scale in its config) the pipeline samples
-    latents and decodes them.
+    ``components``: the optional ones by name (``pipelines/components.py``), None for absent; with ``vae`` (a
+    latent run's ``AutoencoderKL``, its latent scale in its config) the pipeline samples latents and decodes them.
     """
-    components = {"unet": unet, "scheduler": scheduler} | ({} if vae is None else {"vae": vae})
-    pipeline = ScratchDiffusionPipeline(**components)
+    present = {name: component for name, component in components.items() if component is not None}
+    pipeline = ScratchDiffusionPipeline(unet=unet, scheduler=scheduler, **present)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

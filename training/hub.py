@@ -26,6 +26,8 @@ import sys
 
 from huggingface_hub import HfApi
 
+from scratch_diffusion.pipelines.components import COMPONENTS, listed_components
+
 # Never uploaded: training state (large, and specific to this machine) and half-written files.
 IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "*.tmp", "*.tmp/**"]
 # What a finished run leaves in --output_dir (README.md, the model card, is written last).
@@ -36,7 +38,8 @@ REQUIRED_OUTPUTS = (
     "unet/diffusion_pytorch_model.safetensors",
     "README.md",
 )
-LATENT_OUTPUTS = ("vae/config.json", "vae/diffusion_pytorch_model.safetensors")
+# An optional component's files, needed where model_index.json lists it (a latent run's vae/: LATENT_OUTPUTS).
+LATENT_OUTPUTS = tuple(f"vae/{name}" for name in COMPONENTS["vae"].files)
 # What a finished train_vae.py run leaves: one model (AutoencoderKL.from_pretrained loads it) at the root.
 MODEL_OUTPUTS = ("config.json", "diffusion_pytorch_model.safetensors", "README.md")
 
@@ -126,20 +129,20 @@ def is_model_output(folder: str) -> bool:
 def missing_outputs(folder: str) -> list[str]:
     """The files of a finished training output that ``folder`` lacks (empty if it is complete).
 
-    A pipeline (``train.py``) needs :data:`REQUIRED_OUTPUTS`, and a latent run's (``model_index.json`` lists a
-    ``vae``) its ``vae/`` too; a single model at the root (``train_vae.py``: a ``config.json`` and no
-    ``model_index.json``) needs :data:`MODEL_OUTPUTS`.
+    A pipeline (``train.py``) needs :data:`REQUIRED_OUTPUTS`, and the files of every optional component its
+    ``model_index.json`` lists (``pipelines/components.py``; a latent run's ``vae/``) too; a single model at
+    the root (``train_vae.py``: a ``config.json`` and no ``model_index.json``) needs :data:`MODEL_OUTPUTS`.
     """
     if is_model_output(folder):
         return [name for name in MODEL_OUTPUTS if not os.path.isfile(os.path.join(folder, name))]
     required = list(REQUIRED_OUTPUTS)
     try:
         with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as f:
-            vae = json.load(f).get("vae")
-    except (OSError, ValueError, AttributeError):
-        vae = None
-    if isinstance(vae, list) and vae[0] is not None:
-        required += LATENT_OUTPUTS
+            index = json.load(f)
+    except (OSError, ValueError):
+        index = {}
+    listed = listed_components(index) if isinstance(index, dict) else []
+    required += [f"{c.name}/{name}" for c in listed if c.optional for name in c.files]
     return [name for name in required if not os.path.isfile(os.path.join(folder, *name.split("/")))]
 
 

@@ -1,23 +1,33 @@
-"""What every trainer's loop is built on: the accelerate state, the launch check, the run's length and its batches.
+"""What every trainer's loop is built on: the accelerate state, the launch check, the run's length, its batches
+and the optimizer update.
 
 ``trainer.py`` (the UNet) and ``vae/trainer.py`` (the AutoencoderKL) both run: :func:`make_accelerator`,
 :func:`check_launch`, … prepare …, :func:`run_length`, … resume …, then ``for epoch, index, batch in
-resumed_batches(...)``, one optimizer update per ``accumulate`` cycle. Lengths count optimizer updates.
+resumed_batches(...)``, one optimizer update per ``accumulate`` cycle, done by :class:`OptimizerUpdates`.
+Lengths count optimizer updates.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
+import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration
+from tqdm.auto import tqdm
 
+from . import checkpoints
 from .data import updates_per_epoch
 from .errors import ConfigError
+from .monitoring import MetricsLog, StepTimer, nonfinite_anywhere
+
+logger = get_logger(__name__)
 
 
 def make_accelerator(args) -> Accelerator:
@@ -97,3 +107,122 @@ def resumed_batches(accelerator: Accelerator, dataloader, length: RunLength, glo
         for index, batch in enumerate(batches, start=skip_batches):
             yield epoch, index, batch
         skip_batches = 0
+
+
+@dataclass(frozen=True)
+class Optimized:
+    """Parameters stepped by one optimizer under one LR schedule; a trainer has one or more (a GAN's critic)."""
+
+    parameters: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+class OptimizerUpdates:
+    """One optimizer update per ``accumulate`` cycle, the same in every trainer.
+
+    Per micro-batch, inside ``accelerator.accumulate`` and after the backward pass(es), :meth:`step` records the
+    loss and, at the cycle's last micro-batch (``sync_gradients``): skips a non-finite update when
+    ``--skip_nonfinite_loss`` (all processes agree), clips each part's gradients to ``--max_grad_norm`` and
+    steps its optimizer; every micro-batch ends with the gradients zeroed (accelerate makes both no-ops
+    mid-cycle). After the block, :meth:`finish` closes an update: the LR schedules step (not when accelerate
+    skipped the step for an fp16 overflow), the EMA follows the weights (not after a skipped update), the
+    step counter, progress bar, throughput timer and loss log move on, and every ``--checkpointing_steps`` the
+    log is flushed (a non-finite loss stops the run before its state is saved) and a checkpoint written.
+    A skipped update still counts, so the data and the LR stay on the step. Use it as a context manager:
+    the progress bar closes on every way out, so error messages start on their own line.
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        args,
+        progress: checkpoints.TrainingProgress,
+        max_train_steps: int,
+        optimized: Sequence[Optimized],
+        ema=None,
+        ema_parameters: Sequence[torch.nn.Parameter] = (),
+    ):
+        """``optimized``: every part the trainer trains; ``ema_parameters``: what the EMA follows (with ``ema``)."""
+        self.accelerator, self.args, self.progress, self.max_train_steps = accelerator, args, progress, max_train_steps
+        self.optimized, self.active = list(optimized), list(optimized)
+        self.ema, self.ema_parameters = ema, list(ema_parameters)
+        self.bar = tqdm(
+            total=max_train_steps, initial=progress.global_step, desc="steps",
+            disable=not accelerator.is_local_main_process,
+        )  # fmt: skip
+        self.metrics = MetricsLog(accelerator, self.bar, args.logging_steps)
+        self.timer = StepTimer(progress.global_step, accelerator.num_processes)
+        self.micro_losses: list[torch.Tensor] = []
+        self.images_seen = 0  # this process's, since the last update
+        self.skipped, self.bad_value = False, None
+
+    def __enter__(self) -> OptimizerUpdates:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer updates done (skipped ones included), counting those of a run resumed from."""
+        return self.progress.global_step
+
+    @property
+    def done(self) -> bool:
+        return self.progress.global_step >= self.max_train_steps
+
+    def step(self, loss: torch.Tensor, images: int, active: Sequence[Optimized] | None = None) -> None:
+        """After one micro-batch's backward pass(es) of ``loss`` on ``images`` images, inside ``accumulate``.
+
+        ``active``: the parts trained in this update (default: all); the first one's clip unscales every
+        optimizer's gradients under fp16 (accelerate does that once, in its first ``clip_grad_norm_``).
+        """
+        self.active = list(self.optimized if active is None else active)
+        self.micro_losses.append(loss.detach())
+        self.images_seen += images
+        sync = self.accelerator.sync_gradients
+        self.skipped = False
+        if sync and self.args.skip_nonfinite_loss:
+            self.skipped, self.bad_value = nonfinite_anywhere(self.accelerator, self.micro_losses)
+        if not self.skipped:
+            if sync and self.args.max_grad_norm > 0:
+                for i, part in enumerate(self.active):
+                    clip = self.accelerator.clip_grad_norm_ if i == 0 else torch.nn.utils.clip_grad_norm_
+                    clip(part.parameters, self.args.max_grad_norm)
+            for part in self.active:
+                part.optimizer.step()
+        for part in self.optimized:
+            part.optimizer.zero_grad(set_to_none=True)
+
+    def finish(self) -> bool:
+        """After the ``accumulate`` block: True when it ended an update (then the trainer's own hooks may run)."""
+        if not self.accelerator.sync_gradients:
+            return False
+        lr = self.active[0].lr_scheduler.get_last_lr()[0]  # the LR this update used
+        if not self.accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the LR where it is
+            for part in self.active:
+                part.lr_scheduler.step()
+        if self.ema is not None and not self.skipped:
+            self.ema.step(self.ema_parameters)
+        self.progress.global_step += 1
+        step = self.progress.global_step
+        if self.skipped:
+            self.progress.skipped_updates += 1
+            logger.warning(
+                f"Step {step}: the loss is {self.bad_value} (non-finite on at least one process); update "
+                f"skipped ({self.progress.skipped_updates} so far, --skip_nonfinite_loss).",
+                main_process_only=True,
+            )
+            self.accelerator.log({"skipped_nonfinite_updates": self.progress.skipped_updates}, step=step)
+        else:
+            extra = {} if self.ema is None else {"ema_decay": self.ema.cur_decay_value}
+            self.metrics.add(step, torch.stack(self.micro_losses).mean(), lr=lr, **extra)
+        self.micro_losses.clear()
+        self.bar.update(1)
+        self.timer.update(step, self.images_seen)
+        self.images_seen = 0
+        if step % self.args.checkpointing_steps == 0:
+            self.metrics.flush()
+            checkpoints.save_checkpoint(self.accelerator, self.args.output_dir, step, self.args.checkpoints_total_limit)
+        return True

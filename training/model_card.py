@@ -17,14 +17,17 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .evaluation import EvaluationRecord
 from .export import usage_snippet
+from .objectives import objective_class, unused_objective_arguments
 
 if TYPE_CHECKING:
     from .latent_data import LatentTraining
 
 SECRET_ARGS = ("hub_token",)
-PATH_ARGS = ("output_dir", "train_data_dir", "cache_dir", "logging_dir", "resume_from_checkpoint", "latent_cache_dir")
+PATH_ARGS = (
+    "output_dir", "train_data_dir", "cache_dir", "logging_dir", "resume_from_checkpoint", "latent_cache_dir",
+    "init_from",
+)  # fmt: skip
 LATENT_ARGS = ("vae_subfolder", "vae_sample_posterior", "latent_scaling_factor")
-OBJECTIVE_TAGS = {"ddpm": "ddpm", "flow": "flow-matching"}
 TASK = "unconditional-image-generation"
 METRICS = (("fd", "FD"), ("kid", "KID"))  # (key in evaluate_samples' result, label)
 
@@ -55,12 +58,7 @@ def card_hyperparameters(args, **extra) -> dict:
     unused |= {"latent_cache_dir", "vae_batch_size"}
     if getattr(args, "vae_name_or_path", None) is None:
         unused |= set(LATENT_ARGS)
-    if args.objective == "flow":
-        unused |= {"prediction_type", "ddpm_beta_schedule", "rescale_betas_zero_snr", "snr_gamma"}
-    else:
-        unused |= {"weighting_scheme", "logit_mean", "logit_std", "flow_shift"}
-    if args.objective == "flow" and args.weighting_scheme == "uniform":
-        unused |= {"logit_mean", "logit_std"}
+    unused |= unused_objective_arguments(args)
     if not args.class_conditional:
         unused |= {"class_dropout_prob", "label_column"}
     if not args.use_ema:
@@ -68,14 +66,6 @@ def card_hyperparameters(args, **extra) -> dict:
     if not args.eval_steps:
         unused |= {"eval_num_samples", "eval_sampler", "eval_num_inference_steps", "eval_features", "save_best"}
     return {k: v for k, v in public_hyperparameters(args, **extra).items() if k not in unused}
-
-
-def objective_description(args) -> str:
-    if args.objective == "flow":
-        shift = f", shift {args.flow_shift:g}" if args.flow_shift != 1 else ""
-        return f"flow matching (velocity ε − x0, {args.weighting_scheme} σ{shift})"
-    snr = f", min-SNR-{args.snr_gamma:g} weighting" if args.snr_gamma else ""
-    return f"the DDPM objective ({args.prediction_type} prediction, {args.ddpm_beta_schedule} β schedule{snr})"
 
 
 def latent_section(latents: LatentTraining | None) -> str:
@@ -199,7 +189,7 @@ def build_model_card(
         final_evaluation, best_evaluation, hub_dataset_id or _local_dataset_type(args), data_description
     )
     tags = ["diffusers", "diffusers-training", "scratch-diffusion", TASK]
-    tags.append(OBJECTIVE_TAGS[args.objective])
+    tags.append(objective_class(args.objective).tag)
     if num_classes is not None:
         tags.append("class-conditional")
     if latents is not None:
@@ -223,6 +213,8 @@ def build_model_card(
     shape = f"{args.resolution}×{args.resolution}"
     if latents is not None:
         shape = f"on {latents.channels}×{latents.size}×{latents.size} latents of {shape} images"
+    init_from = getattr(args, "init_from", None)
+    origin = "from scratch" if init_from is None else f"starting from the UNet of `{shareable(init_from)}`"
     samples = (
         f"\n## Samples\n\n![{args.eval_batch_size} samples from the EMA weights]({sample_grid})\n"
         if sample_grid
@@ -235,7 +227,7 @@ def build_model_card(
 # {name}
 
 {conditioning}: a `UNet2DModel` ({num_parameters / 1e6:.2f} M parameters, {shape})
-trained from scratch on {data_description} with {objective_description(args)}, using
+trained {origin} on {data_description} with {objective_class(args.objective).describe(args)}, using
 scratch-diffusion's `training/train.py`. The weights are the exponential moving average
 (EMA) of training{"" if args.use_ema else " — here EMA was off, so they are the raw weights"}.
 

@@ -16,19 +16,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
+
+from scratch_diffusion.pipelines.denoiser import UNetModel
 
 from . import checkpoints, export, hub
 from .cli import parse_args, validate_args
 from .data import augment, drop_labels, load_training_data, make_dataloader
 from .evaluation import TrainingEvaluation, private_randomness
+from .init_from import check_unet_fits, load_unet_from_pipeline
 from .latent_data import latent_input, prepare_latent_training
-from .loop import check_launch, make_accelerator, resumed_batches, run_length
-from .losses import make_objective
+from .loop import Optimized, OptimizerUpdates, check_launch, make_accelerator, resumed_batches, run_length
 from .model_card import (
     build_model_card,
     card_hyperparameters,
@@ -36,7 +38,8 @@ from .model_card import (
     save_model_card,
 )
 from .models import build_unet
-from .monitoring import MetricsLog, StepTimer, TrainingSummary, nonfinite_anywhere
+from .monitoring import TrainingSummary
+from .objectives import make_objective
 from .optimization import ema_weights, make_ema, make_lr_scheduler, make_optimizer
 from .randomness import seeded_generator
 
@@ -94,10 +97,14 @@ def train(args) -> TrainingSummary:
 
     # ---- model, objective, optimizer, EMA -------------------------------------------------------------
     side, channels = (args.resolution, data.num_channels) if latents is None else (latents.size, latents.channels)
-    unet = build_unet(args.model_config_name_or_path, side, channels, data.num_classes)
+    if args.init_from is None:
+        unet = build_unet(args.model_config_name_or_path, side, channels, data.num_classes)
+    else:  # a saved pipeline's UNet, exactly as saved; refused before any step if it does not fit this run
+        unet = load_unet_from_pipeline(args.init_from)
+        check_unet_fits(unet.config, args.init_from, side, channels, data.num_classes)
     num_parameters = sum(p.numel() for p in unet.parameters())
     objective = make_objective(args)
-    sampling_scheduler = export.sampling_scheduler(objective.scheduler, latent=vae is not None)
+    sampling_scheduler = objective.sampling_scheduler(latent=vae is not None)
     ema = make_ema(unet, args)
     optimizer = make_optimizer(list(unet.parameters()), args)
     unet, optimizer, dataloader = accelerator.prepare(unet, optimizer, dataloader)
@@ -115,8 +122,9 @@ def train(args) -> TrainingSummary:
     global_step = progress.global_step
     repo_id = hub.create_repo_before_training(accelerator, args)
 
+    resumed = resume_dir is not None
     evaluation = TrainingEvaluation(
-        args, data.dataset, sampling_scheduler, max_train_steps, accelerator, resume_dir is not None, vae=vae
+        args, data.dataset, objective, sampling_scheduler, max_train_steps, accelerator, resumed, vae=vae
     )
     accelerator.init_trackers("train", config=public_hyperparameters(args))
     logger.info(
@@ -131,72 +139,35 @@ def train(args) -> TrainingSummary:
 
     # ---- the loop ---------------------------------------------------------------------------------
     generator = torch.Generator(device=accelerator.device)
-    bar = tqdm(total=max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
-    metrics = MetricsLog(accelerator, bar, args.logging_steps)
-    micro_losses: list[torch.Tensor] = []
-    images_seen = 0  # this process's, since the last update
-    timer = StepTimer(global_step, accelerator.num_processes)
+    parameters = list(unet.parameters())
+    trained = [Optimized(parameters, optimizer, lr_scheduler)]
+    updates = OptimizerUpdates(accelerator, args, progress, max_train_steps, trained, ema, parameters)
     unet.train()
-    try:  # the progress bar is closed on every way out, so error messages start on their own line
+    model = UNetModel(unet)  # the one call of the UNet (pipelines/denoiser.py), as sampling makes it
+    with updates:
         for epoch, index, batch in resumed_batches(accelerator, dataloader, length, global_step):
             seeded_generator(generator, args.seed, "batch", epoch, index, accelerator.process_index)
-            skipped = False
             with accelerator.accumulate(unet):
                 if latents is None:
                     x0 = augment(batch["images"], args.resolution, args.random_flip, generator)
                 else:
                     x0 = latent_input(batch, args.random_flip, generator)
                 labels = drop_labels(batch.get("labels"), args.class_dropout_prob, data.num_classes, generator)
-                loss = objective.loss(lambda x, t, c=labels: unet(x, t, class_labels=c).sample, x0, generator)
+                loss = objective.loss(partial(model, class_labels=labels), x0, generator)
                 accelerator.backward(loss)
-                micro_losses.append(loss.detach())
-                if accelerator.sync_gradients and args.skip_nonfinite_loss:
-                    skipped, bad_value = nonfinite_anywhere(accelerator, micro_losses)
-                if not skipped:
-                    if accelerator.sync_gradients and args.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            images_seen += x0.shape[0]
-            if not accelerator.sync_gradients:
+                updates.step(loss, x0.shape[0])
+            if not updates.finish():
                 continue
-
-            # ---- one optimizer update done (or skipped: it still counts, so data and LR stay on the step) ----
-            lr = lr_scheduler.get_last_lr()[0]  # the LR this update used
-            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the LR where it is
-                lr_scheduler.step()
-            if ema is not None and not skipped:
-                ema.step(unet.parameters())
-            global_step += 1
-            progress.global_step = global_step
-            if skipped:
-                progress.skipped_updates += 1
-                logger.warning(
-                    f"Step {global_step}: the loss is {bad_value} (non-finite on at least one process); update "
-                    f"skipped ({progress.skipped_updates} so far, --skip_nonfinite_loss).",
-                    main_process_only=True,
-                )
-                accelerator.log({"skipped_nonfinite_updates": progress.skipped_updates}, step=global_step)
-            else:
-                extra = {} if ema is None else {"ema_decay": ema.cur_decay_value}
-                metrics.add(global_step, torch.stack(micro_losses).mean(), lr=lr, **extra)
-            micro_losses.clear()
-            bar.update(1)
-            timer.update(global_step, images_seen)
-            images_seen = 0
-
-            if global_step % args.checkpointing_steps == 0:
-                metrics.flush()
-                checkpoints.save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+            global_step = updates.global_step  # an update done (or skipped: it still counts)
             if global_step % args.save_images_steps == 0 and accelerator.is_main_process and args.logger != "none":
                 log_sample_grid(accelerator, unet, ema, sampling_scheduler, vae, args, global_step)
             if evaluation.due(global_step):
                 evaluation(accelerator, unet, ema, global_step)
-            if global_step >= max_train_steps:
+            if updates.done:
                 break
-        metrics.flush()
-    finally:
-        bar.close()
+        updates.metrics.flush()
+    global_step = updates.global_step
+    timer = updates.timer
     summary = timer.summary(args.output_dir, evaluation.seconds, evaluation.cpu_seconds)
     evaluated = f"; {evaluation.seconds:.1f} s evaluating, not counted" if evaluation.enabled else ""
     logger.info(

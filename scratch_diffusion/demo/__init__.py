@@ -39,7 +39,7 @@ replaced (the run says so); with ``--reuse`` the trained pipeline is kept and th
 The digits classifier of the metric is cached across runs (``$SCRATCH_DIFFUSION_CACHE``); the run
 says whether it was loaded or trained.
 
-The README's demo table is printed from a run's ``metrics.json`` by
+The documentation's demo table (docs/benchmarks.md) is printed from a run's ``metrics.json`` by
 ``python -m scratch_diffusion.demo.readme_table outputs/demo/metrics.json``.
 
 Modules (the names below are re-exported here):
@@ -51,7 +51,7 @@ Modules (the names below are re-exported here):
 ``training``      steps 1-2: the VAE, then ``run_training``; ``--train_minutes`` calibration
 ``sampling``      step 3: :class:`SampleSet`, the samplers, sampling and scoring a stage
 ``quality``       ``QUALITY_BAR`` and the verdict
-``report``        ``metrics.md`` and the README table, from ``metrics.json``'s content
+``report``        ``metrics.md`` and the documentation's demo table, from ``metrics.json``'s content
 ``figure``        ``demo.png``
 ``likelihood``    bits/dim of a pixel-space model (ODE and bound)
 ``phases``        ``run``: one function per phase

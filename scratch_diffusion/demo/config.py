@@ -22,20 +22,21 @@ SAMPLERS = {
 # The recipe `make demo` trains with, sized for about 3 minutes of training on 2 CPU cores (VAE + UNet). What was
 # tried and what it scored: benchmarks/bench_latent_recipes.py (the latent UNet's levers on one VAE; results in
 # benchmarks/results/latent_recipes.json), benchmarks/bench_recipes.py (the pixel UNet's and the objectives; results
-# in benchmarks/results/recipes*.json), benchmarks/bench_latent.py (latent vs pixel at equal time) — the README's
-# "What was tried" tables. The seed-to-seed spread is about ±0.05 in FD ratio and one draw of 1000 scatters by ±0.1,
-# so no single run settles a lever (benchmarks/bench_demo_seeds.py runs the whole demo per seed).
+# in benchmarks/results/recipes*.json), benchmarks/bench_latent.py (latent vs pixel at equal time) — the
+# "What was tried" tables of docs/benchmarks.md. The seed-to-seed spread is about ±0.05 in FD ratio and one draw
+# of 1000 scatters by ±0.1, so no single run settles a lever (benchmarks/bench_demo_seeds.py runs the whole demo
+# per seed).
 DEFAULTS = {
     # Diffuse in a VAE's latent space: a tiny AutoencoderKL (f = 2, one channel: a 16×16 digit is a 1×8×8 latent)
     # is trained first, then the UNet on its latents — fewer numbers per image, so more updates per CPU-minute
-    # (benchmarks/bench_latent.py; the README's "Latent vs pixel" table). "pixel": the UNet on the 16×16 images.
+    # (benchmarks/bench_latent.py; docs/benchmarks.md, "Latent vs pixel"). "pixel": the UNet on the 16×16 images.
     "space": "latent",
     "vae_steps": 1200,
     "objective": "flow",
     "prediction_type": None,  # ddpm only: epsilon (default) or v_prediction
     "weighting_scheme": "logit_normal",  # flow only: σ sampling in training (Esser et al., 2024, §3.1)
     # flow only: the mean of logit(σ), below 0 = more training at low noise (≡ a training time shift s = e^m; the
-    # sampling grid is left at shift 1). Measured in benchmarks/bench_latent_recipes.py (the README's latent table).
+    # sampling grid is left at shift 1). Measured in benchmarks/bench_latent_recipes.py (docs/benchmarks.md).
     "logit_mean": -0.7,
     "model": "compact",  # tiny's widths at three levels, attention only at 4×4: better and ~15 % faster per step
     "max_train_steps": 1600,

@@ -207,7 +207,7 @@ def print_summary(config: DemoConfig, report: dict, best: SampleSet) -> None:
 
 
 def busy_machine_note(load: float | None, threads: int) -> str | None:
-    """A note when other work is running (1-minute load average ≥ 1): the demo's times will be slower than its README's.
+    """A note when other work is running (1-minute load average ≥ 1): times will be slower than the documented ones.
 
     With 2 threads beside busy processes, libgomp's spin-waiting makes an update many times slower
     (``benchmarks/bench_processes.py``); 1 thread, or ``OMP_WAIT_POLICY=PASSIVE`` in the environment, avoids that

@@ -1,4 +1,4 @@
-"""Print the README's demo table from a demo run's ``metrics.json``: the command the README's numbers come from.
+"""Print the documentation's demo table (docs/benchmarks.md) from a demo run's ``metrics.json``.
 
     python -m scratch_diffusion.demo.readme_table outputs/demo/metrics.json
 
@@ -16,10 +16,10 @@ from scratch_diffusion.demo.report import readme_table
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the README's demo table for a ``metrics.json``; exit status 2 with ``error:`` for an unreadable file."""
+    """Print the demo table for a ``metrics.json``; exit status 2 with ``error:`` for an unreadable file."""
     parser = argparse.ArgumentParser(
         prog="python -m scratch_diffusion.demo.readme_table",
-        description="Print the README's demo table (markdown) from the metrics.json a demo run wrote.",
+        description="Print the documentation's demo table (markdown) from the metrics.json a demo run wrote.",
     )
     parser.add_argument("metrics_json", help="e.g. outputs/demo/metrics.json")
     args = parser.parse_args(argv)

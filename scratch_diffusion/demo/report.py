@@ -1,6 +1,6 @@
-"""Step 4 of the demo in text: ``metrics.md``, and the README's demo table, both from ``metrics.json``'s content.
+"""Step 4 of the demo in text: ``metrics.md``, and the documentation's demo table, both from ``metrics.json``'s content.
 
-``python -m scratch_diffusion.demo.readme_table outputs/demo/metrics.json`` prints the README's table.
+``python -m scratch_diffusion.demo.readme_table outputs/demo/metrics.json`` prints the documentation's table.
 A report is the dict the demo writes as ``metrics.json``; its ``results`` rows and ``best`` row are
 :meth:`SampleSet.row` dicts (the setting, then :func:`scratch_diffusion.metrics.evaluate_samples`' numbers).
 """
@@ -56,7 +56,7 @@ def _baseline(header: str) -> Column:
 METRICS_MD_COLUMNS = (STAGE, SAMPLER, STEPS, NFE, GUIDANCE, N, FD, _baseline("real baseline (same n)"), FD_RATIO,
                       KID, CLASS_MATCH, CONFIDENT, SECONDS)  # fmt: skip
 METRICS_MD_BOLD = (FD, FD_RATIO)
-# The README: no timings (machine-dependent beside the caption's totals); the best row's setting in bold too.
+# The docs' table: no timings (machine-dependent beside the caption's totals); the best row's setting in bold too.
 README_COLUMNS = (STAGE, SAMPLER, STEPS, NFE, GUIDANCE, N, FD, _baseline("real baseline"), FD_RATIO, KID, CLASS_MATCH)
 README_BOLD = (STAGE, SAMPLER, FD, FD_RATIO)
 

@@ -9,7 +9,7 @@
 * :func:`pipeline_model`: a saved pipeline's UNet as the ``(sample, timestep) -> output`` callable.
 
 Both functions take a model callable in the scheduler's parametrisation (as
-``scratch_schedulers.exact_denoiser.ExactDenoiser``), the data and a scheduler describing the path,
+``scratch_schedulers.oracle.ExactDenoiser``), the data and a scheduler describing the path,
 and return per-example values in nats. ``python -m scratch_diffusion.likelihood PATH`` is the CLI.
 """
 

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from scratch_diffusion.pipelines.cross_path import ModelPath, plan_model_calls
+from scratch_schedulers.model_fn import ModelFn
 from scratch_schedulers.noise_path import parametrization_of, signal_noise_at
 from scratch_schedulers.path_change import vp_log_snr_table
 from scratch_schedulers.validation import check_choice
 
-ModelFn = Callable[[torch.Tensor, "int | float | torch.Tensor"], torch.Tensor]
 VelocityField = Callable[[torch.Tensor, float], torch.Tensor]
 SPACINGS = ("geometric", "uniform")
 

@@ -35,19 +35,18 @@ both are unbiased for Σ L_i. L_T is exact and L_0 is always evaluated.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from scratch_schedulers.model_fn import ModelFn
 from scratch_schedulers.noise_path import parametrization_of, split_prediction
 from scratch_schedulers.scheduling_ddpm import VARIANCE_TYPES
 from scratch_schedulers.validation import check_choice
 
 from .units import BIN_WIDTH_8BIT, nats_to_bits_per_dim
 
-ModelFn = Callable[[torch.Tensor, "int | float | torch.Tensor"], torch.Tensor]
 DECODERS = ("discretized", "gaussian")
 TERM_SAMPLINGS = ("uniform", "stratified")
 FIRST_STEP_VARIANCES = ("posterior_clipped", "beta")

@@ -65,6 +65,8 @@ def test_euler_and_heun_agree_at_fine_steps(flow_pipeline):
         assert bool(torch.isfinite(results[solver]).all())
     difference = results["euler"] - results["heun"]
     stderr = float(difference.std()) / math.sqrt(len(difference))
+    # Euler is first order: its error halves with the step (0.21, 0.10, 0.05, 0.026 bits/dim at 50–400 steps above),
+    # so ≈ 0.026 at 400 steps; Heun's at 100 steps is ≈ 0.004: the paired difference ≤ 0.03, plus 3 standard errors
     assert abs(float(difference.mean())) < 0.03 + 3 * stderr, (results, stderr)
 
 
@@ -81,6 +83,9 @@ def test_flow_unet_through_a_ddpm_scheduler_keeps_its_denoiser(flow_pipeline):
         velocity = pipeline_model(flow_pipeline, flow)(x / (a + b), sigma * 1000)
     x0_vp, _ = split_prediction(eps, x, torch.tensor(a), torch.tensor(b), "epsilon")
     x0_flow, _ = split_prediction(velocity, x / (a + b), torch.tensor(1 - sigma), torch.tensor(sigma), "flow_velocity")
+    # float32: the two x̂0s are one UNet output converted two ways, (x − b·ε̂)/a with ε̂ from the velocity (≤ γ_4·(|x| +
+    # b·|ε̂|)/a ≈ 4u·9/0.32 ≈ 7e-6 at t = 600) and x/(a + b) − σ·û (≤ 1e-6), and UNet inputs x/(a + b) formed alike:
+    # ≤ 1e-5; 1e-4 leaves 10× for a UNet input one ulp apart (Lipschitz ≲ 10). A wrong path change is off by O(0.1).
     torch.testing.assert_close(x0_vp, x0_flow, rtol=1e-4, atol=1e-4)
 
 
@@ -96,6 +101,7 @@ def test_cli_reports_both_methods(flow_pipeline_path, tmp_path, capsys):
     assert report["ode"]["num_images"] == 4 and report["ode"]["nfe"] == 16 and report["ode"]["path"] == "flow"
     bound = report["bound"]
     assert bound["via_path_change"] and bound["variance_type"] == "fixed_large" and bound["num_terms"] == 10
+    # three float64 terms (JSON round-trips floats exactly): their sum within isclose's rel 1e-9 ≫ 3·2⁻⁵³
     assert math.isclose(sum(bound["terms"][k] for k in ("prior", "diffusion", "decoder")), bound["bits_per_dim"])
     assert all(math.isfinite(report[m][k]) for m in ("ode", "bound") for k in ("bits_per_dim", "stderr", "seconds"))
 

@@ -22,7 +22,7 @@ def test_cli_on_an_image_folder_writes_valid_json(classifier, split, tmp_path, c
     assert written == json.loads(capsys.readouterr().out)
     assert written["n"] == 60 and written["source"] == {"image_folder": str(tmp_path / "by_class")}
     assert written["class_match"] >= 0.9 and written["classifier_accuracy"] >= 0.95
-    assert written["fd"] < 0.1 * written["fd_noise_ceiling"]
+    assert written["fd"] < 0.1 * written["fd_noise_ceiling"]  # real digits: a sampling-noise FD, ≪ noise's
 
     write_pngs(tmp_path / "flat", real[:10])  # no class subfolders: no class_match; markdown printed
     assert metrics.main([str(tmp_path / "flat")]) == 0

@@ -25,7 +25,7 @@ def test_frechet_distance_matches_closed_forms_and_scipy():
     mu1, mu2 = np.zeros(3), np.array([1.0, 2.0, 0.0])
     expected = 5.0 + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
     got = metrics.frechet_distance_from_statistics(mu1, np.diag(a), mu2, np.diag(b))
-    assert got == pytest.approx(expected, rel=1e-10)
+    assert got == pytest.approx(expected, rel=1e-10)  # float64, ≤ 20 operations on values ≤ 10: ≤ 2e-14 relative
 
     # General covariances: the textbook formula with scipy's sqrtm.
     rng = np.random.default_rng(0)
@@ -33,6 +33,9 @@ def test_frechet_distance_matches_closed_forms_and_scipy():
     s1, s2 = x @ x.T + 0.1 * np.eye(5), y @ y.T + 0.1 * np.eye(5)
     m1, m2 = rng.normal(size=5), rng.normal(size=5)
     reference = ((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    # float64 square roots of s1·s2, eigenvalues ≥ 0.01 and ≤ 1e2: a matrix square root loses ≤ κ·2⁻⁵³ with κ ≤ 1e4,
+    # ≈ 1e-12 of traces ≤ 100 against an FD ≥ 1: ≤ 1e-10 relative < 1e-8; the FD of equal statistics cancels to the
+    # same ≤ 1e-12·100 = 1e-10 absolute < 1e-9
     assert metrics.frechet_distance_from_statistics(m1, s1, m2, s2) == pytest.approx(reference, rel=1e-8)
     assert metrics.frechet_distance_from_statistics(m1, s1, m1, s1) == pytest.approx(0, abs=1e-9)
 
@@ -51,6 +54,8 @@ def test_real_vs_real_is_small_beside_real_vs_noise(classifier, split):
     noise = metrics.noise_images(400)
     real_vs_real = metrics.frechet_distance(real_a, real_b)  # default extractor, cached classifier
     real_vs_noise = metrics.frechet_distance(real_a, noise, feature_extractor=classifier)
+    # two real samples of 400 differ by the FD's finite-sample bias ~ tr(Σ)·2/n, noise by a distance between
+    # distributions far larger in this feature space: 0.05 separates the two
     assert real_vs_real < 0.05 * real_vs_noise
 
 
@@ -65,7 +70,7 @@ def test_metric_ranks_real_below_degraded_real_below_noise(classifier, split):
     fd = {name: r["fd"] for name, r in scores.items()}
     ceiling = scores["real"]["fd_noise_ceiling"]
     baseline = scores["real"]["fd_real_baseline"]
-    assert fd["real"] < 2 * baseline
+    assert fd["real"] < 2 * baseline  # real data against the real baseline: equal up to sampling noise (< 2×)
     assert 2 * fd["real"] < fd["blurred"] < ceiling, fd
     assert 2 * fd["real"] < fd["noised"] < ceiling, fd
     assert ceiling > 20 * baseline
@@ -119,7 +124,8 @@ def test_a_custom_feature_extractor_goes_through_the_same_functions(classifier, 
     noise = metrics.noise_images(300)
     direct = metrics.frechet_distance(real_a, real_b, feature_extractor=pooled_pixels)
     assert direct == pytest.approx(metrics.frechet_distance_from_features(pooled_pixels(real_a), pooled_pixels(real_b)))
-    assert direct < 0.1 * metrics.frechet_distance(real_a, noise, feature_extractor=pooled_pixels)
+    assert direct < 0.1 * metrics.frechet_distance(real_a, noise, feature_extractor=pooled_pixels)  # as above, 16-d
+    # equal sets: the FD cancels to float64 rounding of 16×16 square roots (κ ≤ 1e4): ≤ 1e4·2⁻⁵³·tr ≈ 1e-11 < 1e-8
     assert metrics.frechet_distance(real_a, real_a, feature_extractor=pooled_pixels) == pytest.approx(0, abs=1e-8)
 
     calls.clear()
@@ -139,4 +145,5 @@ def test_other_image_layouts_are_accepted(classifier, split):
     results = metrics.evaluate_samples(rgb32, labels, classifier=classifier)
     assert results["class_match"] >= 0.9 and results["fd"] < 0.1 * results["fd_noise_ceiling"]
     as_numpy = ((rgb32.permute(0, 2, 3, 1) + 1) / 2).numpy()  # a pipeline's output_type="np"
+    # (x + 1)/2 then ·2 − 1 in float32 on |x| ≤ 1: ≤ 4 roundings of values ≤ 2, 4·2·u ≈ 5e-7 < 1e-6
     assert torch.allclose(metrics.images_from_numpy(as_numpy), rgb32, atol=1e-6)

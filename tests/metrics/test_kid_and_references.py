@@ -36,11 +36,12 @@ def test_kid_is_the_kernel_distance_beside_its_real_baseline_and_noise_ceiling(c
     assert results["kid"] == expected.mean and results["kid_std"] == expected.std > 0
     assert results["kid_subsets"] == 20 and results["kid_subset_size"] == 300
     # Real data scores like the real baseline (≈ 0: unbiased), noise far above.
+    # the unbiased KID of real data is 0 ± its subset spread, ≪ the noise ceiling: 0.02 of it
     assert abs(results["kid_real_baseline"]) < 0.02 * results["kid_noise_ceiling"]
     spread = results["kid_std"] + results["kid_real_baseline_std"]
-    assert abs(results["kid"] - results["kid_real_baseline"]) < 3 * spread
+    assert abs(results["kid"] - results["kid_real_baseline"]) < 3 * spread  # within 3 (summed) standard deviations
     blurred = metrics.evaluate_samples(gaussian_blur(real), classifier=classifier)
-    assert results["kid"] + 10 * spread < blurred["kid"] < results["kid_noise_ceiling"]
+    assert results["kid"] + 10 * spread < blurred["kid"] < results["kid_noise_ceiling"]  # blurring: ≥ 10 sd worse
     assert blurred["kid_real_baseline"] == results["kid_real_baseline"]  # one scale per sample size and seed
     summary = metrics.markdown_summary(results)
     assert "| KID" in summary and "± std over 20 subsets of 300" in summary and "| confident" in summary
@@ -77,6 +78,7 @@ def test_any_reference_set_without_the_digits_classifier(monkeypatch):
     assert good["reference"] == "reference_images" and good["n_reference"] == 90 and good["n_baseline"] == 60
     for key in ("confident_fraction", "confident_fraction_noise", "class_match", "classifier_accuracy"):
         assert good[key] is None, key
+    # good samples score like the real baseline (< 2×: sampling noise), the grey ones clearly above it
     assert good["fd"] < 2 * good["fd_real_baseline"] < bad["fd"] < good["fd_noise_ceiling"]
     assert good["kid"] < bad["kid"] < good["kid_noise_ceiling"]
     assert evaluate(samples) == good  # deterministic for a seed

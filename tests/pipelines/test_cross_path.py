@@ -21,8 +21,8 @@ from scratch_diffusion import (
     ScratchFlowMatchScheduler,
 )
 from scratch_schedulers import Parametrization
-from scratch_schedulers.exact_denoiser import GaussianMixture, mixture_error, sampling_noise
 from scratch_schedulers.noise_path import parametrization_of, split_prediction
+from scratch_schedulers.oracle import GaussianMixture, mixture_error, sampling_noise
 from scratch_schedulers.path_change import (
     flow_to_vp,
     prediction_readout,
@@ -40,8 +40,10 @@ VP_TABLE = vp_log_snr_table(ScratchDDPMScheduler().alphas_cumprod)
 # ---- the change of variables ------------------------------------------------------------------
 
 
+@pytest.mark.numerics
 def test_vp_and_flow_points_of_equal_snr_hold_the_same_sample_up_to_scale():
     x0, eps = torch.randn(2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    # float64: ≤ 10 operations on values ≤ 4, dividing by a + b ≥ 1: ≤ 10·4·2⁻⁵³ ≈ 5e-15 < 1e-12
     for t in (0, 250, 999):
         a, b = vp_point_of_log_snr(float(VP_TABLE[t]))
         x_flow, sigma = vp_to_flow(a * x0 + b * eps, a, b)
@@ -58,6 +60,7 @@ def test_vp_clock_inverts_the_log_snr_table():
     lams = np.linspace(VP_TABLE[0] + 1, VP_TABLE[-1] - 1, 500)
     times = [vp_timestep_at_log_snr(float(lam), VP_TABLE) for lam in lams]
     assert times[0] == 0 and times[-1] == 999 and np.all(np.diff(times) >= 0)
+    # linear interpolation in float64 at a midpoint: exact to ≈ 10·2⁻⁵³ relative, inside approx's 1e-6
     assert vp_timestep_at_log_snr((VP_TABLE[10] + VP_TABLE[11]) / 2, VP_TABLE) == pytest.approx(10.5)
     assert vp_model_point(math.inf, VP_TABLE).timestep == 0 and vp_model_point(-math.inf, VP_TABLE).timestep == 999
 
@@ -71,6 +74,7 @@ def test_zero_terminal_snr_end_is_matched_exactly():
     assert 998 < inside < 999
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("model_type", ["epsilon", "sample", "v_prediction"])
 @pytest.mark.parametrize("target_type", ["flow_velocity", "epsilon", "sample"])
 def test_readout_maps_the_exact_vp_model_onto_the_exact_flow_model(model_type, target_type):
@@ -84,9 +88,12 @@ def test_readout_maps_the_exact_vp_model_onto_the_exact_flow_model(model_type, t
         output = mixture.model_output(k * x, point.a, point.b, model_type)
         p, q = prediction_readout(model_type, point.a, point.b, target_type, 1 - sigma, sigma)
         expected = mixture.model_output(x, 1 - sigma, sigma, target_type)
+        # float64 through the exact denoiser (responsibilities by softmax over exponents ≤ 200): ≤ 200·2⁻⁵³ relative in
+        # each weight, then a read-out with |p|, |q| ≤ 1/σ ≤ 50 at σ = 0.02: ≤ 50·200·10·2⁻⁵³ ≈ 1e-11 < 1e-9
         torch.testing.assert_close(p * output + q * (k * x), expected, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.numerics
 def test_readout_between_parametrisations_of_one_point_is_split_prediction():
     out, x = torch.randn(2, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     a, b = vp_point_of_log_snr(0.3)
@@ -137,6 +144,7 @@ def exact_error(path, prediction_type, scheduler, steps) -> tuple[dict, int]:
     return mixture_error(samples, pipe.unet.mixture), pipe.unet.calls
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     ("path", "prediction_type", "native", "cross"),
     [
@@ -178,11 +186,12 @@ def test_cross_path_sampler_reproduces_the_mixture_like_the_native_one(path, pre
         results[name] = exact_error(path, prediction_type, scheduler, 26 if scheduler.order == 2 else 50)
     (native_error, native_calls), (cross_error, cross_calls) = results["native"], results["cross"]
     assert abs(native_calls - cross_calls) <= 1, (native_calls, cross_calls)
-    for key in ("sliced_wasserstein", "weight_error", "std_error"):
+    for key in ("sliced_wasserstein", "weight_error", "std_error"):  # C = 3 floors + ~1 sd, as test_exact_denoiser
         assert cross_error[key] <= 3 * floor[key] + 0.01, (key, cross_error, native_error, floor)
         assert native_error[key] <= 3 * floor[key] + 0.01, (key, native_error, floor)
 
 
+@pytest.mark.numerics
 def test_the_sampler_not_the_training_path_decides_the_samples():
     """One sampler, the exact VP ε-model and the exact flow model of one mixture, the same noise: the same samples.
 
@@ -196,12 +205,17 @@ def test_the_sampler_not_the_training_path_decides_the_samples():
 
     ddim = lambda: ScratchDDIMScheduler(clip_sample=False, timestep_spacing="trailing")  # noqa: E731
     diff = (samples("vp", "epsilon", ddim(), 20) - samples("flow", "flow_velocity", ddim(), 20)).abs()
+    # float32 DDIM, 20 steps, the same timesteps: the two exact models differ by their float32 conversions
+    # (≤ γ_4·(|x| + b·|ε|)/a), weighed by a_next: Σ_k 4u·8·a_{k+1}/a_k ≤ 4u·8·30 ≈ 6e-5 over the trailing grid < 1e-4
     assert diff.max() < 1e-4, diff.max()
     heun = lambda: ScratchFlowMatchScheduler(solver="heun")  # noqa: E731
     diff = (samples("vp", "epsilon", heun(), 10) - samples("flow", "flow_velocity", heun(), 10)).abs()
+    # not rounding: at σ = 1 and below σ(t = 0) the VP model answers for its nearest trained end, a model error of
+    # O(1 − a(t = 999)) ≈ 6e-3 at the start carried with weight ≈ Δσ ≈ 0.1 → median ~1e-3; 99 % below 1e-2
     assert diff.median() < 2e-3 and diff.quantile(0.99) < 1e-2, (diff.median(), diff.quantile(0.99))
 
 
+@pytest.mark.numerics
 def test_same_path_other_parametrisation_matches_the_native_sampler():
     """A v-model sampled by an ε-DDIM equals the v-DDIM run (same timesteps: only the read-out changes).
 
@@ -212,7 +226,9 @@ def test_same_path_other_parametrisation_matches_the_native_sampler():
     converted = exact_pipeline("vp", "v_prediction", ScratchDDIMScheduler(clip_sample=False), torch.float64)
     expected = final_latents(native, batch_size=500, num_inference_steps=20, generator=torch.manual_seed(0))
     got = final_latents(converted, batch_size=500, num_inference_steps=20, generator=torch.manual_seed(0))
-    torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)  # DDIM's coefficients are float32 (~1e-7 × 1/a)
+    # float64 samples, but DDIM's path coefficients are float32: the two read-outs of x̂0 differ by ≤ 2u·|x|/a,
+    # weighed by a_next: Σ_k 2u·3·a_{k+1}/a_k ≈ 2u·3·25 ≈ 9e-6 over the 20 steps (|x| ≤ 3) < 2e-5
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
     assert converted.unet.calls == native.unet.calls == 20
 
 
@@ -324,4 +340,6 @@ def test_trained_model_samples_as_well_cross_path_as_natively(trained_tiny_unets
         images = pipe(batch_size=64, num_inference_steps=steps, generator=torch.manual_seed(0), output_type="pt").images
         distances[name] = template_distance(images * 2 - 1)
     assert distances["native"] < 0.35, distances  # the model has learnt the patterns
+    # trained models, 64 images: the distances' sampling spread is ≈ sd/√64 ≈ 0.1·(0.3)/8 ≈ 0.004 each, and the
+    # cross-path grid's discretisation differs: 15 % + 0.01 (≈ 2.5 sd) admits that, not a broken path change (≥ 2×)
     assert distances["cross"] <= 1.15 * distances["native"] + 0.01, distances

@@ -1,6 +1,6 @@
-"""Loading stories A–E, each in a fresh interpreter, running the README's own snippets.
+"""Loading stories A–E, each in a fresh interpreter, running the documentation's own snippets.
 
-The README section ``pipeline`` holds one ```python block per story, tagged by its first line
+The page ``docs/pipeline.md`` holds one ```python block per story, tagged by its first line
 (``# Save``, ``# Story A``, …). Each test runs a block unchanged in a subprocess and appends
 checks of what it produced. Story B runs with scratch-diffusion not importable (see
 ``helpers.run_python``); story E serves the saved folder from a loopback Hub (``hub_server.py``),
@@ -24,15 +24,14 @@ from scratch_diffusion import ScratchDDIMScheduler, ScratchDDPMScheduler, Scratc
 from .helpers import run_python, subprocess_env, tiny_unet
 from .hub_server import LoopbackHub
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "pipeline.md"
 REPO_ID = "your-name/my-pipeline"
 
 
 def readme_snippets() -> dict[str, str]:
-    """The ```python blocks of the README's pipeline section, keyed by their first-line comment."""
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("<!-- section:pipeline -->") : text.index("<!-- /section:pipeline -->")]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    """The ```python blocks of docs/pipeline.md that tell a story, keyed by their first-line comment."""
+    blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(encoding="utf-8"), flags=re.DOTALL)
+    blocks = [block for block in blocks if re.match(r"# (Save|Story|Stories)\b", block)]
     return {block.splitlines()[0].lstrip("# ").strip(): block for block in blocks}
 
 
@@ -63,18 +62,18 @@ def images_are(count: int) -> str:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    """A folder holding ``my-pipeline/`` written by the README's Save snippet (run in-process)."""
+    """A folder holding ``my-pipeline/`` written by the page's Save snippet (run in-process)."""
     path = tmp_path_factory.mktemp("stories")
     cwd = os.getcwd()
     os.chdir(path)
     try:
-        exec(compile(SNIPPETS["Save"], "README.md[Save]", "exec"), {"__name__": "__main__"})
+        exec(compile(SNIPPETS["Save"], "docs/pipeline.md[Save]", "exec"), {"__name__": "__main__"})
     finally:
         os.chdir(cwd)
     return path
 
 
-def test_readme_has_every_story():
+def test_page_has_every_story():
     assert set(SNIPPETS) == {
         "Save",
         "Story A",
@@ -133,7 +132,7 @@ try:
 except Exception as error:
     assert "offline mode is enabled" in str(error), error
 else:
-    raise AssertionError("diffusers now loads remote code offline by repo id: update the README")
+    raise AssertionError("diffusers now loads remote code offline by repo id: update docs/pipeline.md")
 """
 
 

@@ -342,7 +342,7 @@ def test_a_corrupt_saved_file_is_named(name, saved_pipeline, tmp_path, capsys):
     """A corrupt JSON file or a truncated safetensors file: SavedPipelineError (an OSError) naming the
     file, raised before diffusers reads the folder; the metrics CLI exits 2 with the same message."""
     from scratch_diffusion import ScratchDiffusionPipeline, metrics
-    from scratch_diffusion.pipelines.pipeline_scratch_diffusion import SavedPipelineError
+    from scratch_diffusion.pipelines.saved_format import SavedPipelineError
 
     folder = tmp_path / "pipe"
     shutil.copytree(saved_pipeline, folder)

@@ -19,7 +19,11 @@ from scratch_schedulers import (
 )
 from scratch_schedulers.scheduling_dpmsolver import FEW_STEP_CONFIG
 
-from .helpers import denoiser_model, relative_error
+from ..tolerances import gamma
+from .helpers import denoiser_model
+from .rounding import one_step_bound, one_step_probe, x0_difference_bound
+
+pytestmark = pytest.mark.numerics  # rerun by make test under ATEN_CPU_CAPABILITY=default
 
 T = 1000
 FLOW_DPM = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
@@ -78,8 +82,17 @@ def test_off_schedule_vp_step_equals_diffusers_where_its_target_is_ours(ours_cls
     model_output = denoiser_model(ours, x, t)
     mine = ours.step(model_output, t, x, generator=torch.Generator().manual_seed(1))
     reference = theirs.step(model_output, t, x, generator=torch.Generator().manual_seed(1))
-    assert relative_error(mine.pred_original_sample, reference.pred_original_sample) <= 1e-6
-    assert relative_error(mine.prev_sample, reference.prev_sample) <= 1e-6
+    # Same inputs, so only rounding differs (rounding.py): x̂0 = (x − b·ε)/a by 2·γ_8 of (|x| + b·|ε|)/a, and
+    # x_next = c_x·x + c_0·x̂0 + σ·z by c_0·Δx̂0 plus 2·γ_6 of its terms and 2·γ_16 of σ·z (√ vs exp(½·log));
+    # c_x, c_0 and σ·z come from a twin predicting x̂0 itself. Measured: bit-identical (0).
+    a, b = (float(v) ** 0.5 for v in (ours.alphas_cumprod[t], 1 - ours.alphas_cumprod[t]))
+    x0_difference = mine.pred_original_sample - reference.pred_original_sample
+    assert bool((x0_difference.abs() <= x0_difference_bound("epsilon", a, b, 0 * x, x, model_output)).all())
+    twin = ready(ours_cls, 10, clip_sample=False, prediction_type="sample")
+    c_x, c_0, noise = one_step_probe(lambda: twin, t, tuple(x.shape), {}, torch.Generator().manual_seed(1).get_state())
+    bound = one_step_bound((c_x, c_0), (x, mine.pred_original_sample), (0 * x, x0_difference))
+    bound = bound + 2 * gamma(16) * noise.abs()
+    assert bool(((mine.prev_sample - reference.prev_sample).abs() <= bound).all())
 
 
 def test_diffusers_ddpm_refuses_an_off_schedule_timestep_that_ours_steps():
@@ -110,12 +123,16 @@ def test_off_schedule_flow_euler_steps_from_sigma_t_over_T_to_the_next_scheduled
     scheduler = ready(ScratchFlowMatchScheduler, 10, shift=3.0)
     sigmas = scheduler.sigmas.tolist()
     sigma = torch.tensor(t, dtype=torch.float32) / T
+    # "strictly below": t/T and an equal grid σ agree to a few float32 ulps (≤ 1e-7); grid σs are ≥ 1e-3 apart
     sigma_next = max([s for s in sigmas if s < float(sigma) - 1e-6], default=0.0)
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     u = velocity_model(x)
     out = scheduler.step(u, t, x)
-    torch.testing.assert_close(out.prev_sample, x + (sigma_next - sigma) * u, rtol=0, atol=1e-6)
-    torch.testing.assert_close(out.pred_original_sample, x - sigma * u, rtol=0, atol=1e-6)
+    # float32 on both sides: x + Δσ·u and x − σ·u round ≤ 3 times each relative to |x| + |σ·u|, and Δσ = σ_next − σ
+    # formed from float32 σs is off by ≤ u·σ, times |u|
+    rounding = 2 * gamma(3) * (x.abs() + u.abs()) + gamma(1) * u.abs()
+    assert bool(((out.prev_sample - (x + (sigma_next - sigma) * u)).abs() <= rounding).all())
+    assert bool(((out.pred_original_sample - (x - sigma * u)).abs() <= rounding).all())
 
 
 @pytest.mark.parametrize(("t", "euler_to"), [(650.0, None), (900.0, 0.8), (20.0, 0.0)])
@@ -138,7 +155,10 @@ def test_off_schedule_heun_start_equals_a_custom_heun_schedule_from_t(t, euler_t
         custom.set_timesteps(sigmas=below if euler_to is not None else [t / T, *below])
         for s in custom.timesteps:
             y = custom.step(velocity_model(y), s, y).prev_sample
-    torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+    # the same float32 Heun arithmetic, except σ = t/T formed two ways (≤ 1 ulp, u·σ ≤ 6e-8) and the test's own
+    # Euler step (≤ 2·γ_3·(|x| + |Δσ·u|) ≈ 2e-6 at |x| ≤ 5): carried by ≤ 7 stages of factor ≤ 1 + 0.4·|Δσ| ≤ 1.4
+    # (0.4-Lipschitz field) ≤ 2e-5; a wrong σ or a missed corrector moves x by ≥ 1e-2. Measured: bit-identical.
+    torch.testing.assert_close(x, y, rtol=0, atol=2e-5)
 
 
 @pytest.mark.parametrize("config", [{}, {"solver_order": 3}, {**FLOW_DPM, "time_grid": "flow_uniform"},
@@ -155,7 +175,11 @@ def test_off_schedule_dpm_start_equals_a_custom_schedule_from_t(config):
     for s in [t, *below]:
         x = ours.step(denoiser_model(ours, x, s), s, x).prev_sample
         y = custom.step(denoiser_model(custom, y, s), s, y).prev_sample
-    torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+    # the same float32 updates, except t's path point (a, b) formed from the level table two ways (≤ 1 ulp each):
+    # x̂0 = (x − b·ε)/a then moves by ≤ 2u·(|x| + b·|ε|)/a ≤ 2u·10/0.55 ≈ 2e-6 at t = 437 (|x| ≤ 5), weighted
+    # ≤ a_next·φ1 < 0.4 by the first step and ≤ 1 by the 8 after it (Σ|w_k| ≤ 3, b_next/b < 1 on this grid):
+    # ≤ 1e-5. Measured 0–4e-7; a wrong history or order moves x by ≥ 1e-2.
+    torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
 
 
 # ---- out of range ------------------------------------------------------------------------------------
@@ -223,6 +247,8 @@ def test_one_timestep_per_example_step_equals_the_per_example_loop(cls, config, 
                                               **step_kwargs(cls, torch.Generator().manual_seed(10 + b)))
         for mine, reference in ((batched.prev_sample, alone.prev_sample),
                                 (batched.pred_original_sample, alone.pred_original_sample)):
+            # one row of the same elementwise arithmetic as alone: bit-identical; 1e-6 is ≤ 4 float32 ulps at
+            # |x| ≥ 2 and below one float16/bfloat16 ulp, so a different formula fails
             torch.testing.assert_close(mine[b:b + 1].double(), reference.double(), rtol=0, atol=1e-6)
 
 
@@ -244,6 +270,7 @@ def test_dpm_per_example_lock_step_loop_equals_the_per_example_loops(config):
         for b in range(4):
             s = paths[b][k]
             alone[b] = loops[b].step(denoiser_model(loops[b], alone[b], s), s, alone[b]).prev_sample
+    # each row runs the same elementwise float32 updates as alone: bit-identical (1e-6 ≤ 4 ulps at |x| ≥ 2)
     torch.testing.assert_close(x, torch.cat(alone), rtol=0, atol=1e-6)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scratch_schedulers import ScratchDPMSolverScheduler
-from scratch_schedulers.exact_denoiser import GaussianMixture
+from scratch_schedulers.oracle import GaussianMixture
 from scratch_schedulers.samplers import (
     clean_endpoint_step,
     corrected_prediction_shift,
@@ -19,6 +19,8 @@ from scratch_schedulers.samplers import (
 )
 
 from .helpers import smooth_model
+
+pytestmark = pytest.mark.numerics  # rerun by make test under ATEN_CPU_CAPABILITY=default
 
 F64 = torch.float64
 
@@ -48,6 +50,8 @@ def test_p_points_integrate_a_degree_p_data_prediction_exactly(offsets):
     points = [(torch.tensor(lam + r * h, dtype=F64), data(torch.tensor(lam + r * h, dtype=F64))) for r in offsets]
     step = unipc_update(x, data(torch.tensor(lam, dtype=F64)), torch.tensor(lam, dtype=F64), points,
                         torch.tensor(lam + h, dtype=F64), a_next, b_next / b)
+    # the trapezoid reference errs by h·Δ²·max|f''|/12 ≈ 1e-11 (Δ = h/200000, f = e^ℓ·D(ℓ), |f''| ≤ 20) plus n·u ≈ 2e-11
+    # summing n = 2e5 terms in float64; a step not exact for degree p misses by the next Taylor term, ≥ 1e-4 here
     assert float((step - exact_step(data, lam, h, x)).abs()) < 1e-9
 
 
@@ -56,6 +60,7 @@ def test_unip_is_dpm_solver_pp_where_the_conditions_coincide():
     lams = [torch.tensor(v, dtype=F64) for v in (-0.9, -0.2, 0.4, 1.1)]  # λ_prev2, λ_prev, λ, λ_next
     d = [torch.randn(5, generator=torch.Generator().manual_seed(k), dtype=F64) for k in range(3)]
     x, a_next, b_ratio = torch.randn(5, dtype=F64), torch.tensor(0.8, dtype=F64), torch.tensor(0.7, dtype=F64)
+    # float64: ≤ 40 operations including a 2×2 solve with condition ≤ 10 on O(1) λ spacings: 40·10·2⁻⁵³ ≈ 4e-14 < 1e-12
     two = unipc_update(x, d[0], lams[2], [(lams[1], d[1])], lams[3], a_next, b_ratio, "bh2")
     torch.testing.assert_close(two, dpmpp_second_order_step(x, d[0], d[1], lams[1], lams[2], lams[3], a_next,
                                                             b_ratio, "midpoint"), rtol=1e-12, atol=1e-12)
@@ -72,7 +77,7 @@ def test_path_ends_are_exact():
     with_end = unipc_update(x, x0, lam, [(-inf, torch.tensor(7.0, dtype=F64)), (lam_next, new)], lam_next, 0.8, 0.5)
     alone = unipc_update(x, x0, lam, [(lam_next, new)], lam_next, 0.8, 0.5, "bh1")  # one point: no B(h) rule
     exact_one = x * 0.5 + 0.8 * (-torch.expm1(lam - lam_next)) * x0 + 0.8 * (1 + torch.expm1(lam - lam_next) / (
-        lam_next - lam)) * (new - x0)
+        lam_next - lam)) * (new - x0)  # float64, ≤ 20 operations on O(1) values: ≤ 20·2⁻⁵³ ≈ 2e-15 < 1e-12 below
     torch.testing.assert_close(with_end, exact_one, rtol=1e-12, atol=1e-12)
     assert not torch.equal(alone, with_end)  # UniPC's a_1 = 1/2 for a single configured point
     from_minus_inf = unipc_update(x, x0, -inf, [(lam_next, new)], lam_next, 0.8, 0.5, "bh2")
@@ -86,7 +91,7 @@ def test_clean_endpoint_step_removes_the_sigma_squared_term():
     s, s_prev = torch.sigmoid(-lam), torch.sigmoid(-lam_prev)
     end = torch.tensor([0.7, -1.1], dtype=F64)
     step = clean_endpoint_step(end + 3 * s**2, end + 3 * s_prev**2, lam, lam_prev)
-    torch.testing.assert_close(step, end, rtol=0, atol=1e-14)
+    torch.testing.assert_close(step, end, rtol=0, atol=1e-14)  # float64: 8 operations on values ≤ 2 → 8·2·2⁻⁵³ ≈ 2e-15
 
 
 def test_gaussian_shift_is_the_exact_denoiser_jacobian_for_unit_variance_data():
@@ -94,6 +99,8 @@ def test_gaussian_shift_is_the_exact_denoiser_jacobian_for_unit_variance_data():
     x, dx = torch.tensor([[0.5, 0.1]], dtype=F64), torch.tensor([[1e-3, -2e-3]], dtype=F64)
     for a, b in ((0.95, 0.3), (0.2, 0.98), (0.6, 0.4)):  # VP points and a flow point (a + b = 1)
         shift = mixture.model_output(x + dx, a, b, "sample") - mixture.model_output(x, a, b, "sample")
+        # the denoiser is affine here, so the difference is exact but for rounding of outputs ≈ 1 over a shift ≈ 1e-3:
+        # ≤ 10·2⁻⁵³/1e-3 ≈ 1e-12 relative < 1e-9; the wrong shift (ε or x0 reuse) is off by O(1)
         torch.testing.assert_close(shift, corrected_prediction_shift("gaussian", a, b) * dx, rtol=1e-9, atol=0)
     assert corrected_prediction_shift("epsilon", 0.5, 0.8) == 2.0 and corrected_prediction_shift("x0", 0.5, 0.8) == 0
 

@@ -24,6 +24,7 @@ import torch
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
+    EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FlowMatchHeunDiscreteScheduler,
 )
@@ -36,21 +37,44 @@ from scratch_schedulers import (
     parametrization_of,
     signal_noise_at,
 )
-from scratch_schedulers.exact_denoiser import (
+from scratch_schedulers.noise_path import PREDICTION_TYPES, PREDICTION_TYPES_BY_PATH
+from scratch_schedulers.oracle import (
     ExactDenoiser,
     GaussianMixture,
-    _path_coefficients,
-    _prediction_type,
     error_table,
     mixture_error,
     sample_with,
     sampling_noise,
 )
-from scratch_schedulers.noise_path import PREDICTION_TYPES, PREDICTION_TYPES_BY_PATH
+from scratch_schedulers.oracle.denoiser import _prediction_type, path_coefficients
+
+pytestmark = pytest.mark.numerics  # rerun by make test under ATEN_CPU_CAPABILITY=default
 
 N_SAMPLES = 4000  # distribution tests
+
+
+def independent_path_coefficients(scheduler, timestep: float | torch.Tensor) -> tuple[float, float]:
+    """(a_t, b_t) written apart from the core: VP (has ``alphas_cumprod``) interpolates σ = √((1 − ᾱ)/ᾱ)
+    linearly at a fractional t, as Euler/Heun schedulers do; flow σ = t/T, a = 1 − σ, b = σ."""
+    t = float(timestep)
+    alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
+    if alphas_cumprod is not None:
+        acp = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        lo = min(max(math.floor(t), 0), len(acp) - 1)
+        hi = min(lo + 1, len(acp) - 1)
+        sigma = ((1.0 - acp[[lo, hi]]) / acp[[lo, hi]]).sqrt()
+        frac = t - lo
+        sig = float(sigma[0]) if frac == 0 else float((1.0 - frac) * sigma[0] + frac * sigma[1])
+        alpha_bar = 1.0 / (1.0 + sig * sig)
+        return math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
+    sigma = t / scheduler.config.num_train_timesteps
+    return 1.0 - sigma, sigma
 N_PATHS = 1000  # path-wise (deterministic ODE) tests
 C = 3.0
+# About one standard deviation of each statistic over exact draws of N_SAMPLES (0.007, 0.004, 0.010, 0.023 over 40
+# draws): C·floor + SLACK then sits ≥ 5 sd above the exact-sample mean for every statistic (these are maxima over
+# components, heavier-tailed than a Gaussian: the largest of 40 exact draws reached 4.1 sd), while the negative
+# controls below exceed it by ≥ 7 sd (5 steps) and 15 sd (15 % wide spreads, std_error).
 SLACK = {"sliced_wasserstein": 0.005, "weight_error": 0.005, "std_error": 0.01, "mean_error": 0.02}
 
 Factory = Callable[[], Any]
@@ -131,6 +155,7 @@ def _outside_noise(err: dict[str, float], floor: dict[str, float]) -> list[str]:
 
 def test_without_noise_the_denoiser_returns_its_input(mixture: GaussianMixture) -> None:
     x = 2.0 * torch.randn(50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    # float64: ≤ 20 operations on values ≤ 10 (|x| ≤ 8, means, responsibilities ≤ 1): ≤ 20·10·2⁻⁵³ ≈ 2e-14 < 1e-12
     torch.testing.assert_close(mixture.denoise(x, 1.0, 0.0), x, rtol=0, atol=1e-12)
     torch.testing.assert_close(mixture.denoise(x, 2.0, 0.0), x / 2, rtol=0, atol=1e-12)
     torch.testing.assert_close(mixture.model_output(x, 1.0, 0.0, "epsilon"), torch.zeros_like(x))
@@ -138,7 +163,7 @@ def test_without_noise_the_denoiser_returns_its_input(mixture: GaussianMixture) 
 
 def test_from_pure_noise_the_denoiser_returns_the_mixture_mean(mixture: GaussianMixture) -> None:
     x = torch.randn(50, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    expected = (mixture.weights[:, None] * mixture.means).sum(0).expand_as(x)
+    expected = (mixture.weights[:, None] * mixture.means).sum(0).expand_as(x)  # 1e-12 as above (float64, ≤ 20 ops)
     torch.testing.assert_close(mixture.denoise(x, 0.0, 1.0), expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(mixture.model_output(x, 0.0, 1.0, "epsilon"), x, rtol=0, atol=1e-12)
     torch.testing.assert_close(mixture.model_output(x, 0.0, 1.0, "flow_velocity"), x - expected)
@@ -149,6 +174,9 @@ def test_no_nan_near_the_ends_of_the_path(mixture: GaussianMixture, a: float, b:
     x = 3.0 * torch.randn(200, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     for kind in PREDICTION_TYPES:
         assert torch.isfinite(mixture.model_output(x, a, b, kind)).all(), (kind, a, b)
+    # the limits are approached to first order: at b = 1e-12 the posterior mean is x/a − O(b²/s²) ≈ 1e-24 off,
+    # at a = 1e-12 the mean + O(a·|x|/s²) ≈ 1e-11; float64 rounding of |x/a| ≤ 10 adds ≤ 2e-15. 1e-6 also covers
+    # (1 − 1e-9, 1e-9), b²/s² ≈ 1e-16; a wrong limit is off by O(1)
     if b < 1e-8:
         torch.testing.assert_close(mixture.denoise(x, a, b), x / a, rtol=1e-6, atol=1e-6)
     if a < 1e-8:
@@ -169,6 +197,7 @@ def test_posterior_mean_matches_monte_carlo(mixture: GaussianMixture, a: float, 
     estimate = (w[:, None] * x0).sum(0)
     standard_error = (w[:, None] ** 2 * (x0 - estimate) ** 2).sum(0).sqrt()
     exact = mixture.denoise(x_t[None], a, b)[0]
+    # 5 standard errors (two-sided P ≈ 6e-7 per coordinate); + 1e-9 for float64 sums of 400 000 weights (4e5·2⁻⁵³)
     assert ((exact - estimate).abs() <= 5 * standard_error + 1e-9).all(), (exact, estimate, standard_error)
     r = mixture.responsibilities(x_t[None], a, b)[0]
     assert int((r > 0.05).sum()) >= 2, f"the test point should see two components, r={r}"
@@ -181,6 +210,7 @@ def test_posterior_mean_matches_monte_carlo(mixture: GaussianMixture, a: float, 
 
 def test_model_outputs_are_consistent_parametrisations(mixture: GaussianMixture) -> None:
     x_t = 2.0 * torch.randn(100, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    # float64 conversions with 1/a, 1/b ≤ 1.6 and 1/σ ≤ 3: ≤ 10 ops on |x| ≤ 8 → ≤ 3e-14, inside the float64 defaults
     a, b = math.cos(0.7), math.sin(0.7)  # VP: a² + b² = 1
     x0 = mixture.model_output(x_t, a, b, "sample")
     eps = mixture.model_output(x_t, a, b, "epsilon")
@@ -220,16 +250,19 @@ def test_bad_input_is_refused(mixture: GaussianMixture) -> None:
         FlowMatchEulerDiscreteScheduler,
         lambda: ScratchFlowMatchScheduler(shift=3.0),
         lambda: ScratchFlowMatchScheduler(solver="heun"),
+        lambda: EulerDiscreteScheduler(timestep_spacing="linspace"),  # fractional timesteps: interpolated levels
     ],
 )
 def test_path_coefficients_agree_with_the_core(factory: Factory) -> None:
-    """The harness's own timestep → (a, b) mapping is independent of, and equal to, the core's."""
+    """An independent timestep → (a, b) mapping equals the core's one look-up, which the harness uses."""
     scheduler = factory()
     scheduler.set_timesteps(10)
     assert _prediction_type(scheduler) == parametrization_of(scheduler).prediction_type
     for t in scheduler.timesteps:
-        a, b = _path_coefficients(scheduler, t)
+        a, b = independent_path_coefficients(scheduler, t)
         a_core, b_core = signal_noise_at(scheduler, t)
+        assert (float(a_core), float(b_core)) == path_coefficients(scheduler, t)
+        # float32 ᾱ or σ, √ taken in float64 by one side and float32 by the other: ≤ 1 ulp of a, b ≤ 1 (6e-8)
         assert a == pytest.approx(float(a_core), abs=1e-7) and b == pytest.approx(float(b_core), abs=1e-7)
         if parametrization_of(scheduler).path == "vp":
             assert a * a + b * b == pytest.approx(1.0)
@@ -262,6 +295,10 @@ def test_ddim_is_parametrisation_invariant_with_an_exact_model(
         )[0]
         for kind in PREDICTION_TYPES_BY_PATH["vp"]
     }
+    # float32 DDIM, 20 steps: each parametrisation's x̂0 (ε̂: (x − b·ε̂)/a, v̂: a·x − b·v̂) rounds by ≤ γ_4·(|x| + b·|ε̂|)/a
+    # with |x| + b·|ε̂| ≤ 8, and the step weighs it by a_next: Σ_k γ_4·8·a_{k+1}/a_k = 4u·8·25.4 ≈ 5e-5 on this grid
+    # (a_{k+1}/a_k from 1.6 down to 1), carried by steps whose exact flow is ~1-Lipschitz: ≤ 1e-4. A wrong
+    # conversion moves samples by ≥ 1e-2.
     torch.testing.assert_close(runs["sample"], runs["epsilon"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(runs["v_prediction"], runs["epsilon"], rtol=1e-4, atol=1e-4)
 

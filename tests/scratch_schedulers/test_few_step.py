@@ -20,12 +20,14 @@ from benchmarks.bench_few_step import (
     vp_schedulers,
 )
 from scratch_schedulers import ScratchFlowMatchScheduler
-from scratch_schedulers.exact_denoiser import (
+from scratch_schedulers.oracle import (
     GaussianMixture,
     ode_endpoint_error,
     probability_flow_endpoint,
     sample_with,
 )
+
+pytestmark = pytest.mark.numerics  # rerun by make test under ATEN_CPU_CAPABILITY=default
 
 MIXTURE = GaussianMixture.example()
 
@@ -36,6 +38,8 @@ def test_reference_is_converged(sigma_start):
     x = torch.randn(200, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     coarse = probability_flow_endpoint(MIXTURE, x, sigma_start)
     fine = probability_flow_endpoint(MIXTURE, x, sigma_start, steps=2048)
+    # RK4 in float64: halving the step cuts the error 16×, so |coarse − fine| ≈ the coarse error (measured ≈ 1e-8);
+    # 1e-6 keeps it ≥ 1000× below the few-step errors compared against it (≥ 1e-3) while float64 rounding is ~1e-14
     assert float((coarse - fine).abs().max()) < 1e-6
 
 
@@ -51,6 +55,8 @@ def test_first_order_error_tends_to_zero(factory):
         return float((result.samples - result.reference).norm(dim=1).median())
 
     errors = [median_error(n) for n in (100, 999)]
+    # first order: the error falls ∝ 1/n, 9.99× from 100 to 999 steps, up to O(1/n) terms and the grids' unequal
+    # spacing (6–15×); at 999 steps ≈ C/999 with C ≲ 3 (path length × curvature of this mixture's ODE) → < 3e-3
     assert errors[1] < 3e-3 and 6 < errors[0] / errors[1] < 15, errors
 
 
@@ -66,7 +72,8 @@ def test_a_vp_family_scheduler_on_the_flow_path_gets_the_flow_model():
     """DPM-Solver with use_flow_sigmas keeps an ᾱ table, yet its model predicts the velocity at σ = t/T."""
     flow_dpm = DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction")
     result = ode_endpoint_error(flow_dpm, MIXTURE, 20, n_samples=300, seed=1)
-    assert result.nfe == 20 and result.rms_error < 0.03  # measured 0.009; read as VP it cannot run at all
+    # 2M at 20 steps: RMS ≈ 0.009 (bench_few_step.py); the same model read as VP (the bug this guards) gives O(1)
+    assert result.nfe == 20 and result.rms_error < 0.03
 
 
 def test_bad_input_is_refused():
@@ -76,14 +83,17 @@ def test_bad_input_is_refused():
         probability_flow_endpoint(MIXTURE, torch.zeros(1, 2), 1.0, steps=0)
 
 
-# Issue 10 §2 goal: ≤ 0.5× the best diffusers scheduler's RMS endpoint error; each bound is also a regression guard,
-# ~15% above the ratio measured here (400 samples, seed 1: VP 0.25 / 0.085 / 0.046, flow 0.40 / 0.28 / 0.22).
+# Issue 10 §2 goal: ≤ 0.5× the best diffusers scheduler's RMS endpoint error. Each bound is also a regression guard,
+# ~15 % above the ratio measured here (400 samples, seed 1: VP 0.255 / 0.085 / 0.046, flow 0.396 / 0.276 / 0.123).
+# These are ratios of truncation errors (RMS ≥ 1e-3); float32 rounding moves an endpoint by ≤ Σ|w|·u·(|x| + b·|ε|)/a
+# weighted by a_next ≈ 1e-5, so the ratios agree to 4 digits under ATEN_CPU_CAPABILITY=default, avx2 and avx512:
+# the 15 % is a regression allowance for the algorithms, not a rounding tolerance.
 GOAL = 0.5
 # The best diffusers schedulers on this mixture; the others (DDIM, DPM-Solver Karras, flow Euler/Heun) are ≥ 1.2×
 # worse than these at every NFE in bench_few_step.py, so the test leaves them out to stay fast.
 CONTENDERS = ("UniPCMultistepScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler flow",
               "DPMSolverMultistepScheduler flow")
-RATIO_BOUNDS = {"vp": {5: 0.3, 10: 0.1, 20: 0.055}, "flow": {5: 0.46, 10: 0.32, 20: 0.26}}
+RATIO_BOUNDS = {"vp": {5: 0.3, 10: 0.1, 20: 0.055}, "flow": {5: 0.46, 10: 0.32, 20: 0.14}}
 
 
 @pytest.mark.parametrize("path", ["vp", "flow"])

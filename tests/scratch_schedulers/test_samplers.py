@@ -22,7 +22,13 @@ from scratch_schedulers.samplers import (
     reverse_step,
 )
 
+pytestmark = pytest.mark.numerics  # rerun by make test under ATEN_CPU_CAPABILITY=default
+
 F64 = torch.float64
+# float64 identities, u = 2⁻⁵³: ≤ 30 operations on O(1) draws, each error amplified by at most 1/(1 − ᾱ_t) ≤ 1e4
+# (the coefficients divide by 1 − ᾱ_t, rounded to u/(1 − ᾱ_t) relative at ᾱ_t = 0.9999): 30·1e4·u ≈ 3e-11 < 1e-10.
+# The 1e-12 checks share their cancelling sub-expressions (1 − ᾱ, 1 − ᾱ_t/ᾱ_next) or divide by none, so what
+# differs is amplified ≤ 10: 30·10·u ≈ 3e-14. A wrong formula errs by ≥ 1e-4.
 # (ᾱ_t, ᾱ_next) with ᾱ_t < ᾱ_next: one training step near either end, strided steps, the terminal step.
 ALPHA_BAR_PAIRS = [(0.9999, 0.99995), (0.95, 0.99), (0.5, 0.9), (0.3, 0.7), (0.02, 0.3), (1e-4, 0.01), (0.2, 1.0)]
 # (σ, σ_next) of the flow path, from pure noise (σ = 1) to data (σ_next = 0) included.

@@ -218,15 +218,20 @@ def test_evaluation_consumes_no_training_randomness(tmp_path, tiny_unet_json, hf
     assert [s for s, _ in _scalars(resumed)["eval/fd"]] == [3, 4]
 
 
+def _objective(name: str):
+    """The objective of a run with ``--objective name`` (flow: shift 2)."""
+    from scratch_diffusion.training.cli import parse_args
+    from scratch_diffusion.training.objectives import make_objective
+
+    return make_objective(parse_args(["--objective", name, *(["--flow_shift", "2"] if name == "flow" else [])]))
+
+
 def _tiny_pipeline(objective: str, unet_json: Path):
     """A random tiny UNet with the sampling scheduler a run of ``objective`` saves (flow: shift 2)."""
     from scratch_diffusion.training import export
-    from scratch_diffusion.training.cli import parse_args
-    from scratch_diffusion.training.losses import make_objective
     from scratch_diffusion.training.models import build_unet
 
-    args = parse_args(["--objective", objective, *(["--flow_shift", "2"] if objective == "flow" else [])])
-    scheduler = export.sampling_scheduler(make_objective(args).scheduler)
+    scheduler = _objective(objective).sampling_scheduler()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return export.build_pipeline(build_unet(str(unet_json), 16, 1, None), scheduler)
@@ -237,8 +242,8 @@ def test_evaluation_samplers_on_both_paths(objective, tiny_unet_json):
     """``saved`` and ``dpmsolver`` (few-step) sample the model's own path, from a private generator."""
     pipeline = _tiny_pipeline(objective, tiny_unet_json)
     saved = pipeline.scheduler
-    few_step = evaluation_scheduler("dpmsolver", saved)
-    assert evaluation_scheduler("saved", saved) is saved
+    few_step = evaluation_scheduler("dpmsolver", _objective(objective), saved)
+    assert evaluation_scheduler("saved", _objective(objective), saved) is saved
     assert type(few_step).__name__ == "ScratchDPMSolverScheduler"
     assert few_step.config.solver_order == 3 and few_step.config.use_flow_sigmas == (objective == "flow")
     state = torch.get_rng_state()

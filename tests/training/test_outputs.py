@@ -212,12 +212,12 @@ def test_unreachable_repo_fails_before_training(tmp_path, tiny_unet_json, hf_hom
 
 def test_a_latent_ddpm_run_samples_without_clipping_and_a_pixel_run_keeps_diffusers_default():
     """DDIM's x̂0 clipping to ±1 suits images, not a VAE's scaled latents (unit variance): off for a latent run."""
-    from scratch_diffusion.training.export import sampling_scheduler
+    from scratch_diffusion.training.objectives import DDPMObjective, FlowMatchingObjective
     from scratch_schedulers import ScratchDDPMScheduler, ScratchFlowMatchScheduler
 
-    training_scheduler = ScratchDDPMScheduler()
-    assert sampling_scheduler(training_scheduler).config.clip_sample is True
-    latent = sampling_scheduler(training_scheduler, latent=True)
+    ddpm = DDPMObjective(ScratchDDPMScheduler())
+    assert ddpm.sampling_scheduler().config.clip_sample is True
+    latent = ddpm.sampling_scheduler(latent=True)
     assert latent.config.clip_sample is False and latent.config.timestep_spacing == "trailing"
-    flow = sampling_scheduler(ScratchFlowMatchScheduler(shift=0.5), latent=True)
+    flow = FlowMatchingObjective(ScratchFlowMatchScheduler(shift=0.5)).sampling_scheduler(latent=True)
     assert type(flow) is ScratchFlowMatchScheduler and flow.config.shift == 0.5

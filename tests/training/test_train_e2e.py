@@ -117,6 +117,7 @@ def test_two_processes_shard_the_data(tmp_path, tiny_unet_json, hf_home, classif
     # linear warm-up over 2 updates to 1e-3, then linear decay to 0 at update 6
     assert [s for s, _ in lrs] == [1, 2, 3, 4, 5, 6]
     used = {1: 0.0, 2: 5e-4, 3: 1e-3, 4: 7.5e-4, 5: 5e-4, 6: 2.5e-4}  # the LR each update used
+    # the LR schedule in float64, logged as float32-or-better: ≤ 1 float32 rounding (6e-8) < 1e-6; 0 exactly at step 1
     assert all(math.isclose(v, used[s], rel_tol=1e-6, abs_tol=1e-12) for s, v in lrs), lrs
     assert "samples" in accumulator.Reload().Tags()["images"]
     assert [e.step for e in accumulator.Scalars("eval/fd")] == [3, 6]

@@ -106,6 +106,8 @@ def build_vae_card(
     )
     baseline_ratio = f"{record['fd_ratio']:.3g}" if record["fd_ratio"] is not None else "n/a"
     shift = "" if scale.get("shift_factor") is None else ", recorded as `shift_factor`: z = (E(x) − shift)·scale"
+    init_from = getattr(args, "init_from", None)
+    origin = "from scratch" if init_from is None else f"starting from `{shareable(init_from)}`"
     kid = f"{record['kid']:.3g}" + (f" ± {record['kid_std']:.2g}" if record["kid_std"] is not None else "")
     content = f"""---
 {data.to_yaml()}
@@ -113,7 +115,7 @@ def build_vae_card(
 
 # {name}
 
-An `AutoencoderKL` (a KL-regularised VAE, {record["num_parameters"] / 1e6:.2f} M parameters) trained from scratch on
+An `AutoencoderKL` (a KL-regularised VAE, {record["num_parameters"] / 1e6:.2f} M parameters) trained {origin} on
 {data_description} with scratch-diffusion's `training/train_vae.py`. It maps {args.resolution}×{args.resolution} images
 to latents of shape {channels}×{side}×{side} (downsampling factor {record["downsampling_factor"]}). Loss:
 {loss_description(args)}. The weights are the exponential moving average (EMA) of

@@ -24,11 +24,13 @@ from ..cli_common import (
 from ..cli_evaluation import feature_space_problem
 from ..errors import ConfigError
 from ..errors import check as _check
+from ..init_from import read_saved_vae_config
 from .losses import RECONSTRUCTION_LOSSES, default_discriminator_layers, min_discriminator_resolution
 from .presets import VAE_PRESETS, downsampling_factor, load_vae_config
 
 __all__ = ["ConfigError", "build_parser", "parse_args", "validate_args"]
 
+DEFAULT_PRESET = "tiny"
 DEFAULT_KL_WEIGHT = 1e-6  # the LDM KL-f autoencoders' β (Rombach et al., 2022, App. G)
 VALIDATION_SHARE, MAX_DEFAULT_VALIDATION = 0.2, 360  # unset --num_validation_images: 20 %, at most 360
 MAX_DISCRIMINATOR_LAYERS = 6
@@ -47,9 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model")
     model.add_argument(
         "--model_config_name_or_path",
-        default="tiny",
         help=f"AutoencoderKL preset ({', '.join(VAE_PRESETS)}; downsampling 2, 4, 8) or a JSON config file / folder "
-        "with config.json",
+        f"with config.json; unset: {DEFAULT_PRESET} (or --init_from's VAE)",
+    )
+    model.add_argument(
+        "--init_from",
+        help="a saved AutoencoderKL (a train_vae.py --output_dir, a pipeline folder with vae/, or a Hub repo id) "
+        "whose config and weights this run starts from instead of a fresh --model_config_name_or_path",
     )
     model.add_argument("--latent_channels", type=int, help="latent channels; unset: the preset's / config's")
 
@@ -126,6 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.class_conditional = False  # the shared data loader reads it; a VAE needs no labels
     fill_data_defaults(args)
+    if args.init_from is None and args.model_config_name_or_path is None:
+        args.model_config_name_or_path = DEFAULT_PRESET
     if args.discriminator_layers is None:
         args.discriminator_layers = default_discriminator_layers(args.resolution)
     if args.discriminator_learning_rate is None:
@@ -181,19 +189,32 @@ def validate_args(args: argparse.Namespace) -> None:
     problem = feature_space_problem(args.eval_features)
     _check(problem is None, f"--eval_features: {problem}")
 
-    try:
-        config = load_vae_config(args.model_config_name_or_path)
-    except (OSError, ValueError) as err:
-        raise ConfigError(str(err)) from None
     _check(
         args.latent_channels is None or args.latent_channels >= 1,
         f"--latent_channels must be ≥ 1, got {args.latent_channels}.",
     )
+    if args.init_from is not None:
+        _check(
+            args.model_config_name_or_path is None,
+            f"pass --init_from {args.init_from!r} or --model_config_name_or_path "
+            f"{args.model_config_name_or_path!r}, not both: the VAE's architecture is the saved one.",
+        )
+        config = read_saved_vae_config(args.init_from)
+        _check(
+            args.latent_channels in (None, config["latent_channels"]),
+            f"--latent_channels {args.latent_channels} does not fit --init_from {args.init_from!r}, whose VAE has "
+            f"latent_channels {config['latent_channels']}; allowed: {config['latent_channels']} (or leave it unset).",
+        )
+    else:
+        try:
+            config = load_vae_config(args.model_config_name_or_path)
+        except (OSError, ValueError) as err:
+            raise ConfigError(str(err)) from None
     factor = downsampling_factor(config)
     _check(
         args.resolution % factor == 0,
         f"--resolution {args.resolution} is not divisible by the VAE's downsampling factor {factor} "
-        f"({args.model_config_name_or_path!r}); use a multiple of {factor}.",
+        f"({args.model_config_name_or_path or args.init_from!r}); use a multiple of {factor}.",
     )
     validate_resume_and_hub_args(args, example_repo="your-name/vae-digits")
 

@@ -1,9 +1,10 @@
 """The VAE training loop: :func:`train_vae` and :func:`run_vae_training`.
 
-It reads like the UNet trainer and uses its pieces: accelerate state and the launch check (``trainer``), the
-data (``load_training_data``, the epoch-seeded sampler, ``augment``), counter-based draws (``randomness``), AdamW
-and EMA (``optimization``), atomic checkpoints with exact resume (``checkpoints``), the buffered loss log and the
-throughput timer (``monitoring``) and the Hub repo and push (``hub``). What is the VAE's own: the objective
+It reads like the UNet trainer and uses its pieces: accelerate state, the launch check and the optimizer update
+(``loop``: non-finite skips, clipping, LR, EMA, the loss log, checkpoint cadence), the data
+(``load_training_data``, the epoch-seeded sampler, ``augment``), counter-based draws (``randomness``), AdamW and
+EMA (``optimization``), atomic checkpoints with exact resume (``checkpoints``), the throughput timer
+(``monitoring``) and the Hub repo and push (``hub``). What is the VAE's own: the objective
 (``losses``), an optional PatchGAN discriminator with its optimizer and LR schedule, and the outputs — the
 ``AutoencoderKL`` folder with the measured ``scaling_factor``, ``vae_metrics.json``, ``reconstructions.png`` and
 the model card.
@@ -22,14 +23,14 @@ from collections.abc import Sequence
 import torch
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
 from .. import checkpoints, hub
 from ..data import augment, load_training_data, make_dataloader
 from ..errors import ConfigError
 from ..evaluation import load_feature_space
-from ..loop import check_launch, make_accelerator, resumed_batches, run_length
-from ..monitoring import MetricsLog, StepTimer, TrainingSummary, nonfinite_anywhere
+from ..init_from import check_vae_fits, load_vae_for_training
+from ..loop import Optimized, OptimizerUpdates, check_launch, make_accelerator, resumed_batches, run_length
+from ..monitoring import TrainingSummary
 from ..optimization import make_ema, make_lr_scheduler, make_optimizer
 from ..randomness import seeded_generator
 from . import card, metrics
@@ -76,7 +77,11 @@ def train_vae(args: argparse.Namespace) -> TrainingSummary:
     dataloader = make_dataloader(train_set, args.train_batch_size, args.seed, args.dataloader_num_workers)
 
     # ---- model, loss, optimizers, EMA ----------------------------------------------------------------
-    vae = build_vae(args.model_config_name_or_path, args.resolution, data.num_channels, args.latent_channels)
+    if args.init_from is None:
+        vae = build_vae(args.model_config_name_or_path, args.resolution, data.num_channels, args.latent_channels)
+    else:  # a saved VAE, exactly as saved; refused before any step if it does not take the data's channels
+        vae = load_vae_for_training(args.init_from)
+        check_vae_fits(vae.config, args.init_from, data.num_channels)
     num_parameters = sum(p.numel() for p in vae.parameters())
     model = AutoencoderForTraining(vae)
     perceptual = None
@@ -130,18 +135,17 @@ def train_vae(args: argparse.Namespace) -> TrainingSummary:
 
     # ---- the loop ---------------------------------------------------------------------------------
     generator = torch.Generator(device=accelerator.device)
-    bar = tqdm(total=max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
-    log = MetricsLog(accelerator, bar, args.logging_steps)
+    parts = [Optimized(list(model.parameters()), optimizer, lr_scheduler)]
+    if discriminator is not None:  # the critic: its own optimizer and LR schedule, from --adversarial_start_step on
+        parts.append(Optimized(list(discriminator.parameters()), disc_optimizer, disc_scheduler))
+    ema_parameters = list(accelerator.unwrap_model(model).vae.parameters())
+    updates = OptimizerUpdates(accelerator, args, progress, max_train_steps, parts, ema, ema_parameters)
     trained = [model] + ([discriminator] if discriminator is not None else [])
-    micro_losses: list[torch.Tensor] = []
-    images_seen = 0
-    timer = StepTimer(global_step, accelerator.num_processes)
     model.train()
-    try:
+    with updates:
         for epoch, index, batch in resumed_batches(accelerator, dataloader, length, global_step):
             seeded_generator(generator, args.seed, "batch", epoch, index, accelerator.process_index)
-            adversarial = discriminator is not None and global_step >= args.adversarial_start_step
-            skipped = False
+            adversarial = discriminator is not None and updates.global_step >= args.adversarial_start_step
             with accelerator.accumulate(*trained):
                 x = augment(batch["images"], args.resolution, args.random_flip, generator)
                 critic = accelerator.unwrap_model(discriminator) if adversarial else None
@@ -153,61 +157,22 @@ def train_vae(args: argparse.Namespace) -> TrainingSummary:
                     )
                     accelerator.backward(terms["discriminator"])
                     terms["discriminator"] = terms["discriminator"].detach()
-                micro_losses.append(loss.detach())
-                if accelerator.sync_gradients and args.skip_nonfinite_loss:
-                    skipped, bad_value = nonfinite_anywhere(accelerator, micro_losses)
-                if not skipped:
-                    if accelerator.sync_gradients and args.max_grad_norm > 0:
-                        # accelerate unscales (fp16) every optimizer's gradients once, in its first clip
-                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                        if adversarial:
-                            torch.nn.utils.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    if adversarial:
-                        disc_optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if disc_optimizer is not None:
-                    disc_optimizer.zero_grad(set_to_none=True)
-            images_seen += x.shape[0]
-            if not accelerator.sync_gradients:
+                updates.step(loss, x.shape[0], parts if adversarial else parts[:1])
+            if not updates.finish():
                 continue
-
-            # ---- one optimizer update done (a skipped one still counts: data and LR stay on the step) ----
-            lr = lr_scheduler.get_last_lr()[0]
-            if not accelerator.optimizer_step_was_skipped:
-                lr_scheduler.step()
-            if adversarial and not accelerator.optimizer_step_was_skipped:
-                disc_scheduler.step()
-            if ema is not None and not skipped:
-                ema.step(accelerator.unwrap_model(model).vae.parameters())
-            global_step += 1
-            progress.global_step = global_step
-            if skipped:
-                progress.skipped_updates += 1
-                logger.warning(f"Step {global_step}: the loss is {bad_value}; update skipped "
-                               "(--skip_nonfinite_loss).", main_process_only=True)  # fmt: skip
-            else:
-                log.add(global_step, torch.stack(micro_losses).mean(), lr=lr)
-                if global_step % args.logging_steps == 0:  # one more host sync per logging step
-                    values = torch.stack(list(terms.values())).tolist()
-                    accelerator.log({f"loss/{k}": v for k, v in zip(terms, values)}, step=global_step)
-            micro_losses.clear()
-            bar.update(1)
-            timer.update(global_step, images_seen)
-            images_seen = 0
-
-            if global_step % args.checkpointing_steps == 0:
-                log.flush()
-                checkpoints.save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+            global_step = updates.global_step  # an update done (or skipped: it still counts)
+            if not updates.skipped and global_step % args.logging_steps == 0:  # one more host sync per logging step
+                values = torch.stack(list(terms.values())).tolist()
+                accelerator.log({f"loss/{k}": v for k, v in zip(terms, values)}, step=global_step)
             if global_step % args.save_images_steps == 0:
                 evaluator.log_grid(accelerator, model, ema, global_step)
             if args.eval_steps and global_step % args.eval_steps == 0 and global_step < max_train_steps:
                 evaluator.evaluate(accelerator, model, ema, global_step)
-            if global_step >= max_train_steps:
+            if updates.done:
                 break
-        log.flush()
-    finally:
-        bar.close()
+        updates.metrics.flush()
+    global_step = updates.global_step
+    timer = updates.timer
     summary = timer.summary(args.output_dir, evaluator.seconds, evaluator.cpu_seconds)
     logger.info(f"{summary.images_per_second:.1f} images/s (first step and evaluations excluded).",
                 main_process_only=True)  # fmt: skip

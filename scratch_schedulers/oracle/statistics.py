@@ -1,20 +1,18 @@
 """Error statistics of samples against the Gaussian mixture they should follow.
 
-:func:`mixture_error` compares samples with a :class:`~scratch_schedulers.exact_denoiser.GaussianMixture`
+:func:`mixture_error` compares samples with a :class:`~scratch_schedulers.oracle.mixture.GaussianMixture`
 (component weights, spreads and means, and a sliced Wasserstein-1 distance to the exact projected
 mixture); :func:`sampling_noise` gives the same statistics for *exact* samples of the same size,
-the floor a perfect sampler reaches. Both are re-exported by :mod:`scratch_schedulers.exact_denoiser`.
+the floor a perfect sampler reaches.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from .exact_denoiser import GaussianMixture
+from .mixture import GaussianMixture
 
 
 def _directions(dim: int, n_directions: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ the probability-flow ODE (Song et al., 2021, Eq. 13). Driven by the exact denois
 mixture, the ODE itself is known exactly, so its solution from the sampler's own initial noise can
 be computed to any accuracy; the difference between the sampler's endpoint and that solution is
 the sampler's *discretisation error*, free of sampling noise (unlike the distribution statistics of
-:func:`~scratch_schedulers.mixture_statistics.mixture_error`, which need thousands of samples).
+:func:`~scratch_schedulers.oracle.statistics.mixture_error`, which need thousands of samples).
 
 Math. Every Gaussian path x = a·x0 + b·ε is the flow path in other coordinates:
 ``x_flow = x/(a + b)`` lies on ``x_flow = (1 − σ)·x0 + σ·ε`` at ``σ = b/(a + b)`` (same SNR a/b).
@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from .exact_denoiser import GaussianMixture
+from .denoiser import path_coefficients, sample_with
+from .mixture import GaussianMixture
 
 REFERENCE_STEPS = 1024  # RK4 steps per unit σ: halving the step moves the endpoint by < 1e-7 (test_few_step.py)
 
@@ -108,13 +108,14 @@ class _HarnessView:
 
     A VP-family class configured for the flow path (DPM-Solver/UniPC with ``use_flow_sigmas``) keeps its ᾱ
     table, but its model predicts the flow velocity at σ = t/T, as a flow-matching model does: the view hides
-    ``alphas_cumprod`` there, so :class:`~scratch_schedulers.exact_denoiser.ExactDenoiser` reads the flow path.
+    ``alphas_cumprod`` there, so :class:`~scratch_schedulers.oracle.denoiser.ExactDenoiser` reads the flow path.
     Everything else is the scheduler's own (``sample_with`` drives the view like the scheduler).
     """
 
     def __init__(self, scheduler: Any) -> None:
         self._scheduler = scheduler
-        self.alphas_cumprod = None if samples_on_flow_path(scheduler) else scheduler.alphas_cumprod
+        self.noise_path = "flow" if samples_on_flow_path(scheduler) else "vp"  # declared: signal_noise_at reads it
+        self.alphas_cumprod = None if self.noise_path == "flow" else scheduler.alphas_cumprod
         self.first_input: tuple[torch.Tensor, float | torch.Tensor] | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -157,14 +158,12 @@ def ode_endpoint_error(
     Returns:
         An :class:`EndpointAccuracy` with RMS and max endpoint error and the NFE.
     """
-    from .exact_denoiser import _path_coefficients, sample_with  # imported here: exact_denoiser re-exports us
-
     view = _HarnessView(scheduler)
     samples, nfe = sample_with(view, mixture, num_inference_steps, n_samples=n_samples, seed=seed, dtype=dtype)
     if view.first_input is None:
         raise ValueError(f"{type(scheduler).__name__} made no model evaluation for {num_inference_steps} steps.")
     x_start, timestep = view.first_input
-    a, b = _path_coefficients(view, timestep)
+    a, b = path_coefficients(view, timestep)
     reference = probability_flow_endpoint(mixture, x_start.double() / (a + b), b / (a + b), reference_steps)
     distance = (samples.double() - reference).norm(dim=1)
     return EndpointAccuracy(

@@ -1,0 +1,4644 @@
+"""scratch-diffusion 0.1.0: ScratchDiffusionPipeline and its schedulers in one file.
+
+Generated from the package source by `python -m scratch_diffusion.pipelines.build_shipped`; do not edit.
+diffusers loads it as remote code (trust_remote_code=True) where the scratch-diffusion package
+is not used. Sections, in dependency order (imports between them removed):
+
+    scratch_schedulers.validation
+    scratch_schedulers.noise_path
+    scratch_schedulers.samplers
+    scratch_schedulers.scheduling_common
+    scratch_schedulers.scheduling_vp
+    scratch_schedulers.scheduling_ddim
+    scratch_schedulers.scheduling_ddpm
+    scratch_schedulers.dpm_grids
+    scratch_schedulers.dpm_stepping
+    scratch_schedulers.scheduling_dpmsolver
+    scratch_schedulers.scheduling_flow_match
+    scratch_diffusion.pipelines.latents
+    scratch_diffusion.pipelines.components
+    scratch_schedulers.path_change
+    scratch_diffusion.pipelines.cross_path
+    scratch_diffusion.pipelines.guidance
+    scratch_diffusion.pipelines.denoiser
+    scratch_diffusion.pipelines.inputs
+    scratch_diffusion.pipelines.inversion
+    scratch_diffusion.pipelines.latent_pipeline_support
+    scratch_diffusion.pipelines.remote_code
+    scratch_diffusion.pipelines.saved_format
+    scratch_diffusion.pipelines.loading
+    scratch_diffusion.pipelines.parametrization
+    scratch_diffusion.pipelines.postprocess
+    scratch_diffusion.pipelines.pipeline_scratch_diffusion
+"""
+
+from __future__ import annotations
+
+# ============================================================================================
+# scratch_schedulers.validation
+# ============================================================================================
+
+"""Argument checks shared by the schedulers: each raises naming the offending value and what is allowed.
+
+They run on the host, on config values and host-side arguments only; nothing here reads a tensor
+back from an accelerator.
+"""
+
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+# Schedules are tabulated per training timestep; far beyond any published model (1000–4000), and
+# refused before a multi-gigabyte table is allocated for a typo such as 10**9.
+MAX_TRAIN_TIMESTEPS = 100_000
+
+
+def check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
+    """Raise ``ValueError`` naming ``value`` and the allowed values unless ``value in allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(allowed)}.")
+
+
+def check_num_train_timesteps(value: object) -> None:
+    """``num_train_timesteps`` must be an int in [1, MAX_TRAIN_TIMESTEPS] (checked before any allocation)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"num_train_timesteps={value!r} must be an int in [1, {MAX_TRAIN_TIMESTEPS}].")
+    if not 1 <= value <= MAX_TRAIN_TIMESTEPS:
+        raise ValueError(f"num_train_timesteps={value} must be a positive integer ≤ {MAX_TRAIN_TIMESTEPS}.")
+
+
+def check_device(device: object) -> None:
+    """``device`` for ``set_timesteps``: None, a torch.device, or a string torch understands."""
+    if device is None or isinstance(device, torch.device):
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"device={device!r} is not a torch device; pass e.g. 'cpu', 'cuda', 'cuda:0', 'mps' or a torch.device."
+        ) from None
+
+
+def check_positive(name: str, value: object) -> None:
+    """A config number that must be finite and > 0 (NaN and inf included in the refusal)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 < value < math.inf:
+        raise ValueError(f"{name}={value!r} is not allowed; pass a finite number > 0.")
+
+
+def check_beta_bounds(beta_schedule: str, beta_start: object, beta_end: object) -> None:
+    """``beta_start`` and ``beta_end`` of a ramped β schedule must be numbers in [0, 1)."""
+    for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 <= value < 1:
+            raise ValueError(
+                f"{name}={value!r} is not allowed for beta_schedule={beta_schedule!r}; "
+                "β must lie in [0, 1) (the defaults are beta_start=0.0001, beta_end=0.02)."
+            )
+
+
+def check_inference_steps(num_inference_steps: object, num_train_timesteps: int) -> None:
+    """Validate ``1 ≤ num_inference_steps ≤ num_train_timesteps`` with a message naming both."""
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+        raise TypeError(f"num_inference_steps must be an int, got {num_inference_steps!r}.")
+    if not 1 <= num_inference_steps <= num_train_timesteps:
+        raise ValueError(
+            f"num_inference_steps={num_inference_steps} must be between 1 and "
+            f"num_train_timesteps={num_train_timesteps}."
+        )
+
+
+def check_custom_timesteps(timesteps: Sequence[float], upper: float, *, integer: bool) -> np.ndarray:
+    """Custom timesteps as a strictly descending array inside [0, upper); else a clear error."""
+    values = np.asarray(
+        timesteps.detach().cpu() if isinstance(timesteps, torch.Tensor) else timesteps, dtype=np.float64
+    )
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"timesteps must be a non-empty 1-D sequence, got {timesteps!r}.")
+    if not np.isfinite(values).all():
+        raise ValueError(f"timesteps must be finite, got {values.tolist()}.")
+    if integer and not np.all(values == np.round(values)):
+        raise ValueError(f"timesteps must be integers for a discrete scheduler, got {values.tolist()}.")
+    if np.any(np.diff(values) >= 0):
+        raise ValueError(f"timesteps must be strictly descending, got {values.tolist()}.")
+    if values[0] >= upper or values[-1] < 0:
+        raise ValueError(f"timesteps must lie in [0, {upper:g}), got {values.tolist()}.")
+    return values
+
+
+def check_trained_betas(betas: torch.Tensor, num_train_timesteps: int) -> None:
+    """Explicit β_1..β_T: exactly one per training timestep, each in the open interval (0, 1)."""
+    if betas.ndim != 1 or len(betas) != num_train_timesteps:
+        raise ValueError(
+            f"trained_betas has {tuple(betas.shape)} values but num_train_timesteps={num_train_timesteps}; "
+            "pass exactly one beta per training timestep."
+        )
+    inside = (betas > 0) & (betas < 1)
+    if not bool(inside.all()):
+        bad = betas[~inside][:3].tolist()
+        raise ValueError(f"trained_betas must lie in the open interval (0, 1); got values such as {bad}.")
+
+
+# ============================================================================================
+# scratch_schedulers.noise_path
+# ============================================================================================
+
+"""The Gaussian noise path shared by every scheduler: x_t = a_t·x0 + b_t·ε.
+
+Following "Step-by-Step Diffusion" (Nakkiran et al., 2024), DDPM, DDIM and flow matching are
+one family of reverse samplers over a Gaussian path; they differ only in the path and in how
+they step along it. This module holds everything about the *path* (its argument checks are in
+``validation.py``); ``samplers.py`` holds the update rules and the three scheduler classes are
+thin diffusers-API views over both.
+
+Notation
+--------
+============  =====================================================================
+``T``         number of training timesteps (``num_train_timesteps``)
+``β_t``       noise schedule of the discrete variance-preserving (VP) chain (Ho et al., 2020)
+``ᾱ_t``       ``alphas_cumprod[t] = Π_{s≤t} (1 − β_s)``
+``a_t, b_t``  signal and noise scale: VP ``a = √ᾱ, b = √(1 − ᾱ)``; flow ``a = 1 − σ, b = σ``
+``σ``         flow-matching noise level in [0, 1]; timestep ``t = σ·T`` (diffusers' convention)
+``ε, x0, v``  noise, clean sample, v-prediction ``v = a·ε − b·x0`` (Salimans & Ho, 2022)
+``u``         flow velocity ``u = dx/dσ = ε − x0`` (rectified flow, Liu et al., 2022)
+============  =====================================================================
+"""
+
+
+import functools
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+
+
+VPPredictionType = Literal["epsilon", "sample", "v_prediction"]
+FlowPredictionType = Literal["flow_velocity"]
+PredictionType = Literal[VPPredictionType, FlowPredictionType]
+BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"]
+TimestepSpacing = Literal["leading", "trailing", "linspace"]
+TimeShiftType = Literal["exponential", "linear"]
+NoisePath = Literal["vp", "flow"]
+
+# The allowed values, read off the aliases above so the annotation and the check cannot drift apart.
+BETA_SCHEDULES: tuple[str, ...] = get_args(BetaSchedule)
+TIMESTEP_SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
+TIME_SHIFT_TYPES: tuple[str, ...] = get_args(TimeShiftType)
+VP_PREDICTION_TYPES: tuple[str, ...] = get_args(VPPredictionType)
+FLOW_PREDICTION_TYPES: tuple[str, ...] = get_args(FlowPredictionType)
+# The one list of parametrisations, by path: every other module (pipeline, trainer, harness) reads it here.
+PREDICTION_TYPES_BY_PATH: dict[str, tuple[str, ...]] = {"vp": VP_PREDICTION_TYPES, "flow": FLOW_PREDICTION_TYPES}
+PREDICTION_TYPES: tuple[str, ...] = (*VP_PREDICTION_TYPES, *FLOW_PREDICTION_TYPES)
+
+
+# --------------------------------------------------------------------------------------------
+# β schedules of the discrete VP chain
+# --------------------------------------------------------------------------------------------
+
+
+def cosine_alpha_bar(t: float) -> float:
+    """ᾱ(t) of the cosine schedule, Nichol & Dhariwal (2021) Eq. (17), with s = 0.008."""
+    return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+
+def make_betas(
+    beta_schedule: BetaSchedule,
+    num_train_timesteps: int,
+    beta_start: float = 0.0001,
+    beta_end: float = 0.02,
+    trained_betas: Sequence[float] | np.ndarray | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """β_1..β_T as float32 (the dtype diffusers stores), from a named schedule or given values.
+
+    ``squaredcos_cap_v2`` discretises :func:`cosine_alpha_bar`: β_i = min(1 − ᾱ((i+1)/T)/ᾱ(i/T), 0.999).
+    """
+    check_num_train_timesteps(num_train_timesteps)
+    if trained_betas is not None:
+        betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64)).to(torch.float32)
+        check_trained_betas(betas, num_train_timesteps)
+        return betas
+    check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+    if beta_schedule != "squaredcos_cap_v2":  # the others ramp from beta_start to beta_end
+        check_beta_bounds(beta_schedule, beta_start, beta_end)
+    T = num_train_timesteps
+    if beta_schedule == "linear":
+        return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
+    if beta_schedule == "scaled_linear":  # the latent-diffusion schedule: linear in √β
+        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
+    if beta_schedule == "squaredcos_cap_v2":
+        betas = [min(1 - cosine_alpha_bar((i + 1) / T) / cosine_alpha_bar(i / T), 0.999) for i in range(T)]
+        return torch.tensor(betas, dtype=torch.float32)
+    # sigmoid (Jabri et al., 2022): a logistic ramp from beta_start to beta_end
+    return torch.sigmoid(torch.linspace(-6, 6, T)) * (beta_end - beta_start) + beta_start
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. (2024), Algorithm 1: shift and scale √ᾱ so that ᾱ_T = 0 (SNR 0) and ᾱ_1 is kept."""
+    sqrt_alpha_bar = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = sqrt_alpha_bar[0].clone(), sqrt_alpha_bar[-1].clone()
+    sqrt_alpha_bar = (sqrt_alpha_bar - last) * (first / (first - last))
+    alpha_bar = sqrt_alpha_bar**2
+    alphas = torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
+    return 1.0 - alphas
+
+
+# --------------------------------------------------------------------------------------------
+# Timestep grids
+# --------------------------------------------------------------------------------------------
+
+
+def spaced_timesteps(
+    spacing: TimestepSpacing, num_train_timesteps: int, num_inference_steps: int, steps_offset: int = 0
+) -> np.ndarray:
+    """Descending int64 timesteps of a discrete sampler (Lin et al., 2024, Table 2).
+
+    ``leading``: k·⌊T/n⌋ + offset; ``trailing``: round(T − k·T/n) − 1; ``linspace``: round of n
+    evenly spaced points in [0, T − 1]. Unlike diffusers (#10003), a ``steps_offset`` that would
+    push the first timestep to T or beyond is reduced so the grid ends at T − 1 (e.g. n = T with
+    offset 1 gives T−1 … 0 instead of an IndexError).
+    """
+    check_choice("timestep_spacing", spacing, TIMESTEP_SPACINGS)
+    T, n = num_train_timesteps, num_inference_steps
+    check_inference_steps(n, T)
+    if spacing == "linspace":
+        return np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
+    if spacing == "leading":
+        grid = (np.arange(0, n) * (T // n)).round()[::-1].copy().astype(np.int64)
+        return grid + min(steps_offset, T - 1 - int(grid[0]))
+    grid = np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
+    return grid
+
+
+# --------------------------------------------------------------------------------------------
+# Flow-matching σ grids (the time-shift family of SD3 / Flux)
+# --------------------------------------------------------------------------------------------
+
+
+def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
+    """Static resolution shift σ' = s·σ / (1 + (s − 1)·σ) (Esser et al., 2024, Eq. 23)."""
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def time_shift(sigmas: np.ndarray, mu: float, kind: TimeShiftType = "exponential") -> np.ndarray:
+    """Dynamic shift with μ: e^μ/(e^μ + (1/σ − 1)) (``exponential``) or μ/(μ + (1/σ − 1)) (``linear``)."""
+    check_choice("time_shift_type", kind, TIME_SHIFT_TYPES)
+    m = math.exp(mu) if kind == "exponential" else mu
+    return m / (m + (1 / sigmas - 1))
+
+
+def stretch_to_terminal(sigmas: np.ndarray, terminal: float) -> np.ndarray:
+    """Rescale 1 − σ so that the last σ equals ``terminal`` (LTX-Video's ``shift_terminal``)."""
+    one_minus = 1 - sigmas
+    if one_minus[-1] == 0:  # a single step at σ = 1 cannot be stretched (diffusers returns NaN)
+        return sigmas
+    return 1 - one_minus / (one_minus[-1] / (1 - terminal))
+
+
+# --------------------------------------------------------------------------------------------
+# Parametrisations: converting a model output into (x0, ε) and back
+# --------------------------------------------------------------------------------------------
+
+
+def eps_to_x0(eps: torch.Tensor, x_t: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x0 = (x_t − b·ε) / a  (DDPM Eq. 15)."""
+    return (x_t - b * eps) / a
+
+
+def x0_to_eps(x0: torch.Tensor, x_t: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """ε = (x_t − a·x0) / b."""
+    return (x_t - a * x0) / b
+
+
+def v_to_x0(v: torch.Tensor, x_t: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x0 = a·x_t − b·v on a VP path (a² + b² = 1; Salimans & Ho, 2022, §4)."""
+    return a * x_t - b * v
+
+
+def v_to_eps(v: torch.Tensor, x_t: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """ε = a·v + b·x_t on a VP path."""
+    return a * v + b * x_t
+
+
+def velocity_to_x0(u: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """x0 = x_t − σ·u on the flow path x_t = (1 − σ)·x0 + σ·ε with u = ε − x0."""
+    return x_t - sigma * u
+
+
+def velocity_to_eps(u: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """ε = x_t + (1 − σ)·u on the flow path."""
+    return x_t + (1 - sigma) * u
+
+
+def target_for(
+    prediction_type: PredictionType,
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    a: torch.Tensor | float | None = None,
+    b: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """The regression target of a parametrisation: ε, x0, v = a·ε − b·x0 (needs a, b), or u = ε − x0.
+
+    Inverse of :func:`split_prediction` at the same path point.
+    """
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "flow_velocity":
+        return eps - x0
+    return a * eps - b * x0
+
+
+def split_prediction(
+    model_output: torch.Tensor, x_t: torch.Tensor, a: torch.Tensor, b: torch.Tensor, prediction_type: PredictionType
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (x̂0, ε̂) from a model output of the given parametrisation at path point (a, b).
+
+    For ``flow_velocity`` the path is a = 1 − σ, b = σ and only ``b`` (= σ) is read.
+    """
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    if prediction_type == "epsilon":
+        return eps_to_x0(model_output, x_t, a, b), model_output
+    if prediction_type == "sample":
+        return model_output, x0_to_eps(model_output, x_t, a, b)
+    if prediction_type == "v_prediction":
+        return v_to_x0(model_output, x_t, a, b), v_to_eps(model_output, x_t, a, b)
+    return velocity_to_x0(model_output, x_t, b), velocity_to_eps(model_output, x_t, b)
+
+
+# --------------------------------------------------------------------------------------------
+# Describing any scheduler (ours or diffusers') as a path + parametrisation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Parametrization:
+    """What a model trained with a scheduler predicts, and on which path.
+
+    Attributes:
+        path: ``"vp"`` (x_t = √ᾱ·x0 + √(1−ᾱ)·ε, discrete t ∈ {0..T−1}) or ``"flow"``
+            (x_t = (1−σ)·x0 + σ·ε, t = σ·T).
+        prediction_type: ``epsilon``, ``sample``, ``v_prediction`` (VP) or ``flow_velocity`` (flow).
+    """
+
+    path: NoisePath
+    prediction_type: PredictionType
+
+
+# diffusers' name for the flow velocity u = ε − x0 (DPMSolverMultistepScheduler, use_flow_sigmas=True).
+FLOW_PREDICTION_NAMES = {"flow_prediction": "flow_velocity", "flow_velocity": "flow_velocity"}
+# What a scheduler on each path may ask the model for (the flow path has no v-prediction).
+SAMPLER_PREDICTION_TYPES = {"vp": VP_PREDICTION_TYPES, "flow": ("flow_velocity", "epsilon", "sample")}
+NOISE_PATHS: tuple[str, ...] = get_args(NoisePath)
+
+
+@functools.cache
+def _init_parameters(cls: type) -> frozenset[str]:
+    """The argument names of ``cls.__init__`` (read once per class)."""
+    return frozenset(inspect.signature(cls.__init__).parameters)
+
+
+def noise_path_of(scheduler: object) -> NoisePath:
+    """The path ``scheduler`` samples: the one it declares (``noise_path``, as ours do), else recognised.
+
+    diffusers' schedulers declare nothing: DPM-Solver with ``use_flow_sigmas=True`` and FlowMatch
+    schedulers sample the flow path, others with ``alphas_cumprod`` the VP path; VE/EDM schedulers cannot
+    be described (``ValueError``).
+    """
+    declared = getattr(scheduler, "noise_path", None)  # a class attribute, or set at construction from the config
+    if declared is not None:
+        check_choice(f"{type(scheduler).__name__}.noise_path", declared, NOISE_PATHS)
+        return declared
+    config = getattr(scheduler, "config", {})
+    # from_config keeps keys another class left in the config: read use_flow_sigmas only where it is an argument
+    if "use_flow_sigmas" in _init_parameters(type(scheduler)) and config.get("use_flow_sigmas", False):
+        return "flow"
+    if hasattr(scheduler, "alphas_cumprod"):
+        return "vp"
+    if "FlowMatch" in type(scheduler).__name__:
+        return "flow"
+    raise ValueError(
+        f"cannot describe the noise path of {type(scheduler).__name__}: expected a scheduler that declares "
+        "noise_path ('vp' or 'flow'), a VP scheduler (with alphas_cumprod), a flow-matching scheduler (FlowMatch…) "
+        "or DPM-Solver with use_flow_sigmas=True; VE/EDM schedulers are not supported."
+    )
+
+
+def parametrization_of(scheduler: object) -> Parametrization:
+    """The path (:func:`noise_path_of`) and parametrisation a scheduler (ours or any diffusers one) samples with.
+
+    The prediction type is the config's ``prediction_type``; on the flow path diffusers' ``flow_prediction``
+    is the velocity ``flow_velocity``, which is also what a flow scheduler without a ``prediction_type``
+    argument (FlowMatch) asks for. A prediction type the path does not have is a ``ValueError``.
+    """
+    path = noise_path_of(scheduler)
+    config = getattr(scheduler, "config", {})
+    prediction_type = config.get("prediction_type", "epsilon")
+    if path == "flow":
+        takes_prediction_type = "prediction_type" in _init_parameters(type(scheduler))
+        prediction_type = FLOW_PREDICTION_NAMES.get(prediction_type, prediction_type) if takes_prediction_type else (
+            "flow_velocity"
+        )
+    if prediction_type not in SAMPLER_PREDICTION_TYPES[path]:
+        raise ValueError(
+            f"{type(scheduler).__name__} asks for prediction_type={prediction_type!r} on the {path!r} path; "
+            f"allowed there: {list(SAMPLER_PREDICTION_TYPES[path])}."
+        )
+    return Parametrization(path, prediction_type)
+
+
+def signal_noise_at(
+    scheduler: object,
+    timestep: torch.Tensor | float,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a_t, b_t) of ``scheduler``'s path at ``timestep``: the one look-up from a timestep to its path point.
+
+    Flow path: σ = t/T, (a, b) = (1 − σ, σ). VP path: (√ᾱ_t, √(1 − ᾱ_t)) at an integer t; a fractional t
+    interpolates the level s = b/a = √((1 − ᾱ)/ᾱ) linearly between its neighbours, as diffusers' discrete
+    (Euler, Heun, …) schedulers do, and gives (1, s)/√(1 + s²). Computed in ``dtype`` (float64 unless asked)
+    on ``device`` (the timestep's own unless given), broadcast like ``timestep``; nothing is read back from
+    a device, and integer timesteps (the training batches) take no interpolation at all.
+    """
+    t = torch.as_tensor(timestep, device=device)
+    if noise_path_of(scheduler) == "flow":
+        sigma = t.to(dtype) / scheduler.config.num_train_timesteps
+        return 1 - sigma, sigma
+    alpha_bar = torch.as_tensor(scheduler.alphas_cumprod).to(device=t.device, dtype=dtype)
+    if not t.is_floating_point():
+        at = alpha_bar[t]
+        return at**0.5, (1 - at) ** 0.5
+    low = t.floor().long().clamp(0, len(alpha_bar) - 1)
+    at = alpha_bar[low]
+    a, b = at**0.5, (1 - at) ** 0.5
+    fraction = (t - low).to(dtype)
+    if t.device.type == "cpu" and not bool((fraction != 0).any()):
+        return a, b
+    level_table = ((1 - alpha_bar) / alpha_bar) ** 0.5  # +∞ where ᾱ = 0 (zero terminal SNR)
+    high = (low + 1).clamp(max=len(alpha_bar) - 1)
+    level = level_table[low] + fraction * (level_table[high] - level_table[low])
+    a_between = 1 / (1 + level**2) ** 0.5
+    b_between = torch.where(torch.isinf(level), torch.ones_like(level), level * a_between)
+    between = fraction != 0
+    return torch.where(between, a_between, a), torch.where(between, b_between, b)
+
+
+def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Append trailing singleton dims so a per-sample ``x`` broadcasts against ``ndim``-D tensors."""
+    return x.reshape(*x.shape, *([1] * (ndim - x.ndim)))
+
+
+# ============================================================================================
+# scratch_schedulers.samplers
+# ============================================================================================
+
+"""Reverse-sampler update rules on the Gaussian path x_t = a_t·x0 + b_t·ε — each one once.
+
+Every sampler here moves a sample from path point (a_t, b_t) to (a_next, b_next) given the
+model's estimates (x̂0, ε̂). In the view of "Step-by-Step Diffusion" (Nakkiran et al., 2024):
+
+* :func:`reverse_step` is DDIM's generalised update (Song et al., 2021, Eq. 12). With
+  s = η·σ_t (:func:`ddim_noise_std`, Eq. 16) it is DDIM; with η = 1 its mean is exactly DDPM's
+  posterior mean μ̃_t (Ho et al., 2020, Eq. 7, :func:`posterior_mean`) — the ancestral
+  sampler is DDIM at η = 1.
+* On the flow path a = 1 − σ, b = σ, :func:`reverse_step` with s = 0 equals the Euler step
+  x + (σ_next − σ)·u of the probability-flow ODE dx/dσ = u = ε − x0 (:func:`euler_step`);
+  with s = b_next it is the stochastic re-noising sampler x_next = (1−σ_next)·x̂0 + σ_next·z.
+* :func:`heun_step` is the second-order trapezoidal correction (Karras et al., 2022, Alg. 1).
+
+Coefficients are 0-d or broadcastable tensors (or Python numbers), so the functions work
+unchanged on any device and never read a value back to the host.
+``tests/scratch_schedulers/test_samplers.py`` checks each identity above in float64.
+"""
+
+
+import torch
+
+
+def nonneg_sqrt(x) -> torch.Tensor:
+    """√max(x, 0) as a tensor op, in ``x``'s dtype (a Python number becomes a float32 CPU tensor).
+
+    Uses torch's ``** 0.5`` on purpose: for 0-d tensors it differs from a correctly rounded
+    square root in the last bit, and diffusers' schedulers use it.
+    """
+    return torch.as_tensor(x).clamp(min=0) ** 0.5
+
+
+def reverse_step(
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    a_next,
+    var_next,
+    noise_std=0.0,
+    noise: torch.Tensor | None = None,
+    direction=None,
+) -> torch.Tensor:
+    """x_next = a_next·x̂0 + √(b_next² − s²)·ε̂ + s·z  (DDIM Eq. 12, written for any path).
+
+    Args:
+        x0: predicted clean sample x̂0, shape (B, ...).
+        eps: predicted noise ε̂, same shape.
+        a_next: signal scale of the target path point.
+        var_next: its noise variance b_next² (1 − ᾱ_next on the VP path, σ_next² on the flow path).
+        noise_std: s, the standard deviation of fresh noise injected at this step (0 = deterministic).
+        noise: z ~ N(0, I) of the sample's shape; required when ``noise_std`` is not 0.
+        direction: √(b_next² − s²) when the caller has it precomputed (e.g. b_next at s = 0).
+    """
+    if direction is None:
+        direction = nonneg_sqrt(var_next - noise_std**2)
+    x_next = a_next * x0 + direction * eps
+    if noise is not None:
+        x_next = x_next + noise_std * noise
+    return x_next
+
+
+def posterior_mean(x0: torch.Tensor, x_t: torch.Tensor, coef_x0, coef_xt) -> torch.Tensor:
+    """μ̃_t = (√ᾱ_next·β_t / (1 − ᾱ_t))·x̂0 + (√α_t·(1 − ᾱ_next) / (1 − ᾱ_t))·x_t  (DDPM Eq. 7).
+
+    Algebraically this is :func:`reverse_step` at η = 1 with ε̂ re-derived from x̂0
+    (``tests/scratch_schedulers/test_samplers.py`` checks the identity); written in this form
+    because it avoids the cancellation in ε̂ = (x_t − a_t·x̂0)/b_t as t → 0. With
+    α_t = ᾱ_t/ᾱ_next and β_t = 1 − α_t the step may span several training timesteps.
+    """
+    return coef_x0 * x0 + coef_xt * x_t
+
+
+def ddpm_posterior_coefficients(alpha_bar_t, alpha_bar_next):
+    """(coef_x0, coef_xt, β̃_t) of :func:`posterior_mean` and the posterior variance (DDPM Eqs. 6–7)."""
+    alpha = alpha_bar_t / alpha_bar_next
+    beta = 1 - alpha
+    coef_x0 = (alpha_bar_next**0.5 * beta) / (1 - alpha_bar_t)
+    coef_xt = alpha**0.5 * (1 - alpha_bar_next) / (1 - alpha_bar_t)
+    return coef_x0, coef_xt, (1 - alpha_bar_next) / (1 - alpha_bar_t) * beta
+
+
+def ddim_noise_std(alpha_bar_t: torch.Tensor, alpha_bar_next: torch.Tensor, eta: float) -> torch.Tensor:
+    """σ_t(η) = η·√((1 − ᾱ_next)/(1 − ᾱ_t))·√(1 − ᾱ_t/ᾱ_next)  (DDIM Eq. 16).
+
+    At η = 1 this is √β̃_t, the std of DDPM's posterior q(x_{t−1} | x_t, x0) (DDPM Eq. 7).
+    """
+    return eta * ((1 - alpha_bar_next) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_next)) ** 0.5
+
+
+def euler_step(x: torch.Tensor, derivative: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
+    """x_next = x + (σ_next − σ)·dx/dσ: one Euler step of the probability-flow ODE."""
+    return x + (sigma_next - sigma) * derivative
+
+
+def heun_step(
+    x: torch.Tensor, derivative: torch.Tensor, derivative_next: torch.Tensor, sigma, sigma_next
+) -> torch.Tensor:
+    """x_next = x + (σ_next − σ)·(d + d′)/2, the trapezoidal corrector of Karras et al. (2022), Alg. 1.
+
+    ``derivative`` is dx/dσ at (x, σ); ``derivative_next`` at the Euler predictor's (x̃, σ_next).
+    """
+    return x + (derivative + derivative_next) / 2 * (sigma_next - sigma)
+
+
+def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding (Saharia et al., 2022, §2.3) of a predicted x̂0.
+
+    s = clamp(quantile_ratio(|x̂0|), 1, max_value) per sample; x̂0 ← clamp(x̂0, −s, s) / s.
+    """
+    flat = x0.reshape(x0.shape[0], -1)
+    flat = flat.float() if flat.dtype not in (torch.float32, torch.float64) else flat
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
+    return (torch.maximum(torch.minimum(flat, s), -s) / s).reshape(x0.shape).to(x0.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# DPM-Solver++ in data-prediction form (Lu et al., 2022, "DPM-Solver++: Fast Solver for Guided
+# Sampling of Diffusion Probabilistic Models", arXiv:2211.01095), multistep orders 1–3.
+#
+# On any Gaussian path x = a·x0 + b·ε with log-SNR λ = log(a/b) the probability-flow ODE has the
+# exact solution (DPM-Solver++ §3, data-prediction form)
+#     x_next = (b_next/b)·x + b_next·∫_λ^λ_next e^ℓ·D(ℓ) dℓ,        D = x̂0,  h = λ_next − λ.
+# Expanding D in ℓ − λ and integrating each power exactly (b_next·e^λ_next = a_next):
+#     ∫ e^ℓ·1                → a_next·φ1,   φ1 = 1 − e^{−h}
+#     ∫ e^ℓ·(ℓ − λ)          → a_next·h·φ2, φ2 = 1 − φ1/h          (= (e^{−h} − 1)/h + 1)
+#     ∫ e^ℓ·(ℓ − λ)²/2       → a_next·h²·φ3, φ3 = 1/2 − (h − φ1)/h²
+# and the multistep methods replace the λ-derivatives of D by divided differences of the stored
+# x̂0 of the previous steps. The functions are written once for both paths: VP (a = √ᾱ,
+# b = √(1 − ᾱ)) and flow (a = 1 − σ, b = σ) differ only in the (a, b) they are given.
+#
+# The ends of the path, exactly (IEEE ±∞ arithmetic, no clamping):
+# * b_next = 0 (σ = 0, the last step): λ_next = +∞, e^{−h} = 0, φ1 = 1, so the first-order step is
+#   x_next = 0·x + a_next·x̂0 — the model's x̂0 exactly. Higher orders have infinite weights there
+#   (a polynomial in λ extrapolated over an infinite λ-interval), so the scheduler always takes a
+#   step to b_next = 0 with order 1 (as diffusers does for ``final_sigmas_type="zero"``).
+# * a = 0 (σ = 1 on the flow path, the zero-terminal-SNR timestep on the VP path): λ = −∞,
+#   e^{−h} = e^{λ − λ_next} = 0, so the step is x_next = (b_next/b)·x + a_next·x̂0, finite.
+# * A previous point with λ_prev = −∞ enters only through h/h_prev = 0 (finite/∞), so its
+#   divided difference vanishes and the method reduces, exactly, to the next lower order.
+# Every coefficient is a product of finite factors; nothing is written as ∞·0.
+# --------------------------------------------------------------------------------------------
+
+
+def log_snr(a, b) -> torch.Tensor:
+    """λ = log a − log b, the log signal-to-noise ratio; −∞ at a = 0 and +∞ at b = 0 (exactly)."""
+    return torch.log(torch.as_tensor(a)) - torch.log(torch.as_tensor(b))
+
+
+def dpmpp_first_order_step(x: torch.Tensor, x0: torch.Tensor, lam, lam_next, a_next, b_ratio) -> torch.Tensor:
+    """x_next = (b_next/b)·x + a_next·(1 − e^{−h})·D0, h = λ_next − λ  (DPM-Solver++ first order = DDIM).
+
+    Args:
+        x: sample at λ, shape (B, ...).
+        x0: data prediction D0 = x̂0(x, λ), same shape.
+        lam, lam_next: λ of this and the next path point (0-d tensors; ±∞ allowed, see above).
+        a_next: signal scale of the next point.
+        b_ratio: b_next / b (0 at the last step).
+    """
+    phi1 = -torch.expm1(torch.as_tensor(lam) - lam_next)  # 1 − e^{−h}, exact 1 at λ_next = +∞ or λ = −∞
+    return b_ratio * x + (a_next * phi1) * x0
+
+
+def dpmpp_second_order_step(
+    x: torch.Tensor,
+    x0: torch.Tensor,
+    x0_prev: torch.Tensor,
+    lam_prev,
+    lam,
+    lam_next,
+    a_next,
+    b_ratio,
+    solver_type: str = "midpoint",
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al., 2022, Algorithm 2): x_next = first order + w·D1, D1 = (h/h_prev)·(D0 − D_prev).
+
+    D1 ≈ h·dD/dλ from the previous step's x̂0 at λ_prev (h_prev = λ − λ_prev). The ``midpoint``
+    variant weighs it with w = a_next·φ1/2 (Algorithm 2), ``heun`` with the exact Taylor weight
+    w = a_next·φ2 (the "taylor" variant of the DPM-Solver code). λ_next must be finite.
+    """
+    lam, h = torch.as_tensor(lam), torch.as_tensor(lam_next) - lam
+    phi1 = -torch.expm1(-h)
+    weight = a_next * (phi1 / 2 if solver_type == "midpoint" else 1 - phi1 / h)
+    d1_scale = h / (lam - lam_prev)  # 1/r0; 0 when λ_prev = −∞
+    return b_ratio * x + (a_next * phi1) * x0 + (weight * d1_scale) * (x0 - x0_prev)
+
+
+def dpmpp_third_order_step(
+    x: torch.Tensor,
+    x0: torch.Tensor,
+    x0_prev: torch.Tensor,
+    x0_prev2: torch.Tensor,
+    lam_prev2,
+    lam_prev,
+    lam,
+    lam_next,
+    a_next,
+    b_ratio,
+    halve_d2: bool = False,
+) -> torch.Tensor:
+    """DPM-Solver++(3M): x_next = (b_next/b)·x + a_next·(φ1·D0 + φ2·D1 + φ3·D2)  (Taylor terms above).
+
+    With r0 = h_prev/h, r1 = h_prev2/h and the divided differences Δ0 = (D0 − D_prev)/r0 and
+    Δ1 = (D_prev − D_prev2)/r1: D1 = Δ0 + r0/(r0 + r1)·(Δ0 − Δ1) ≈ h·D′ and
+    D2 = (Δ0 − Δ1)/(r0 + r1) ≈ h²·D″ (third-order multistep of Lu et al., 2022a, App. B, in
+    data-prediction form). λ_next must be finite; λ_prev2 = −∞ reduces it exactly to heun 2M.
+
+    Since D2 ≈ h²·D″/2 while the Taylor term is a_next·h²·φ3·D″, the weight of D2 is 2·a_next·φ3
+    (local error O(h⁴)). ``halve_d2=True`` uses a_next·φ3, as the DPM-Solver reference code and
+    diffusers do: local error O(h³), i.e. no more accurate than 2M (test_dpmsolver.py measures both).
+    """
+    lam, lam_prev = torch.as_tensor(lam), torch.as_tensor(lam_prev)
+    h, h_prev, h_prev2 = torch.as_tensor(lam_next) - lam, lam - lam_prev, lam_prev - lam_prev2
+    phi1 = -torch.expm1(-h)
+    phi2 = 1 - phi1 / h
+    phi3 = 0.5 - (h - phi1) / h**2
+    d2_weight = a_next * (phi3 if halve_d2 else 2 * phi3)
+    delta0 = (h / h_prev) * (x0 - x0_prev)
+    delta1 = (h / h_prev2) * (x0_prev - x0_prev2)  # 0 when λ_prev2 = −∞
+    share = h_prev / (h_prev + h_prev2)  # r0/(r0 + r1)
+    second_difference = delta0 - delta1
+    d1 = delta0 + share * second_difference
+    d2 = (h / (h_prev + h_prev2)) * second_difference  # (Δ0 − Δ1)/(r0 + r1)
+    return b_ratio * x + (a_next * phi1) * x0 + (a_next * phi2) * d1 + d2_weight * d2
+
+
+# --------------------------------------------------------------------------------------------
+# UniP / UniC (Zhao et al., 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling
+# of Diffusion Models", arXiv:2302.04867, data-prediction form, Algorithms 2–3 with B(h)).
+#
+# The same exact solution as above, with D(ℓ) = D0 + Σ_k (ℓ − λ)^k/k!·D^{(k)} integrated term by term:
+#     x_next = (b_next/b)·x + a_next·φ1·D0 + a_next·Σ_{k≥1} G_k·h^k·D^{(k)}/k!,
+#     G_0 = φ1 = 1 − e^{−h},   G_k = 1 − k·G_{k−1}/h   (= h·k!·∫_0^1 e^{−h(1−u)} u^k/k! du).
+# UniPC replaces the unknown derivatives by differences at p other points λ_m = λ + r_m·h,
+# D_m − D0 = Σ_k (r_m·h)^k/k!·D^{(k)}, weighted B(h)·a_m/r_m: matching the terms k = 1..p gives
+# the Vandermonde system Σ_m a_m·r_m^{k−1} = G_k/B(h) (the paper's R_p(h)·a_p = g_p(h)/B(h)).
+# The product w_m = B(h)·a_m solves Σ_m w_m·r_m^{k−1} = G_k, so for p ≥ 2 the step does not
+# depend on B(h) at all; UniPC's rule for p = 1, a_1 = 1/2, is where it does: w_1 = B(h)/2 with
+# B(h) = h ("bh1") or B(h) = 1 − e^{−h} ("bh2"; the paper's e^h − 1 with h → −h in this form).
+# * UniP-p (predictor): the points are the p − 1 previous steps' x̂0 (r_m < 0). UniP-2 "bh2" is
+#   DPM-Solver++(2M) midpoint; UniP-3 solves the same two conditions as the Taylor 3M above.
+# * UniC-p (corrector): once the model has been evaluated at x_next, the same update from the same
+#   x and D0 is recomputed with the new x̂0 as one more point (r = 1), so p points match p terms
+#   (order p + 1), without another model evaluation.
+# Ends: a point with λ_m = ±∞ has |r_m| = ∞ and, in the limit, weight 0 (the solution of the system
+# tends to that of the other points), so it is dropped; at λ = −∞ (a = 0) h = ∞, every G_k = 1, and
+# the only point is the corrector's (r = 1 exactly): w_1 = 1/2 with bh2, infinite with bh1 (the
+# scheduler skips that correction). λ_next = +∞ is only reached by first-order steps (no points).
+# --------------------------------------------------------------------------------------------
+
+
+def unipc_update(
+    x: torch.Tensor,
+    x0: torch.Tensor,
+    lam,
+    points,
+    lam_next,
+    a_next,
+    b_ratio,
+    variant: str = "bh2",
+) -> torch.Tensor:
+    """x_next = (b_next/b)·x + a_next·φ1·D0 + a_next·Σ_m (w_m/r_m)·(D_m − D0)  (UniP-p / UniC-p above).
+
+    Args:
+        x: sample at λ, shape (B, ...).
+        x0: its data prediction D0.
+        lam, lam_next: λ of the start and of the target point (host 0-d tensors; λ = −∞ allowed).
+        points: (λ_m, D_m) of the other points: previous steps (UniP) and, for UniC, (λ_next, x̂0 at
+            the predicted x_next) last. Host λ_m; the weights come from a p × p solve in float64.
+        a_next: signal scale of the target point.
+        b_ratio: b_next / b.
+        variant: ``bh1`` (B(h) = h) or ``bh2`` (B(h) = 1 − e^{−h}); matters only for one point.
+    """
+    lam, lam_next = torch.as_tensor(lam, dtype=torch.float64), torch.as_tensor(lam_next, dtype=torch.float64)
+    h = lam_next - lam
+    phi1 = -torch.expm1(-h)
+    x_next = b_ratio * x + (a_next * phi1) * x0
+    one_point = len(points) == 1
+    points = [(torch.as_tensor(lam_m, dtype=torch.float64), d) for lam_m, d in points]
+    points = [(lam_m, d) for lam_m, d in points if bool(torch.isfinite(lam_m))]  # weight 0 in the limit
+    if not points:
+        return x_next
+    ratios = torch.stack([torch.where(lam_m == lam_next, 1.0, (lam_m - lam) / h) for lam_m, _ in points])
+    if one_point:
+        weights = (h if variant == "bh1" else phi1).reshape(1) / 2  # UniPC's a_1 = 1/2
+    else:
+        g, rhs = phi1, []
+        for k in range(1, len(points) + 1):
+            g = 1 - k * g / h
+            rhs.append(g)
+        vandermonde = torch.stack([ratios ** (k - 1) for k in range(1, len(points) + 1)])
+        weights = torch.linalg.solve(vandermonde, torch.stack(rhs))
+    for (_, d), w in zip(points, weights / ratios, strict=True):
+        x_next = x_next + (a_next * w) * (d - x0)
+    return x_next
+
+
+def corrected_prediction_shift(rule: str, a, b):
+    """J in x̂0(x_c) ≈ x̂0(x̃) + J·(x_c − x̃): the data prediction at a corrected sample x_c, from the model's
+    output at the predicted sample x̃ (the corrector makes no new evaluation; J ≈ ∂x̂0/∂x, Tweedie:
+    a·Cov[x0 | x]/b²).
+
+    * ``x0``: J = 0, x̂0 itself is reused (UniPC).
+    * ``epsilon``: J = 1/a, ε̂ is reused (x̂0 = (x_c − b·ε̂)/a): exact as b → 0, too large at high noise.
+    * ``gaussian``: J = a/(a² + b²), the exact J for data N(μ, I) (unit variance, as normalised data and
+      latents are): 1/a as b → 0 and → 0 as a → 0, like the J of any data with that variance.
+    """
+    if rule == "x0":
+        return 0.0
+    return 1 / a if rule == "epsilon" else a / (a**2 + b**2)
+
+
+def clean_endpoint_step(x0: torch.Tensor, x0_prev: torch.Tensor, lam, lam_prev) -> torch.Tensor:
+    """The last step to σ = 0 (λ = +∞) from two x̂0s: x_end = D + w·(D − D_prev), w = s²/(s_prev² − s²).
+
+    In the flow time s = b/(a + b) = sigmoid(−λ) (any path: x̂0 and the ODE do not depend on it), along an
+    ODE solution x(s) with velocity u = dx/ds, D = x − s·u = x(0) − s²·x''(0)/2 + O(s³): x̂0 tends to the
+    endpoint quadratically in s, with no linear term. A first-order step returns D (error O(s²)); eliminating
+    the s² term between the last two points leaves O(s³). A polynomial in λ cannot do this (its weights are
+    infinite at λ = +∞); in s the end is an ordinary point. ``lam``, ``lam_prev``: host 0-d tensors, finite.
+    """
+    s2, s2_prev = torch.sigmoid(-torch.as_tensor(lam)) ** 2, torch.sigmoid(-torch.as_tensor(lam_prev)) ** 2
+    return x0 + (s2 / (s2_prev - s2)) * (x0 - x0_prev)
+
+
+# ============================================================================================
+# scratch_schedulers.scheduling_common
+# ============================================================================================
+
+"""What every scratch scheduler shares, VP and flow alike: the output type, the ``step`` argument
+checks (timesteps included), the working precision of ``step`` and a small diffusers base class.
+
+Any timestep: ``step(model_output, t, sample)`` takes any t in the path's range, not only the values of
+``scheduler.timesteps``. Its coefficients are those of the exact t (ᾱ_t on the VP chain, σ = t/T on the
+flow path), and it steps to the largest scheduled timestep strictly below t — or to the end (x0) from
+at or below the last one — so a loop continues with ``scheduler.timesteps[scheduler.timesteps < t]``.
+A (B,) tensor gives one timestep per example; each example then steps exactly as it would alone.
+
+Nothing here knows about a particular path; :mod:`.scheduling_vp` (DDPM, DDIM) and
+:mod:`.scheduling_flow_match` both build on it.
+"""
+
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+
+
+
+@dataclass
+class ScratchSchedulerOutput(BaseOutput):
+    """Output of every scratch scheduler's ``step``.
+
+    Attributes:
+        prev_sample: x at the next (less noisy) timestep, shape of ``sample``.
+        pred_original_sample: the model's estimate x̂0 (after clipping/thresholding).
+    """
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        """``BaseOutput.__post_init__`` for these two fields: the non-None ones become dict items, in field order.
+
+        The same result without ``dataclasses.fields()`` and diffusers' generic checks, which cost about as much
+        as a small step's arithmetic; anything but a tensor as ``prev_sample`` takes diffusers' own path.
+        """
+        if not isinstance(self.prev_sample, torch.Tensor):
+            super().__post_init__()
+            return
+        OrderedDict.__setitem__(self, "prev_sample", self.prev_sample)  # the attributes are already set
+        if self.pred_original_sample is not None:
+            OrderedDict.__setitem__(self, "pred_original_sample", self.pred_original_sample)
+
+
+# What ``step(..., return_dict=...)`` returns, and what its ``generator`` argument accepts.
+StepResult = ScratchSchedulerOutput | tuple[torch.Tensor, torch.Tensor]
+Generators = torch.Generator | list[torch.Generator] | None
+
+HALF_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def timestep_tensor(timestep: int | float | torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    """``step``'s timestep as a tensor on its own device (a Python number goes to the CPU): 0-d for one
+    timestep for the whole batch, (B,) for one per example of ``sample``; any other count is a ValueError."""
+    t = torch.as_tensor(timestep)
+    if t.numel() == 1:
+        return t.reshape(())
+    check_timestep_batch(t, sample)
+    return t.reshape(-1)
+
+
+def is_host(timestep: object) -> bool:
+    """A Python number or a CPU tensor: its value may be read without a host–device synchronisation."""
+    return not isinstance(timestep, torch.Tensor) or timestep.is_cpu
+
+
+def check_step_timesteps(t: torch.Tensor, upper: float, integer: bool) -> None:
+    """Host timesteps given to ``step`` must lie in [0, upper] (integers on a discrete chain).
+
+    Any value in range is accepted, scheduled or not (README, "Any timestep"); device timesteps are
+    not passed here (reading them would synchronise).
+    """
+    inside = (t >= 0) & (t <= upper)  # NaN fails
+    if not bool(inside.all()):
+        bad = float(t.reshape(-1)[~inside.reshape(-1)][0])
+        raise ValueError(
+            f"timestep {bad:g} is not in the current schedule and outside [0, {upper:g}], the timesteps this "
+            f"scheduler's path is defined on; pass a value in that range (e.g. from scheduler.timesteps)."
+        )
+    if integer and t.is_floating_point() and not bool((t == t.round()).all()):
+        bad = float(t.reshape(-1)[(t != t.round()).reshape(-1)][0])
+        raise ValueError(
+            f"timestep {bad:g} is not in the current schedule and not an integer: a discrete VP chain has ᾱ only "
+            f"at the integer timesteps 0…{upper:g} (no interpolation); ScratchDPMSolverScheduler takes real timesteps."
+        )
+
+
+def per_example(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A 0-d coefficient as it is; a (B,) one on ``like``'s device with trailing dims to broadcast per example."""
+    return coefficient if coefficient.ndim == 0 else append_dims(coefficient.to(like.device), like.ndim)
+
+
+def check_step_shapes(model_output: torch.Tensor, sample: torch.Tensor, allow_variance: bool = False) -> None:
+    """``model_output`` must match ``sample`` (or carry a variance channel block when learned).
+
+    Also checks what is known on the host without reading values: both are floating-point tensors
+    on one device. The *values* are not checked (that would need a host–device sync per step): a
+    NaN or inf in ``model_output`` propagates into ``prev_sample`` (see the README, "Reliability").
+    """
+    if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
+        raise TypeError(
+            f"model_output and sample must be torch tensors, got {type(model_output).__name__} and "
+            f"{type(sample).__name__}."
+        )
+    if not (model_output.is_floating_point() and sample.is_floating_point()):
+        raise TypeError(
+            f"model_output has dtype {model_output.dtype} and sample {sample.dtype}; both must be floating point "
+            "(torch.float16, torch.bfloat16, torch.float32 or torch.float64)."
+        )
+    if not (model_output.is_cpu and sample.is_cpu) and model_output.device != sample.device:  # is_cpu: no objects
+        raise ValueError(
+            f"model_output is on device {model_output.device} but sample is on {sample.device}; "
+            "both must be on the same device."
+        )
+    same = model_output.shape == sample.shape
+    doubled = (
+        allow_variance
+        and model_output.ndim == sample.ndim
+        and model_output.shape[1] == 2 * sample.shape[1]
+        and model_output.shape[2:] == sample.shape[2:]
+        and model_output.shape[0] == sample.shape[0]
+    )
+    if not (same or doubled):
+        raise ValueError(
+            f"model_output has shape {tuple(model_output.shape)} but sample has shape {tuple(sample.shape)}; "
+            "they must match" + (" (or model_output may have twice the channels)" if allow_variance else "") + "."
+        )
+
+
+def check_same_shape(x: torch.Tensor, noise: torch.Tensor, x_name: str, noise_name: str) -> None:
+    """Training helpers take a clean batch and noise of the very same shape."""
+    if tuple(x.shape) != tuple(noise.shape):
+        raise ValueError(
+            f"{noise_name} has shape {tuple(noise.shape)} but {x_name} has shape {tuple(x.shape)}; they must match."
+        )
+
+
+def check_timestep_batch(timesteps: torch.Tensor | float, like: torch.Tensor) -> None:
+    """One timestep for the whole batch, or one per example of ``like`` (B, ...)."""
+    count = torch.as_tensor(timesteps).numel()
+    if count != 1 and (like.ndim == 0 or count != like.shape[0]):
+        raise ValueError(
+            f"got {count} timesteps for a batch of shape {tuple(like.shape)}; pass one timestep, or one per example "
+            f"({like.shape[0] if like.ndim else 1})."
+        )
+
+
+def in_working_precision(
+    sample: torch.Tensor, model_output: torch.Tensor, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sample, model_output)`` in the dtype ``step`` computes in (upcast to avoid precision loss).
+
+    ``dtype=None`` keeps float32/float64 samples as they are and upcasts float16/bfloat16 to float32
+    (the VP schedulers); the flow scheduler passes ``torch.float32``, as diffusers' flow schedulers
+    compute. ``model_output`` follows the sample. Undo with :func:`step_result`.
+    """
+    if dtype is None:
+        dtype = torch.float32 if sample.dtype in HALF_PRECISION else sample.dtype
+    if sample.dtype != dtype:
+        sample = sample.to(dtype)
+    if model_output.dtype != dtype:
+        model_output = model_output.to(dtype)
+    return sample, model_output
+
+
+def step_result(prev_sample: torch.Tensor, x0: torch.Tensor, dtype: torch.dtype, return_dict: bool) -> StepResult:
+    """Cast ``step``'s results back to the caller's ``dtype``; a :class:`ScratchSchedulerOutput` or a tuple."""
+    if prev_sample.dtype != dtype:
+        prev_sample, x0 = prev_sample.to(dtype), x0.to(dtype)
+    if not return_dict:
+        return prev_sample, x0
+    return ScratchSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+
+class ScratchScheduler(SchedulerMixin, ConfigMixin):
+    """Base of the scratch schedulers: what diffusers' API expects of all of them alike.
+
+    ``step`` has diffusers' signature and return convention; a subclass supplies the update rule
+    as ``_step`` (a scheduler whose ``step`` takes more arguments, like DDIM's, overrides ``step``).
+    """
+
+    order = 1
+    init_noise_sigma = 1.0
+    # The path the scheduler samples, declared (``noise_path.noise_path_of`` reads it): "vp" or "flow".
+    noise_path: str
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: Generators = None,
+        return_dict: bool = True,
+    ) -> StepResult:
+        """One sampling step from ``timestep`` to the next point of the schedule (the class docstring
+        names the update rule).
+
+        Args:
+            model_output: the model's prediction at (sample, timestep), in the scheduler's parametrisation.
+            timestep: the current timestep — any in the path's range, scheduled or not — or a (B,) tensor
+                of one per example (README, "Any timestep").
+            sample: x_t, shape (B, C, ...).
+            generator: torch generator(s) for the noise the step injects, if it injects any.
+            return_dict: return a :class:`ScratchSchedulerOutput` rather than a tuple.
+        """
+        prev_sample, x0 = self._step(model_output, timestep, sample, generator)
+        return step_result(prev_sample, x0, sample.dtype, return_dict)
+
+    def _step(
+        self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor, generator: Generators
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The update rule: (x_next, x̂0) in the working precision (:func:`in_working_precision`)."""
+        raise NotImplementedError
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
+        """Identity, returning ``sample`` itself: both paths feed the model x_t unscaled (API compatibility)."""
+        return sample
+
+
+# ============================================================================================
+# scratch_schedulers.scheduling_vp
+# ============================================================================================
+
+"""Shared machinery of the discrete variance-preserving schedulers (DDPM and DDIM).
+
+The chain has T training timesteps with ᾱ_t from :mod:`.noise_path`; a sampler visits a
+descending subset of them. ``set_timesteps`` precomputes, for every training timestep t, the path
+coefficients of the step it starts (a_t, b_t, a_next, b_next, noise scales) into one float32 table
+indexed by the timestep value, where t steps to the largest scheduled timestep strictly below it
+(the next one for a scheduled t; the end, x0, below the last). So ``step`` at any integer t, or at
+one t per example, is a table row look-up on the timestep's own device plus elementwise maths: no
+host–device synchronisation and no hidden step counter. Scheduled host timesteps keep prebuilt rows.
+Each scheduler names its columns with a ``NamedTuple`` (``DDPMStepCoefficients``,
+``DDIMStepCoefficients``): a row is that tuple of 0-d tensors, on the host or on the device.
+"""
+
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+
+# diffusers' Karras-family schedulers that share our VP config keys (`from_config` either way).
+# DPMSolverSDEScheduler is left out: it is a dummy object unless torchsde is installed.
+VP_COMPATIBLES = [
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DEISMultistepScheduler",
+    "UniPCMultistepScheduler",
+    "EDMEulerScheduler",
+]
+
+class DiscreteVPScheduler(ScratchScheduler):
+    """Base of :class:`ScratchDDPMScheduler` and :class:`ScratchDDIMScheduler` (not used directly).
+
+    Subclasses set ``_row_type``, the ``NamedTuple`` of their table columns, and build its
+    columns over a grid in :meth:`_columns`.
+    """
+
+    _compatibles = VP_COMPATIBLES
+    noise_path = "vp"
+    _row_type: Any  # the NamedTuple class of the table columns, set by each subclass
+
+    # ---- construction ------------------------------------------------------------------------
+
+    def _init_path(self) -> None:
+        """Validate the config and build β, ᾱ and the default (all training steps) schedule."""
+        cfg = self.config
+        check_choice("prediction_type", cfg.prediction_type, VP_PREDICTION_TYPES)
+        check_choice("timestep_spacing", cfg.timestep_spacing, TIMESTEP_SPACINGS)
+        if not 0 < cfg.dynamic_thresholding_ratio <= 1:
+            raise ValueError(f"dynamic_thresholding_ratio={cfg.dynamic_thresholding_ratio} must be in (0, 1].")
+        check_positive("clip_sample_range", cfg.clip_sample_range)
+        check_positive("sample_max_value", cfg.sample_max_value)
+        offset = cfg.steps_offset
+        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+            raise ValueError(f"steps_offset={offset!r} is not allowed; pass an integer ≥ 0 (usually 0 or 1).")
+        betas = make_betas(
+            cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.trained_betas
+        )
+        if cfg.rescale_betas_zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # float32, as diffusers exposes it
+        # A host copy of ᾱ for checks that must not touch a tensor (the zero-SNR guard); the
+        # coefficient tables themselves are computed in float32 (see _set_schedule).
+        self._alpha_bar = self.alphas_cumprod.to(torch.float64).numpy()
+        self.num_inference_steps: int | None = None
+        self.custom_timesteps = False
+        self._set_schedule(np.arange(cfg.num_train_timesteps)[::-1].copy(), device=None)
+
+    # ---- schedules ---------------------------------------------------------------------------
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: Sequence[int] | None = None,
+    ) -> None:
+        """Choose the timesteps to sample with: ``num_inference_steps`` spaced by the config's
+        ``timestep_spacing``, or an explicit strictly descending list ``timesteps`` in [0, T)."""
+        T = self.config.num_train_timesteps
+        check_device(device)
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError(
+                f"pass either num_inference_steps={num_inference_steps} or timesteps=..., not both."
+            )
+        if timesteps is not None:
+            grid = check_custom_timesteps(timesteps, T, integer=True).astype(np.int64)
+            self.custom_timesteps = True
+        elif num_inference_steps is not None:
+            grid = spaced_timesteps(self.config.timestep_spacing, T, num_inference_steps, self.config.steps_offset)
+            self.custom_timesteps = False
+        else:
+            raise ValueError("set_timesteps needs num_inference_steps (an int ≥ 1) or a timesteps list.")
+        self._check_terminal_snr(grid)
+        self.num_inference_steps = len(grid)
+        self._set_schedule(grid, device)
+
+    def _set_schedule(self, grid: np.ndarray, device: str | torch.device | None) -> None:
+        """Install ``grid`` and precompute the per-timestep coefficient table."""
+        T = self.config.num_train_timesteps
+        self.timesteps = torch.from_numpy(grid.astype(np.int64)).to(device)
+        ascending = grid[::-1]
+        below = np.searchsorted(ascending, np.arange(T), side="left") - 1  # the largest scheduled value < t
+        self._next_timestep = np.where(below >= 0, ascending[np.maximum(below, 0)], -1)
+        # Every coefficient is evaluated in float32 from the float32 ᾱ that add_noise uses in
+        # training, with the same formulas as diffusers: sampling then sees the very path the model
+        # was trained on, and a model moves between our schedulers and diffusers' without drift
+        # (x̂0 = (x − b·ε)/a and β = 1 − ᾱ_t/ᾱ_next amplify last-bit differences near both ends).
+        alpha_bar_t = self.alphas_cumprod[torch.from_numpy(grid)]
+        alpha_bar_next = torch.cat([alpha_bar_t[1:], torch.tensor([self._final_alpha_bar()], dtype=torch.float32)])
+        columns = self._columns(alpha_bar_t, alpha_bar_next)
+        table = np.empty((T, len(columns)), dtype=np.float32)
+        table[grid] = torch.stack(tuple(columns), dim=1).numpy()
+        off = np.setdiff1d(np.arange(T), grid)  # any other timestep steps to the scheduled one below it
+        if len(off):
+            target = self._next_timestep[off]
+            alpha_bar_target = torch.where(torch.from_numpy(target >= 0), self.alphas_cumprod[np.maximum(target, 0)],
+                                           torch.tensor(self._final_alpha_bar(), dtype=torch.float32))
+            table[off] = torch.stack(tuple(self._columns(self.alphas_cumprod[off], alpha_bar_target)), dim=1).numpy()
+        self._table_cpu = torch.from_numpy(table)
+        # Host timesteps get prebuilt rows of 0-d float32 CPU tensors: the cheapest scalar operands
+        # on any device, and float32 arithmetic throughout (as in diffusers).
+        self._host_rows = {int(t): self._row_type._make(self._table_cpu[int(t)].unbind()) for t in grid}
+        self._tables: dict[torch.device, torch.Tensor] = {}
+
+    @staticmethod
+    def _path_scales(alpha_bar: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, b) = (√ᾱ, √(1 − ᾱ)) — the one place they are computed, for add_noise and step alike."""
+        alpha_bar = torch.as_tensor(alpha_bar)
+        return alpha_bar**0.5, (1 - alpha_bar) ** 0.5
+
+    def _final_alpha_bar(self) -> float:
+        """ᾱ after the last timestep: 1 (x0 itself); DDIM may use ᾱ_0 instead."""
+        return 1.0
+
+    def _columns(self, alpha_bar_t: torch.Tensor, alpha_bar_next: torch.Tensor) -> Any:
+        """The table columns over the grid, as a ``_row_type`` of float32 vectors (ᾱ_t and ᾱ_next per step)."""
+        raise NotImplementedError
+
+    def _check_terminal_snr(self, grid: np.ndarray) -> None:
+        """Fail fast on ε-prediction at a zero-SNR timestep, where x̂0 = (x − ε)/0 (diffusers #3851)."""
+        if self.config.prediction_type != "epsilon":
+            return
+        zero = grid[self._alpha_bar[grid] == 0]
+        if len(zero):
+            raise ValueError(
+                f"rescale_betas_zero_snr=True gives ᾱ=0 at timestep {int(zero[0])}, where an "
+                "ε-prediction says nothing about x0 (x̂0 would be inf/NaN). Use "
+                "prediction_type='v_prediction' (Lin et al., 2024) or 'sample', or "
+                "timestep_spacing='leading', which never visits the terminal timestep."
+            )
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
+        """Where ``step`` moves from ``timestep``: the largest scheduled timestep strictly below it (−1: the end)."""
+        t = self._host_timesteps(torch.as_tensor(timestep).detach().cpu())
+        return torch.from_numpy(np.asarray(self._next_timestep[t.numpy()]))
+
+    # ---- per-step look-up --------------------------------------------------------------------
+
+    def _host_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """Host-side check of CPU timesteps (0-d or (B,)): integers in [0, T), as int64."""
+        check_step_timesteps(t, self.config.num_train_timesteps - 1, integer=True)
+        t = t.long()
+        if bool((self._alpha_bar[t.numpy()] == 0).any()):
+            self._check_terminal_snr(t.reshape(-1).numpy())
+        return t
+
+    def _row(self, timestep: int | float | torch.Tensor, like: torch.Tensor) -> Any:
+        """Coefficients of the step starting at ``timestep``: a ``_row_type`` of 0-d tensors, or of
+        (B, 1, …) tensors on ``like``'s device for one timestep per example.
+
+        A scheduled Python or CPU timestep gets its prebuilt row of CPU scalars (the fast path,
+        usable with tensors on any device); another host timestep is validated on the host and its
+        row read from the table; a timestep on an accelerator indexes a copy of the table on that
+        device, without being read back (no synchronisation; it is not validated).
+        """
+        if is_host(timestep):
+            if not isinstance(timestep, torch.Tensor) or timestep.numel() == 1:
+                value = float(timestep)
+                row = self._host_rows.get(int(value)) if value.is_integer() else None
+                if row is not None and self._alpha_bar[int(value)] != 0:
+                    return row
+            t = self._host_timesteps(timestep_tensor(timestep, like))
+            table = self._table_cpu
+        else:
+            t = timestep_tensor(timestep, like).long()
+            table = self._tables.get(t.device)
+            if table is None:
+                table = self._tables[t.device] = self._table_cpu.to(t.device)
+        rows = table.index_select(0, t.reshape(-1))  # table[t] would call .item() on a device tensor
+        if t.ndim == 0:
+            return self._row_type._make(rows[0].unbind())
+        return self._row_type._make(per_example(column, like) for column in rows.to(like.device).unbind(1))
+
+    def _clip_or_threshold(self, x0: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding if enabled (it takes precedence), else clipping to ±clip_sample_range."""
+        cfg = self.config
+        if cfg.thresholding:
+            return dynamic_threshold(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+        if cfg.clip_sample:
+            return x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+        return x0
+
+    # ---- training-time helpers ---------------------------------------------------------------
+
+    def _signal_noise(self, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(√ᾱ_t, √(1−ᾱ_t)) for a batch of timesteps, broadcast against ``like`` in its dtype/device.
+
+        Timesteps on the CPU are checked to be integers in [0, T) (a negative one would silently
+        index from the end of ᾱ); timesteps on an accelerator are not read back.
+        """
+        T = self.config.num_train_timesteps
+        check_timestep_batch(timesteps, like)
+        host = torch.as_tensor(timesteps)
+        if host.device.type == "cpu":
+            bad = (host < 0) | (host >= T)
+            if host.is_floating_point():
+                bad = bad | (host != host.round())
+            if bool(bad.any()):
+                raise ValueError(
+                    f"timesteps of a discrete VP scheduler must be integers in [0, {T}), got "
+                    f"{host.flatten()[:8].tolist()}."
+                )
+        a, b = signal_noise_at(self, torch.as_tensor(timesteps).long(), dtype=like.dtype, device=like.device)
+        return append_dims(a, like.ndim), append_dims(b, like.ndim)
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """Forward process q(x_t | x0): x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε (DDPM Eq. 4), batched over t."""
+        check_same_shape(original_samples, noise, "original_samples", "noise")
+        a, b = self._signal_noise(timesteps, original_samples)
+        return a * original_samples + b * noise
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The v-prediction target v = √ᾱ_t·ε − √(1−ᾱ_t)·x0 (Salimans & Ho, 2022)."""
+        check_same_shape(sample, noise, "sample", "noise")
+        a, b = self._signal_noise(timesteps, sample)
+        return a * noise - b * sample
+
+
+# ============================================================================================
+# scratch_schedulers.scheduling_ddim
+# ============================================================================================
+
+"""DDIM (Song et al., 2021, "Denoising Diffusion Implicit Models").
+
+x_next = √ᾱ_next·x̂0 + √(1 − ᾱ_next − σ_t²)·ε̂ + σ_t·z with σ_t = η·√β̃_t (Eqs. 12 and 16);
+η = 0 is the deterministic sampler, η = 1 has DDPM's posterior. The config is key-for-key
+diffusers' ``DDIMScheduler``; ``set_timesteps`` additionally takes custom ``timesteps``, and
+every step goes to the schedule's real next timestep (diffusers assumes t − T//n, #11347).
+"""
+
+
+import math
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' loader looks it up here)
+from diffusers.utils.torch_utils import randn_tensor
+
+
+
+class DDIMStepCoefficients(NamedTuple):
+    """One row of the DDIM table: the path points of the step from t to the schedule's next t′."""
+
+    a: torch.Tensor  # √ᾱ_t
+    b: torch.Tensor  # √(1 − ᾱ_t)
+    a_next: torch.Tensor  # √ᾱ_t′
+    b_next: torch.Tensor  # √(1 − ᾱ_t′)
+    var_next: torch.Tensor  # 1 − ᾱ_t′
+    sigma: torch.Tensor  # σ_t at η = 1 (Eq. 16), 0 where it is NaN
+
+
+class ScratchDDIMScheduler(DiscreteVPScheduler):
+    """DDIM sampler with the exact config of ``diffusers.DDIMScheduler``.
+
+    Args:
+        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, clip_sample,
+        clip_sample_range, prediction_type, thresholding, dynamic_thresholding_ratio,
+        sample_max_value, timestep_spacing, steps_offset, rescale_betas_zero_snr:
+            as in :class:`~scratch_schedulers.ScratchDDPMScheduler`.
+        set_alpha_to_one: the last step lands on ᾱ = 1 (x0 itself) if True, else on ᾱ_0.
+    """
+
+    _row_type = DDIMStepCoefficients
+
+    # The keys repeat ScratchDDPMScheduler's on purpose: @register_to_config turns exactly these
+    # arguments, in diffusers' order and with its defaults, into the config (DDIMScheduler's, key for
+    # key; tests/scratch_schedulers/test_api.py), so they cannot be shared through a base signature.
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: BetaSchedule = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        clip_sample: bool = True,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: VPPredictionType = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: TimestepSpacing = "leading",
+        rescale_betas_zero_snr: bool = False,
+    ):
+        self._init_path()
+        self.final_alpha_cumprod = torch.tensor(self._final_alpha_bar(), dtype=torch.float32)
+        self.num_inference_steps = None  # step() needs set_timesteps() first
+
+    def _final_alpha_bar(self) -> float:
+        return 1.0 if self.config.set_alpha_to_one else float(self._alpha_bar[0])
+
+    def _columns(self, alpha_bar_t: torch.Tensor, alpha_bar_next: torch.Tensor) -> DDIMStepCoefficients:
+        sigma = ddim_noise_std(alpha_bar_t, alpha_bar_next, eta=1.0)  # σ_t at η = 1, Eq. (16)
+        (a, b), (a_next, b_next) = self._path_scales(alpha_bar_t), self._path_scales(alpha_bar_next)
+        return DDIMStepCoefficients(a=a, b=b, a_next=a_next, b_next=b_next, var_next=1 - alpha_bar_next,
+                                    sigma=sigma.nan_to_num())
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        generator: Generators = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> StepResult:
+        """One DDIM step (Eq. 12) from ``timestep`` to the largest scheduled timestep below it (the end, ᾱ = 1
+        or ᾱ_0, below the last one), with ᾱ at the exact ``timestep``.
+
+        Args:
+            model_output: the model's prediction at (sample, timestep).
+            timestep: any integer timestep in [0, T), or a (B,) tensor of one per example.
+            sample: x_t, shape (B, C, ...).
+            eta: η ≥ 0, the weight of fresh noise (0: deterministic DDIM, 1: DDPM posterior).
+            use_clipped_model_output: re-derive ε̂ from the clipped/thresholded x̂0.
+            generator: torch generator(s) for the noise when η > 0; a list of B draws example i's from the i-th.
+            variance_noise: explicit noise z instead of drawing it (e.g. for CycleDiffusion).
+            return_dict: return a :class:`ScratchSchedulerOutput` rather than a tuple.
+        """
+        if self.num_inference_steps is None:
+            raise ValueError("num_inference_steps is None: call set_timesteps() before step().")
+        if isinstance(eta, numbers.Real) and not 0 <= eta < math.inf:  # NaN fails too; a tensor eta is not read
+            raise ValueError(f"eta={eta} must be a finite number ≥ 0 (0: deterministic DDIM, 1: DDPM-like).")
+        if variance_noise is not None and generator is not None:
+            raise ValueError("pass either generator or variance_noise to step(), not both.")
+        check_step_shapes(model_output, sample)
+        c = self._row(timestep, sample)
+        x_t, model_output = in_working_precision(sample, model_output)
+
+        x0, eps = split_prediction(model_output, x_t, c.a, c.b, self.config.prediction_type)
+        x0 = self._clip_or_threshold(x0)
+        if use_clipped_model_output:
+            eps = x0_to_eps(x0, x_t, c.a, c.b)
+        if eta == 0:  # Eq. 12 with σ_t = 0: x_next = a_next·x̂0 + b_next·ε̂
+            prev_sample = reverse_step(x0, eps, c.a_next, c.var_next, direction=c.b_next)
+        else:
+            if variance_noise is None:
+                variance_noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                              dtype=model_output.dtype)
+            prev_sample = reverse_step(x0, eps, c.a_next, c.var_next, eta * c.sigma, variance_noise)
+        return step_result(prev_sample, x0, sample.dtype, return_dict)
+
+
+# ============================================================================================
+# scratch_schedulers.scheduling_ddpm
+# ============================================================================================
+
+"""DDPM ancestral sampling (Ho et al., 2020, "Denoising Diffusion Probabilistic Models").
+
+x_{t−1} = μ̃_t(x_t, x̂0) + s_t·z, where μ̃_t is the posterior mean of Eq. (7) — DDIM's
+:func:`~scratch_schedulers.samplers.reverse_step` at η = 1, see
+:func:`~scratch_schedulers.samplers.posterior_mean` — and s_t the noise scale chosen by
+``variance_type``. The config is key-for-key diffusers' ``DDPMScheduler``.
+"""
+
+
+from typing import Literal, NamedTuple, get_args
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' loader looks it up here)
+from diffusers.utils.torch_utils import randn_tensor
+
+
+VarianceType = Literal["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"]
+VARIANCE_TYPES: tuple[str, ...] = get_args(VarianceType)
+# The variance types whose model output carries a variance block (2·C channels) beside the prediction.
+LEARNED_VARIANCE_TYPES: tuple[str, ...] = ("learned", "learned_range")
+
+
+class DDPMStepCoefficients(NamedTuple):
+    """One row of the DDPM table: the coefficients of the step from t to the schedule's next t′."""
+
+    a: torch.Tensor  # √ᾱ_t
+    b: torch.Tensor  # √(1 − ᾱ_t)
+    coef_x0: torch.Tensor  # μ̃_t's weight of x̂0 (Eq. 7)
+    coef_xt: torch.Tensor  # μ̃_t's weight of x_t
+    posterior_std: torch.Tensor  # √β̃_t
+    posterior_log_var: torch.Tensor  # log β̃_t (β̃_t clamped at 1e-20)
+    log_beta: torch.Tensor  # log β of the (possibly strided) step, β = 1 − ᾱ_t/ᾱ_t′
+    beta_std: torch.Tensor  # √β
+
+
+class ScratchDDPMScheduler(DiscreteVPScheduler):
+    """Ancestral DDPM sampler with the exact config of ``diffusers.DDPMScheduler``.
+
+    Args:
+        num_train_timesteps: T, the length of the β schedule.
+        beta_start, beta_end: first and last β of ``linear``, ``scaled_linear`` and ``sigmoid``.
+        beta_schedule: ``linear``, ``scaled_linear``, ``squaredcos_cap_v2`` or ``sigmoid``.
+        trained_betas: explicit β_1..β_T in (0, 1), overriding the schedule.
+        variance_type: noise scale s_t²: ``fixed_small`` / ``fixed_small_log`` = β̃_t (posterior),
+            ``fixed_large`` / ``fixed_large_log`` = β_t, ``learned`` = the model's second channel
+            block, ``learned_range`` = interpolation of log β̃_t and log β_t (Nichol & Dhariwal, 2021, Eq. 15).
+        clip_sample, clip_sample_range: clamp x̂0 to ±range.
+        prediction_type: ``epsilon``, ``sample`` or ``v_prediction``.
+        thresholding, dynamic_thresholding_ratio, sample_max_value: Imagen's dynamic thresholding of x̂0.
+        timestep_spacing: ``leading``, ``trailing`` or ``linspace`` for ``set_timesteps(n)``.
+        steps_offset: added to ``leading`` timesteps (capped so the first stays < T).
+        rescale_betas_zero_snr: rescale β to zero terminal SNR (Lin et al., 2024).
+    """
+
+    _row_type = DDPMStepCoefficients
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: BetaSchedule = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        variance_type: VarianceType = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: VPPredictionType = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: TimestepSpacing = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+    ):
+        check_choice("variance_type", variance_type, VARIANCE_TYPES)
+        self.variance_type = variance_type
+        self._init_path()
+
+    def _columns(self, alpha_bar_t: torch.Tensor, alpha_bar_next: torch.Tensor) -> DDPMStepCoefficients:
+        coef_x0, coef_xt, posterior_var = ddpm_posterior_coefficients(alpha_bar_t, alpha_bar_next)
+        posterior_var = posterior_var.clamp(min=1e-20)  # β̃_t, kept > 0 for its logarithm
+        beta = 1 - alpha_bar_t / alpha_bar_next  # β of the (possibly strided) step t → next
+        a, b = self._path_scales(alpha_bar_t)
+        return DDPMStepCoefficients(
+            a=a,
+            b=b,
+            coef_x0=coef_x0,
+            coef_xt=coef_xt,
+            posterior_std=posterior_var**0.5,
+            posterior_log_var=posterior_var.log(),
+            log_beta=beta.log(),
+            beta_std=beta**0.5,
+        )
+
+    def _step(
+        self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, generator: Generators
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ancestral step x_t → x_{t_next} (Ho et al., 2020, Algorithm 2) from any integer t (or one
+        per example) to the largest scheduled timestep below it; ``model_output`` has twice the channels
+        of ``sample`` when ``variance_type`` is ``learned``/``learned_range``. A list of B generators
+        draws each example's noise from its own generator (as that example stepped alone would)."""
+        learned = self.variance_type in LEARNED_VARIANCE_TYPES
+        check_step_shapes(model_output, sample, allow_variance=learned)
+        c = self._row(timestep, sample)
+        predicted_variance = None
+        if model_output.shape[1] != sample.shape[1]:
+            model_output, predicted_variance = model_output.split(sample.shape[1], dim=1)
+        x_t, model_output = in_working_precision(sample, model_output)
+
+        x0, _ = split_prediction(model_output, x_t, c.a, c.b, self.config.prediction_type)
+        x0 = self._clip_or_threshold(x0)
+        mean = posterior_mean(x0, x_t, c.coef_x0, c.coef_xt)  # μ̃_t, Eq. (7): DDIM at η = 1
+
+        # Noise is drawn at every step (also the last, where it is scaled by 0) so the loop never
+        # needs to read the timestep back from the device.
+        noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                             dtype=model_output.dtype)
+        std = self._noise_std(c, predicted_variance)
+        if is_host(timestep) and (not isinstance(timestep, torch.Tensor) or timestep.numel() == 1):
+            prev_sample = mean + std * noise if float(timestep) > 0 else mean  # none at t = 0 (Algorithm 2, line 3)
+        else:  # a device timestep, or one per example: the same rule as a mask, without reading t back
+            prev_sample = mean + std * per_example(timestep_tensor(timestep, sample) > 0, sample) * noise
+        return prev_sample, x0
+
+    def _noise_std(self, c: DDPMStepCoefficients, predicted_variance: torch.Tensor | None) -> torch.Tensor:
+        """s_t of x_{t−1} = μ̃_t + s_t·z for each ``variance_type``."""
+        kind = self.variance_type
+        if kind in ("fixed_small", "fixed_small_log"):
+            return c.posterior_std
+        if kind in ("fixed_large", "fixed_large_log"):  # diffusers returns √(log β) = NaN for *_log
+            return c.beta_std
+        if kind == "learned":
+            return predicted_variance.float().clamp(min=0).sqrt()
+        frac = (predicted_variance.float() + 1) / 2  # learned_range, Nichol & Dhariwal (2021) Eq. 15
+        return torch.exp(0.5 * (frac * c.log_beta + (1 - frac) * c.posterior_log_var))
+
+
+# ============================================================================================
+# scratch_schedulers.dpm_grids
+# ============================================================================================
+
+"""Time grids of the DPM-Solver scheduler, as descending noise levels on a Gaussian path.
+
+A grid is given by its path points (a_i, b_i), i = 0..n, from the noisiest to the cleanest; the
+solver only needs their log-SNR λ_i = log(a_i/b_i). Notation (see :mod:`.noise_path`):
+
+============  =====================================================================
+``s``         VP noise-to-signal ratio s = b/a = √((1 − ᾱ)/ᾱ) = e^{−λ} (diffusers' ``sigmas``)
+``σ``         flow noise level, a = 1 − σ, b = σ, so e^{−λ} = σ/(1 − σ)
+``ρ``         the Karras et al. (2022) grid exponent, Eq. (5)
+============  =====================================================================
+
+diffusers' boolean keys pick among :func:`karras_levels`, :func:`exponential_levels` and
+:func:`beta_levels` (all in s) and then round or truncate the matching timesteps; the
+``time_grid`` key of :class:`~scratch_schedulers.ScratchDPMSolverScheduler` builds the grid in λ
+instead (:data:`TIME_GRIDS`) and keeps each timestep exactly at its noise level.
+"""
+
+
+import importlib
+import math
+from typing import Literal
+
+import numpy as np
+
+
+# Noise-level spacings of diffusers' DPMSolverMultistepScheduler (its use_*_sigmas keys).
+LevelSpacing = Literal["default", "karras", "exponential", "beta", "lu", "flow"]
+# Our one-choice time grids (config key time_grid): uniform in λ, Karras' ρ = 7 grid, and
+# uniform in the flow time σ_flow = b/(a + b) = sigmoid(−λ) (see :func:`time_grid_lambdas`).
+TimeGrid = Literal["logsnr", "karras", "flow_uniform"]
+TIME_GRIDS: tuple[str, ...] = ("logsnr", "karras", "flow_uniform")
+KARRAS_RHO = 7.0  # Karras et al. (2022), Eq. (5) and Table 1
+
+
+def karras_levels(level_min: float, level_max: float, n: int, rho: float = KARRAS_RHO) -> np.ndarray:
+    """n levels, descending, uniform in level^{1/ρ} (Karras et al., 2022, Eq. 5)."""
+    ramp = np.linspace(0, 1, n)
+    return (level_max ** (1 / rho) + ramp * (level_min ** (1 / rho) - level_max ** (1 / rho))) ** rho
+
+
+def exponential_levels(level_min: float, level_max: float, n: int) -> np.ndarray:
+    """n levels, descending, uniform in log(level) (for s = e^{−λ}: uniform in λ)."""
+    return np.exp(np.linspace(math.log(level_max), math.log(level_min), n))
+
+
+def beta_levels(level_min: float, level_max: float, n: int, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
+    """n levels at the Beta(α, β) quantiles of 1 − i/(n − 1) (Lee et al., 2024, "Beta Sampling is All You Need")."""
+    # scipy is optional here (scikit-learn, a dependency of the package, brings it). It is imported by
+    # name so that the saved pipeline's single-file code, whose imports diffusers scans when it loads
+    # remote code, lists only torch, numpy and diffusers.
+    try:
+        stats = importlib.import_module("scipy.stats")
+    except ImportError:  # pragma: no cover - scikit-learn installs scipy
+        raise ImportError("use_beta_sigmas=True needs scipy (pip install scipy).") from None
+    quantiles = stats.beta.ppf(1 - np.linspace(0, 1, n), alpha, beta)
+    return level_min + quantiles * (level_max - level_min)
+
+
+def flow_levels(n: int, num_train_timesteps: int, shift: float) -> np.ndarray:
+    """diffusers' ``use_flow_sigmas`` grid: σ = 1 − linspace(1, 1/T, n + 1), shifted, without σ = 0."""
+    sigmas = 1.0 - np.linspace(1, 1 / num_train_timesteps, n + 1)
+    return np.flip(shift_sigmas(sigmas, shift))[:-1].copy()
+
+
+def spaced_dpm_timesteps(
+    spacing: str, num_train_timesteps: int, n: int, steps_offset: int, last_timestep: int
+) -> np.ndarray:
+    """Descending int64 timesteps of diffusers' DPM-Solver for ``timestep_spacing``.
+
+    They differ from DDIM's (``noise_path.spaced_timesteps``): ``linspace`` and ``leading`` lay
+    n + 1 points and drop the last, and ``last_timestep`` (below T when λ_min is clipped) bounds them.
+    """
+    if spacing == "linspace":
+        return np.linspace(0, last_timestep - 1, n + 1).round()[::-1][:-1].copy().astype(np.int64)
+    if spacing == "leading":
+        ratio = last_timestep // (n + 1)
+        return (np.arange(0, n + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64) + steps_offset
+    return np.arange(last_timestep, 0, -num_train_timesteps / n).round().astype(np.int64) - 1
+
+
+def timesteps_of_levels(levels: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Fractional timesteps t where the log of the per-timestep ``table`` (ascending in t) equals log(levels).
+
+    Linear interpolation of log s between integer timesteps, clamped to [0, T − 1] — the inverse
+    diffusers' Karras-family schedulers use.
+    """
+    # log of the float32 table, as diffusers' _sigma_to_t: the grid's first level is the table's last entry, and
+    # float64 logs put it at exactly T − 1 where diffusers' float32 log may land 1 ulp below and truncate to T − 2
+    # (which way depends on the last bit of ᾱ's cumprod, i.e. on the CPU's SIMD path).
+    with np.errstate(divide="ignore"):
+        log_table = np.log(table.astype(np.float32)).astype(np.float64)
+        log_levels = np.log(np.maximum(levels, 1e-10))
+    finite = np.isfinite(log_table)
+    return np.interp(log_levels, log_table[finite], np.arange(len(table))[finite])
+
+
+def time_grid_lambdas(grid: str, lambda_min: float, lambda_max: float, n: int) -> np.ndarray:
+    """n ascending log-SNRs from λ_min (noisiest) to λ_max for the ``time_grid`` choices.
+
+    * ``logsnr``: uniform in λ — DPM-Solver's recommended grid (Lu et al., 2022a, §3.3).
+    * ``karras``: Karras et al.'s ρ = 7 grid in s = e^{−λ}.
+    * ``flow_uniform``: uniform in the flow time σ_flow = sigmoid(−λ) = b/(a + b) on n + 1 points
+      from σ_flow(λ_min) to 0, the last (σ = 0, λ = +∞) left to the final step: the time of the
+      rectified-flow path through the same SNRs (on a flow model, diffusers' unshifted flow grid).
+      It is the documented choice for few (5–20) model evaluations, on both paths: with the exact
+      denoiser its ODE endpoint error with 3M (``benchmarks/bench_few_step.py``) was the lowest of the
+      three in 17 of 18 cases (5/10/20 evaluations × VP/flow × three mixtures; logsnr won the 8-D
+      mixture on VP at 20), by 1.2–35× at 10 (logsnr and karras spend points at the ends of the λ
+      range); grids with the last point nearer σ = 0 (σ_i ∝ (1 − i/n)^p, p > 1) or uniform in
+      arctan(e^{c·λ}) measured worse. With the UniC corrector and the σ² final step
+      (``scheduling_dpmsolver.FEW_STEP_CONFIG``) logsnr and karras were 1.25–47× worse (example mixture).
+    """
+    if grid == "logsnr":
+        return np.linspace(lambda_min, lambda_max, n)
+    if grid == "karras":
+        return -np.log(karras_levels(math.exp(-lambda_max), math.exp(-lambda_min), n))
+    t = np.linspace(1 / (1 + math.exp(lambda_min)), 0, n + 1)[:-1]  # sigmoid(−λ), without the final 0
+    return np.log1p(-t) - np.log(t)
+
+
+# ============================================================================================
+# scratch_schedulers.dpm_stepping
+# ============================================================================================
+
+"""The stepping part of :class:`~scratch_schedulers.ScratchDPMSolverScheduler`: where a step starts, the
+multistep history, and the update call (README, "Any timestep").
+
+Any timestep: a scheduled timestep starts the usual multistep step; any other t in the path's range
+([0, T − 1] on the VP path, [0, T] on the flow path) a first-order step from its exact path point (VP:
+the level s = b/a interpolated linearly between training timesteps, as the fractional grids are, so an
+integer t is exact; flow: σ = t/T) to the largest scheduled point below it. History entries record the
+grid index a step landed on, its start (λ, b, sample), its order and its x̂0; a step uses the latest ones while they
+land in one line (at i, then i − 1), so an off-schedule step serves as the next step's history and a jump
+in the loop restarts it. One timestep per example (a (B,) CPU tensor): each example keeps its own loop
+position and history, examples sharing a start and a history step together, and each steps exactly as
+it would alone (lock-step loops at different positions, each with its own order).
+
+Corrector (``corrector="unic_bh1"/"unic_bh2"``): a step whose history is consecutive first corrects its
+start sample with UniC (:func:`~scratch_schedulers.samplers.unipc_update`), recomputing the step that led
+here from that step's own start, with the model output just evaluated here as one more point; x̂0 is the
+one computed from the uncorrected sample (UniPC, ``corrector_reuses="x0"``) or that one shifted towards the
+corrected sample (``"epsilon"``, ``"gaussian"``: :func:`~scratch_schedulers.samplers.corrected_prediction_shift`).
+The final sample is never corrected (as in UniPC): that would cost one more model evaluation, at σ = 0
+where the model adds no information (x̂0 = x there for ε- and v-models), and the UniC weights of a step to
+λ = +∞ are infinite. The last step's own accuracy is ``final_step="sigma_squared"``'s job instead.
+"""
+
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+
+
+class DPMStart(NamedTuple):
+    """Where a step starts: grid index (None off the schedule), path point (a, b, λ), index it lands on, b_next/b."""
+
+    index: int | None
+    a: torch.Tensor
+    b: torch.Tensor
+    lam: torch.Tensor
+    target: int
+    b_ratio: torch.Tensor
+
+
+class PastStep(NamedTuple):
+    """An earlier step as later ones read it: its start (λ, b, sample), the x̂0 there, and its order."""
+
+    lam: torch.Tensor
+    b: torch.Tensor
+    sample: torch.Tensor
+    x0: torch.Tensor
+    order: int
+
+
+class DPMSolverStepping:
+    """Mixin of :class:`~scratch_schedulers.ScratchDPMSolverScheduler`: reads the grid that its ``set_timesteps``
+    builds (``_a``, ``_b``, ``_lam``, ``_b_ratio``, ``_host_timesteps`` and ``_first_index``)."""
+
+    def _start(self, value: float | None, position: int) -> DPMStart:
+        """The step from host timestep ``value`` (None: a device timestep, trusted to be the loop's next one)
+        at loop ``position`` (which settles repeated timesteps)."""
+        n = self.num_inference_steps
+        if value is None or (position < n and self._host_timesteps[position] == value):
+            if position >= n:
+                raise ValueError(f"the loop has already taken all {n} steps; call set_timesteps() again.")
+            i = position
+        elif value in self._first_index:
+            i = self._first_index[value]
+        else:
+            return self._off_schedule_start(value)
+        return DPMStart(i, self._a[i], self._b[i], self._lam[i], i + 1, self._b_ratio[i])
+
+    def _off_schedule_start(self, value: float) -> DPMStart:
+        """A first-order step from the exact path point of an off-schedule host timestep (module docstring)."""
+        T = self.config.num_train_timesteps
+        t = torch.tensor(value, dtype=torch.float64)
+        check_step_timesteps(t, T if self.noise_path == "flow" else T - 1, False)
+        a, b = (v.to(torch.float64) for v in signal_noise_at(self, t, dtype=torch.float32))  # float32, as the grid
+        if a == 0 and self.config.prediction_type == "epsilon":
+            raise ValueError(f"timestep {value:g} has a = 0 (λ = −∞): an ε-prediction says nothing about x0 there.")
+        target = int(np.sum(np.asarray(self._host_timesteps) > value))  # the first grid point below t
+        return DPMStart(None, a, b, log_snr(a, b), target, self._b[target] / b)
+
+    def _consecutive_history(self, start: DPMStart, example: int | None = None) -> list[PastStep]:
+        """The latest steps that led here in one line (landing at i, i − 1, ...), for one example or all.
+
+        ``self._history`` holds (target, λ, b, order, sample, x̂0) per step, the first four per example
+        (arrays) after a step with one timestep per example.
+        """
+        history: list[PastStep] = []
+        if start.index is None:
+            return history  # an off-schedule step is first order
+        for target, lam, b, order, sample, x0 in reversed(self._history):
+            if not isinstance(target, int):
+                if example is None:  # a per-example entry serves the batch if all examples agree
+                    if not all(np.all(v == v[0]) for v in (target, lam, b, order)):
+                        break
+                    example_ = 0
+                else:
+                    example_ = example
+                target, order = int(target[example_]), int(order[example_])
+                lam, b = (torch.tensor(v[example_], dtype=torch.float64) for v in (lam, b))
+            if target != start.index - len(history):
+                break
+            history.append(PastStep(lam, b, sample, x0, order))
+        return history
+
+    def _advance(self, x, out, start: DPMStart, history: list[PastStep], rows=None):
+        """(x_next, x̂0, the corrected start sample, order) of one step from ``start`` on ``rows`` (all when None)."""
+        if rows is not None:
+            x, out = x[rows], out[rows]
+            history = [past._replace(sample=past.sample[rows], x0=past.x0[rows]) for past in history]
+        x0 = self._data_prediction(out, x, start.a, start.b)
+        if history and self.config.corrector != "none":
+            x_predicted, x = x, self._corrected(x, x0, start, history)
+            if self.config.corrector_reuses != "x0":
+                x0 = x0 + corrected_prediction_shift(self.config.corrector_reuses, start.a, start.b) * (x - x_predicted)
+        order = 1 if start.index is None else self._order_at(start.index, len(history))
+        lam, lam_next, a_next, b_ratio = start.lam, self._lam[start.target], self._a[start.target], start.b_ratio
+        solver_type = self.config.solver_type
+        if order == 1 and history and self.config.final_step == "sigma_squared" and bool(torch.isinf(lam_next)):
+            x_next = clean_endpoint_step(x0, history[0].x0, lam, history[0].lam)
+        elif order == 1:
+            x_next = dpmpp_first_order_step(x, x0, lam, lam_next, a_next, b_ratio)
+        elif solver_type in ("bh1", "bh2"):  # UniP-p
+            points = [(past.lam, past.x0) for past in history[: order - 1]]
+            x_next = unipc_update(x, x0, lam, points, lam_next, a_next, b_ratio, solver_type)
+        elif order == 2:
+            x_next = dpmpp_second_order_step(x, x0, history[0].x0, history[0].lam, lam, lam_next, a_next, b_ratio,
+                                             solver_type)
+        else:
+            (prev, prev2, *_) = history
+            x_next = dpmpp_third_order_step(x, x0, prev.x0, prev2.x0, prev2.lam, prev.lam, lam, lam_next, a_next,
+                                            b_ratio, self.config.third_order == "diffusers")
+        return x_next, x0, x, order
+
+    def _corrected(self, x: torch.Tensor, x0: torch.Tensor, start: DPMStart, history: list[PastStep]) -> torch.Tensor:
+        """UniC-p: the step that led to ``start`` recomputed with this point's x̂0 (p = that step's order)."""
+        past, *older = history
+        variant = self.config.corrector.removeprefix("unic_")
+        if variant == "bh1" and not bool(torch.isfinite(past.lam)):
+            return x  # B(h) = h is infinite for a step from λ = −∞ (samplers.py, UniP/UniC ends)
+        points = [(p.lam, p.x0) for p in older[: past.order - 1]] + [(start.lam, x0)]
+        return unipc_update(past.sample, past.x0, past.lam, points, start.lam, start.a, start.b / past.b, variant)
+
+    def _step_per_example(self, t: torch.Tensor, x: torch.Tensor, out: torch.Tensor):
+        """One step with a timestep per example: examples sharing a start point and history step together."""
+        if not is_host(t):
+            raise ValueError(
+                f"one timestep per example ({tuple(t.shape)}, on {t.device}) must be a CPU tensor for DPM-Solver: each "
+                "example's grid position, history and order are chosen on the host, and reading a device tensor "
+                "would synchronise. Pass timesteps.cpu() (the samples may stay on the device)."
+            )
+        groups: dict[tuple, tuple[DPMStart, list, list[int]]] = {}
+        for example, value in enumerate(t.tolist()):
+            position = self._position
+            if self._history and not isinstance(self._history[-1][0], int):
+                position = int(self._history[-1][0][example])  # this example's own loop position
+            start = self._start(value, position)
+            history = self._consecutive_history(start, example)
+            key = (start.index, start.target, float(start.lam),
+                   tuple((float(past.lam), float(past.b), past.order) for past in history))
+            groups.setdefault(key, (start, history, []))[2].append(example)
+        prev_sample = x0 = sample = None
+        orders = np.zeros(len(t), dtype=np.int64)
+        for start, history, examples in groups.values():
+            rows = torch.tensor(examples, device=x.device)
+            prev_rows, x0_rows, sample_rows, orders[examples] = self._advance(x, out, start, history, rows)
+            if prev_sample is None:
+                prev_sample, x0, sample = (v.new_empty(x.shape) for v in (prev_rows, x0_rows, sample_rows))
+            prev_sample[rows], x0[rows], sample[rows] = prev_rows, x0_rows, sample_rows
+        starts = {example: start for start, _, examples in groups.values() for example in examples}
+        targets = np.array([starts[b].target for b in range(len(t))])
+        lams, bs = (np.array([float(getattr(starts[b], name)) for b in range(len(t))]) for name in ("lam", "b"))
+        return prev_sample, x0, (targets, lams, bs, orders, sample, x0)
+
+
+# ============================================================================================
+# scratch_schedulers.scheduling_dpmsolver
+# ============================================================================================
+
+"""Multistep DPM-Solver++ (Lu et al., 2022) over the VP or the flow path, for 🤗 diffusers.
+
+The update rules are :func:`~scratch_schedulers.samplers.dpmpp_first_order_step` and its 2M/3M
+siblings, written once in the path's log-SNR λ = log(a/b). This class builds the grid of path
+points (a_i, b_i, λ_i) in float64 on the host in ``set_timesteps`` and, in ``step``, converts the
+model output into x̂0, keeps the last x̂0s (the multistep history) and calls the update rule.
+The config is key-for-key diffusers' ``DPMSolverMultistepScheduler`` (the ``dpmsolver++``
+family), plus ``time_grid`` (one choice instead of the ``use_*_sigmas`` booleans), ``third_order``, and the
+UniC corrector of UniPC with its few-step companions (``corrector``, ``corrector_reuses``, ``final_step``;
+``FEW_STEP_CONFIG`` is the recommended few-step setting). Deliberate differences from diffusers are listed in
+the class docstring.
+"""
+
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import register_to_config
+
+
+DPM_PREDICTION_TYPES = {"vp": ("epsilon", "sample", "v_prediction"), "flow": ("flow_prediction", "epsilon", "sample")}
+LEVEL_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
+# The documented few-step (5–20 evaluations) configuration, both paths: ScratchDPMSolverScheduler(**FEW_STEP_CONFIG).
+FEW_STEP_CONFIG = {"solver_order": 3, "time_grid": "flow_uniform", "corrector": "unic_bh2",
+                   "corrector_reuses": "gaussian", "final_step": "sigma_squared"}
+
+
+class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
+    """Multistep DPM-Solver++ of order 1–3 with the config of ``diffusers.DPMSolverMultistepScheduler``.
+
+    Args:
+        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr:
+            the VP training path (as in :class:`~scratch_schedulers.ScratchDDPMScheduler`).
+        solver_order: 1 (DDIM), 2 (2M) or 3 (3M).
+        prediction_type: ``epsilon``, ``sample``, ``v_prediction`` (VP path) or ``flow_prediction``
+            (u = ε − x0; flow path, which also takes ``epsilon`` and ``sample``).
+        thresholding, dynamic_thresholding_ratio, sample_max_value: Imagen's dynamic thresholding of x̂0.
+        algorithm_type: ``dpmsolver++`` only (the data-prediction solver).
+        solver_type: the 2M variant, ``midpoint`` (Algorithm 2) or ``heun`` (Taylor weights); or ``bh1``/``bh2``:
+            the UniP-p predictor of UniPC (Zhao et al., 2023; :func:`~scratch_schedulers.samplers.unipc_update`):
+            2M midpoint (bh2) or weight a·h/2 (bh1) at order 2, the Taylor 3M at order 3 (``third_order`` unused).
+        lower_order_final, euler_at_final, final_sigmas_type: as diffusers (order 1 at a step to σ = 0;
+            orders ≤ 2, 1 at the last two steps below 15 steps).
+        use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas, use_lu_lambdas: diffusers' VP grids.
+        use_flow_sigmas, flow_shift, use_dynamic_shifting, time_shift_type: the flow path x = (1 − σ)·x0 + σ·ε
+            with σ shifted by ``flow_shift`` (or e^μ from ``set_timesteps(mu=...)``).
+        lambda_min_clipped: timesteps with λ below this are not visited.
+        variance_type: ``learned``/``learned_range`` models return a variance block, ignored here; DDPM's fixed
+            types (what a DDPM config brings to ``from_config``) mean no block, as ``None`` does.
+        timestep_spacing, steps_offset: diffusers' DPM-Solver spacings (``linspace``, ``leading``, ``trailing``).
+        time_grid: None (diffusers' grid from the keys above), or ``logsnr``, ``karras`` or ``flow_uniform``
+            (:func:`~scratch_schedulers.dpm_grids.time_grid_lambdas`); timesteps then sit exactly at
+            their noise level (fractional on the VP path).
+        third_order: ``taylor`` (weight 2·a·φ3 on D2, third order) or ``diffusers`` (a·φ3, as the
+            reference code: only second order; kept for step-by-step parity).
+        corrector: ``none``, or ``unic_bh1``/``unic_bh2``: UniPC's UniC corrector, which refines each sample with
+            the model output evaluated there before the next step, at no extra model evaluation (:mod:`.dpm_stepping`).
+            ``solver_type="bh2", corrector="unic_bh2"`` is diffusers' ``UniPCMultistepScheduler`` (bh2).
+        corrector_reuses: the x̂0 the next step uses at the corrected sample x_c (no model call there): ``x0`` the
+            predicted sample's (UniPC), ``epsilon`` the one with its ε̂, ``gaussian`` shifted by a/(a² + b²)·(x_c − x̃)
+            (:func:`~scratch_schedulers.samplers.corrected_prediction_shift`).
+        final_step: ``x0`` (the last step to σ = 0 returns x̂0) or ``sigma_squared`` (extrapolates the last two x̂0s
+            to σ = 0, exact to O(σ³): :func:`~scratch_schedulers.samplers.clean_endpoint_step`).
+
+    Few steps (5–20 model evaluations), both paths: ``ScratchDPMSolverScheduler(**FEW_STEP_CONFIG)`` (3M, UniC bh2,
+    ``corrector_reuses="gaussian"``, ``final_step="sigma_squared"``, ``time_grid="flow_uniform"``) had the lowest
+    ODE endpoint error of our configurations in ``benchmarks/bench_few_step.py``: on the example mixture 0.38 /
+    0.09 / 0.09× the best diffusers scheduler at 5 / 10 / 20 evaluations on the VP path, 0.64 / 0.42 / 0.42× on
+    the flow path. The constructor defaults stay diffusers' for parity.
+
+    Differences from diffusers (each tested in ``tests/scratch_schedulers/test_dpmsolver.py``):
+    ᾱ = 0 with ``rescale_betas_zero_snr`` is kept exact (λ = −∞; diffusers sets ᾱ = 2⁻²⁴);
+    ``third_order="taylor"``; custom flow timesteps mean σ = t/T; ``final_sigmas_type="sigma_min"``
+    on the flow path ends at the smallest training σ (diffusers uses the VP value); float64 samples stay
+    float64; a ``use_*_sigmas`` key with ``use_flow_sigmas`` and a prediction type the path cannot
+    use raise a ``ValueError`` instead of sampling on mixed paths.
+    """
+
+    _compatibles = [*VP_COMPATIBLES]  # noqa: RUF012
+
+    # The VP keys repeat ScratchDDPMScheduler's on purpose: @register_to_config turns exactly these arguments,
+    # in diffusers' order and with its defaults, into DPMSolverMultistepScheduler's config (see scheduling_ddim.py).
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: BetaSchedule = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        solver_order: int = 2,
+        prediction_type: Literal["epsilon", "sample", "v_prediction", "flow_prediction"] = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        algorithm_type: Literal["dpmsolver++"] = "dpmsolver++",
+        solver_type: Literal["midpoint", "heun", "bh1", "bh2"] = "midpoint",
+        lower_order_final: bool = True,
+        euler_at_final: bool = False,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        use_lu_lambdas: bool = False,
+        use_flow_sigmas: bool = False,
+        flow_shift: float = 1.0,
+        final_sigmas_type: Literal["zero", "sigma_min"] = "zero",
+        lambda_min_clipped: float = -float("inf"),
+        variance_type: VarianceType | None = None,
+        timestep_spacing: TimestepSpacing = "linspace",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        use_dynamic_shifting: bool = False,
+        time_shift_type: Literal["exponential"] = "exponential",
+        time_grid: Literal["logsnr", "karras", "flow_uniform"] | None = None,
+        third_order: Literal["taylor", "diffusers"] = "taylor",
+        corrector: Literal["none", "unic_bh1", "unic_bh2"] = "none",
+        corrector_reuses: Literal["x0", "epsilon", "gaussian"] = "x0",
+        final_step: Literal["x0", "sigma_squared"] = "x0",
+    ):
+        self._check_config()
+        self.noise_path = "flow" if use_flow_sigmas else "vp"
+        betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas)
+        if rescale_betas_zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        if self.noise_path == "vp":  # the flow path has no ᾱ (diffusers tells the paths apart by it)
+            self.betas, self.alphas, self.alphas_cumprod = betas, 1.0 - betas, alphas_cumprod
+        with np.errstate(divide="ignore"):  # s = b/a per training timestep; +∞ where ᾱ = 0
+            self._level_table = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).to(torch.float64).numpy()
+        self.sigmas = torch.from_numpy(self._level_table).to(torch.float32)
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.from_numpy(np.arange(num_train_timesteps)[::-1].copy())
+
+    def _check_config(self) -> None:
+        """Every refusal happens here, at construction, before any model evaluation."""
+        cfg = self.config
+        check_choice("solver_order", cfg.solver_order, (1, 2, 3))
+        check_choice("algorithm_type", cfg.algorithm_type, ("dpmsolver++",))
+        check_choice("solver_type", cfg.solver_type, ("midpoint", "heun", "bh1", "bh2"))
+        check_choice("final_sigmas_type", cfg.final_sigmas_type, ("zero", "sigma_min"))
+        check_choice("timestep_spacing", cfg.timestep_spacing, ("linspace", "leading", "trailing"))
+        check_choice("variance_type", cfg.variance_type, (None, *VARIANCE_TYPES))
+        check_choice("time_shift_type", cfg.time_shift_type, ("exponential",))
+        check_choice("time_grid", cfg.time_grid, (None, *TIME_GRIDS))
+        check_choice("third_order", cfg.third_order, ("taylor", "diffusers"))
+        check_choice("corrector", cfg.corrector, ("none", "unic_bh1", "unic_bh2"))
+        check_choice("corrector_reuses", cfg.corrector_reuses, ("x0", "epsilon", "gaussian"))
+        check_choice("final_step", cfg.final_step, ("x0", "sigma_squared"))
+        path = "flow" if cfg.use_flow_sigmas else "vp"
+        allowed = DPM_PREDICTION_TYPES[path]
+        if cfg.prediction_type not in allowed:
+            raise ValueError(
+                f"prediction_type={cfg.prediction_type!r} cannot be used on the {path} path "
+                f"(use_flow_sigmas={cfg.use_flow_sigmas}); choose one of {list(allowed)}."
+            )
+        flags = [name for name in LEVEL_FLAGS if cfg[name]]
+        if len(flags) > 1 or (flags and (cfg.use_flow_sigmas or cfg.time_grid is not None)):
+            chosen = flags + ["use_flow_sigmas"] * cfg.use_flow_sigmas + [f"time_grid={cfg.time_grid!r}"] * (
+                cfg.time_grid is not None
+            )
+            raise ValueError(f"{chosen} choose the time grid in conflicting ways; set at most one of them.")
+        if cfg.time_grid is not None and cfg.flow_shift != 1.0:
+            raise ValueError(f"time_grid={cfg.time_grid!r} replaces flow_shift={cfg.flow_shift}; set flow_shift=1.0.")
+
+    # ---- schedule ----------------------------------------------------------------------------
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        mu: float | None = None,
+        timesteps: Sequence[float] | None = None,
+    ) -> None:
+        """Build the grid: ``num_inference_steps`` points as configured, or custom descending ``timesteps``.
+
+        ``mu`` (with ``use_dynamic_shifting``) shifts the flow grid by e^μ for this schedule only.
+        """
+        cfg = self.config
+        check_device(device)
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("set_timesteps needs exactly one of num_inference_steps (an int ≥ 1) or timesteps.")
+        if mu is not None and not cfg.use_dynamic_shifting:
+            raise ValueError(f"mu={mu} needs use_dynamic_shifting=True.")
+        if num_inference_steps is not None:
+            check_inference_steps(num_inference_steps, cfg.num_train_timesteps)
+        shift = float(np.exp(mu)) if mu is not None else cfg.flow_shift
+        levels, grid = self._flow_grid(num_inference_steps, timesteps, shift) if self.noise_path == "flow" else (
+            self._vp_grid(num_inference_steps, timesteps))
+        # The path points are the float32 levels exposed as ``self.sigmas``, with a and b evaluated in float32
+        # by the same formulas as diffusers (a = 1/√(1 + s²), b = s·a): x̂0 = (x − b·ε)/a cancels badly near
+        # the clean end, so equal float32 scalars are what keeps the two schedulers' samples together.
+        levels = np.append(levels, self._final_level(shift)).astype(np.float32)
+        if self.noise_path == "flow":
+            a, b = 1 - levels, levels
+        else:
+            with np.errstate(invalid="ignore"):
+                a = 1 / np.sqrt(levels**2 + 1)
+                b = np.where(np.isinf(levels), np.float32(1), levels * a)  # exact at s = ∞ (ᾱ = 0)
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        with np.errstate(divide="ignore"):
+            lam = np.log(a) - np.log(b)
+        if self.config.prediction_type == "epsilon" and np.any(a[:-1] == 0):
+            raise ValueError(
+                f"the grid starts where a = 0 (λ = −∞, timestep {grid[0]:g}): an ε-prediction says nothing about x0 "
+                "there. Use prediction_type='v_prediction'/'flow_prediction' or 'sample', or another spacing."
+            )
+        self.num_inference_steps = len(grid)
+        grid = torch.from_numpy(grid if grid.dtype == np.int64 else grid.astype(np.float32))
+        self.timesteps = grid.to(device)
+        self.sigmas = torch.from_numpy(levels).to(torch.float32)
+        host = lambda values: [torch.tensor(v, dtype=torch.float64) for v in values]  # noqa: E731
+        self._a, self._b, self._lam = host(a), host(b), host(lam)
+        self._b_ratio = host(b[1:] / b[:-1])
+        self._host_timesteps = grid.tolist()
+        self._first_index = {}
+        for i, t in enumerate(self._host_timesteps):
+            self._first_index.setdefault(t, i)
+        self.set_begin_index(0)
+
+    def _vp_grid(self, n: int | None, custom: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(s levels, timesteps) of a VP grid, without the final point."""
+        cfg, table = self.config, self._level_table
+        T = cfg.num_train_timesteps
+        if custom is not None:
+            t = check_custom_timesteps(custom, T, integer=True).astype(np.int64)
+            return table[t], t
+        with np.errstate(divide="ignore"):
+            lam_table = -np.log(table)
+        last_timestep = T - int(np.sum(lam_table < cfg.lambda_min_clipped))
+        finite = table[np.isfinite(table)]
+        s_min, s_max = float(finite[0]), float(finite[-1])
+        if cfg.time_grid is not None:  # fractional timesteps exactly at their level (linear in s, as diffusers)
+            top = last_timestep - 1 if np.isfinite(table[last_timestep - 1]) else last_timestep - 2
+            levels = np.exp(-time_grid_lambdas(cfg.time_grid, lam_table[top], lam_table[0], n))
+            t = np.interp(levels, table[: top + 1], np.arange(top + 1))
+            return np.interp(t, np.arange(top + 1), table[: top + 1]), t
+        if cfg.use_karras_sigmas or cfg.use_lu_lambdas:
+            levels = (karras_levels if cfg.use_karras_sigmas else exponential_levels)(s_min, s_max, n)
+            t = timesteps_of_levels(levels, table)
+            t = t if cfg.beta_schedule == "squaredcos_cap_v2" else t.round()
+        elif cfg.use_exponential_sigmas or cfg.use_beta_sigmas:
+            levels = (exponential_levels if cfg.use_exponential_sigmas else beta_levels)(s_min, s_max, n)
+            t = timesteps_of_levels(levels, table)
+        else:
+            t = spaced_dpm_timesteps(cfg.timestep_spacing, T, n, cfg.steps_offset, last_timestep)
+            levels = table[t]
+        return levels, t.astype(np.int64)  # diffusers truncates fractional timesteps
+
+    def _flow_grid(self, n: int | None, custom: Sequence[float] | None, shift: float) -> tuple[np.ndarray, np.ndarray]:
+        """(σ levels, timesteps) of a flow grid, without the final point; t = σ·T."""
+        T = self.config.num_train_timesteps
+        if custom is not None:
+            t = check_custom_timesteps(custom, T + 1e-3, integer=False)
+            return t / T, t
+        if self.config.time_grid is not None:
+            lam_min, lam_max = np.log(1 / (T - 1)), np.log(T - 1)  # σ from 1 − 1/T to 1/T
+            lam = time_grid_lambdas(self.config.time_grid, lam_min, lam_max, n)
+            levels = 1 / (1 + np.exp(lam))
+            return levels, levels * T
+        levels = flow_levels(n, T, shift)
+        return levels, (levels * T).astype(np.int64)
+
+    def _final_level(self, shift: float) -> float:
+        """Level after the last step: 0 (x0 itself) or the least noisy training level."""
+        if self.config.final_sigmas_type == "zero":
+            return 0.0
+        if self.noise_path == "flow":
+            return float(shift_sigmas(1 / self.config.num_train_timesteps, shift))
+        return float(self._level_table[0])
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the loop at ``self.timesteps[begin_index]`` (image-to-image); clears the history."""
+        self._position = begin_index
+        self._history: list[tuple] = []  # (grid index landed on, start λ and b, order, start sample, x̂0) per step
+
+    # ---- sampling (where a step starts and the history: dpm_stepping.DPMSolverStepping) -------
+
+    def _order_at(self, i: int, available: int) -> int:
+        """Solver order of step i given ``available`` consecutive earlier x̂0s (diffusers' rule)."""
+        cfg, n = self.config, self.num_inference_steps
+        cap = cfg.solver_order
+        few = cfg.lower_order_final and n < 15
+        if i == n - 1 and (cfg.euler_at_final or few or cfg.final_sigmas_type == "zero"):
+            cap = 1  # to b_next = 0 (λ = +∞) only order 1 is finite, and it returns x̂0 exactly
+        elif i == n - 2 and few:
+            cap = min(cap, 2)
+        return min(cap, available + 1)
+
+    def _data_prediction(self, model_output: torch.Tensor, x: torch.Tensor, a, b) -> torch.Tensor:
+        """x̂0 from the model output at path point (a, b), thresholded if configured."""
+        cfg = self.config
+        if cfg.prediction_type == "epsilon":
+            x0 = eps_to_x0(model_output, x, a, b)
+        elif cfg.prediction_type == "v_prediction":
+            x0 = v_to_x0(model_output, x, a, b)
+        elif cfg.prediction_type == "flow_prediction":
+            x0 = velocity_to_x0(model_output, x, b)
+        else:
+            x0 = model_output
+        if cfg.thresholding:
+            x0 = dynamic_threshold(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+        return x0
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ):
+        """One multistep DPM-Solver++ step from ``timestep`` to the next grid point below it (:mod:`.dpm_stepping`).
+
+        Args:
+            model_output: the model's prediction at (sample, timestep), in ``prediction_type``.
+            timestep: a value of ``self.timesteps``, any other t in the path's range, or a (B,) CPU tensor of
+                one per example (each example keeps its own history: lock-step loops give each its own order).
+            sample: x at that timestep, shape (B, C, ...).
+            generator, variance_noise: unused (the ``dpmsolver++`` family is deterministic); kept for the API.
+            return_dict: return a :class:`ScratchSchedulerOutput` rather than a tuple (prev_sample, x̂0).
+        """
+        if self.num_inference_steps is None:
+            raise ValueError("num_inference_steps is None: call set_timesteps() before step().")
+        check_step_shapes(model_output, sample, allow_variance=self.config.variance_type in LEARNED_VARIANCE_TYPES)
+        t = timestep_tensor(timestep, sample)
+        x, out = in_working_precision(sample, model_output)
+        out = out[:, : x.shape[1]]
+        if t.ndim == 0:
+            start = self._start(float(t) if is_host(t) else None, self._position)
+            prev_sample, x0, corrected, order = self._advance(x, out, start, self._consecutive_history(start))
+            entry = (start.target, start.lam, start.b, order, corrected, x0)
+        else:
+            prev_sample, x0, entry = self._step_per_example(t, x, out)
+        self._history = [*self._history[-2:], entry]  # 3M needs the last two, its UniC-3 corrector three
+        target = entry[0]  # the grid index landed on: an int, or an array of one per example
+        self._position = target if isinstance(target, int) else int(target.min())
+        return step_result(prev_sample, x0, sample.dtype, return_dict)
+
+    # ---- forward process (training, img2img) -------------------------------------------------
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = a_t·x0 + b_t·ε at training timesteps: VP a = √ᾱ_t (integer t), flow a = 1 − t/T."""
+        check_same_shape(original_samples, noise, "original_samples", "noise")
+        check_timestep_batch(timesteps, original_samples)
+        T = self.config.num_train_timesteps
+        host = torch.as_tensor(timesteps)
+        if host.device.type == "cpu":  # validated like step's timesteps; device ones are not read back
+            check_step_timesteps(host, T if self.noise_path == "flow" else T - 1, integer=self.noise_path == "vp")
+        t = host.to(original_samples.device)
+        if self.noise_path == "flow":
+            sigma = append_dims(t.to(torch.float32) / T, original_samples.ndim).to(original_samples.dtype)
+            return (1 - sigma) * original_samples + sigma * noise
+        alpha_bar = self.alphas_cumprod.to(original_samples.device)[t.long()]
+        alpha_bar = append_dims(alpha_bar, original_samples.ndim).to(original_samples.dtype)
+        return alpha_bar**0.5 * original_samples + (1 - alpha_bar) ** 0.5 * noise
+
+
+# ============================================================================================
+# scratch_schedulers.scheduling_flow_match
+# ============================================================================================
+
+"""Flow matching / rectified flow (Lipman et al., 2023; Liu et al., 2022).
+
+Path x_σ = (1 − σ)·x0 + σ·ε, σ ∈ [0, 1], timestep t = σ·T; the model predicts the velocity
+u = dx/dσ = ε − x0 and sampling integrates the ODE from σ = 1 to 0 with Euler or Heun steps.
+Config keys follow diffusers' ``FlowMatchEulerDiscreteScheduler`` (shift, dynamic shifting with
+μ, shift_terminal, stochastic_sampling); ``solver="heun"`` is second order with diffusers' Heun
+convention (``order = 2``, interior timesteps repeated) so a plain ``for t in timesteps`` works.
+"""
+
+
+import itertools
+from collections.abc import Sequence
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' loader looks it up here)
+from diffusers.utils.torch_utils import randn_tensor
+
+
+FlowSolver = Literal["euler", "heun"]
+SOLVERS: tuple[str, ...] = get_args(FlowSolver)
+
+
+class ScratchFlowMatchScheduler(ScratchScheduler):
+    """Euler / Heun sampler for flow-matching models (velocity u = ε − x0).
+
+    Args:
+        num_train_timesteps: T; timesteps are σ·T.
+        shift: static shift s of σ' = s·σ/(1 + (s − 1)·σ) (SD3 uses 3.0).
+        use_dynamic_shifting: shift by ``mu`` passed to ``set_timesteps`` instead (Flux).
+        base_shift, max_shift, base_image_seq_len, max_image_seq_len: read by pipelines to
+            compute ``mu`` from the image size (kept for config compatibility).
+        shift_terminal: stretch the schedule so its last σ equals this value.
+        time_shift_type: ``exponential`` or ``linear`` form of the dynamic shift.
+        stochastic_sampling: re-noise at every step, x_next = (1 − σ_next)·x̂0 + σ_next·z (Euler only).
+        solver: ``euler`` (first order) or ``heun`` (second order, 2n − 1 model evaluations).
+    """
+
+    _compatibles = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]  # noqa: RUF012
+    noise_path = "flow"
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        shift: float = 1.0,
+        use_dynamic_shifting: bool = False,
+        base_shift: float | None = 0.5,
+        max_shift: float | None = 1.15,
+        base_image_seq_len: int | None = 256,
+        max_image_seq_len: int | None = 4096,
+        shift_terminal: float | None = None,
+        time_shift_type: TimeShiftType = "exponential",
+        stochastic_sampling: bool = False,
+        solver: FlowSolver = "euler",
+    ):
+        check_choice("solver", solver, SOLVERS)
+        check_choice("time_shift_type", time_shift_type, TIME_SHIFT_TYPES)
+        check_num_train_timesteps(num_train_timesteps)
+        check_positive("shift", shift)
+        if shift_terminal is not None and not 0 <= shift_terminal < 1:
+            raise ValueError(f"shift_terminal={shift_terminal} must be in [0, 1).")
+        if stochastic_sampling and solver != "euler":
+            raise ValueError(f"stochastic_sampling=True needs solver='euler', got solver={solver!r}.")
+        self.order = 1 if solver == "euler" else 2
+        self._deterministic_euler = solver == "euler" and not stochastic_sampling  # the fused host step applies
+        # Training grid, as diffusers (in float32): σ = t/T for t = T … 1, statically shifted.
+        T = num_train_timesteps
+        train_t = torch.from_numpy(np.linspace(1, T, T, dtype=np.float32)[::-1].copy())
+        sigmas = train_t / num_train_timesteps
+        if not use_dynamic_shifting:
+            sigmas = shift_sigmas(sigmas, shift)
+        self.sigma_max, self.sigma_min = float(sigmas[0]), float(sigmas[-1])
+        self.num_inference_steps: int | None = None
+        self.timesteps = sigmas * num_train_timesteps
+        self.sigmas = torch.cat([sigmas, torch.zeros(1)])
+        self._grid: np.ndarray | None = None  # distinct σ_0 > … > σ_{n−1} > σ_n = 0 after set_timesteps
+        self._host_floats: dict[float, tuple[float, float]] = {}
+        self._position = 0
+        self._heun_pending: tuple[torch.Tensor, torch.Tensor, float, float] | None = None
+
+    # ---- schedule ----------------------------------------------------------------------------
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        sigmas: Sequence[float] | None = None,
+        mu: float | None = None,
+        timesteps: Sequence[float] | None = None,
+    ) -> None:
+        """Build the σ grid: n evenly spaced timesteps shifted as configured, or custom values.
+
+        Custom ``sigmas`` (strictly descending in (0, 1]) or ``timesteps`` (in (0, T]) are used
+        exactly as given — no shift — so the model is always evaluated at t = σ·T of the state it
+        sees (diffusers 0.42 shifts σ but not the given timesteps). A terminal σ = 0 is appended.
+        """
+        cfg = self.config
+        T = cfg.num_train_timesteps
+        check_device(device)
+        given = [v for v in (num_inference_steps, sigmas, timesteps) if v is not None]
+        if sigmas is not None and timesteps is not None:
+            s = check_custom_timesteps(sigmas, 1 + 1e-6, integer=False)
+            t = check_custom_timesteps(timesteps, T + 1e-3, integer=False)
+            if len(s) != len(t) or not np.allclose(s * T, t, rtol=1e-4, atol=1e-3):
+                raise ValueError("sigmas and timesteps disagree: timesteps must equal sigmas × num_train_timesteps.")
+        if sigmas is not None:
+            grid = check_custom_timesteps(sigmas, 1 + 1e-6, integer=False)
+        elif timesteps is not None:
+            grid = check_custom_timesteps(timesteps, T + 1e-3, integer=False) / T
+        elif num_inference_steps is not None:
+            check_inference_steps(num_inference_steps, T)
+            grid = np.linspace(self.sigma_max * T, self.sigma_min * T, num_inference_steps) / T
+            if cfg.use_dynamic_shifting:
+                if mu is None:
+                    raise ValueError("use_dynamic_shifting=True needs mu=... in set_timesteps().")
+                grid = time_shift(grid, mu, cfg.time_shift_type)
+            else:
+                grid = shift_sigmas(grid, cfg.shift)
+            if cfg.shift_terminal:
+                grid = stretch_to_terminal(grid, cfg.shift_terminal)
+        else:
+            raise ValueError("set_timesteps needs num_inference_steps (an int ≥ 1), sigmas or timesteps.")
+        if len(given) > 1 and num_inference_steps is not None and num_inference_steps != len(grid):
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} but {len(grid)} custom values were given."
+            )
+        if grid[-1] <= 0:
+            raise ValueError(f"custom sigmas/timesteps must stay > 0 (σ = 0 is appended), got {grid.tolist()}.")
+        self.num_inference_steps = len(grid)
+        self._grid = np.append(grid, 0.0)  # float64, read by the Heun stages
+        sigma32 = torch.from_numpy(self._grid).to(torch.float32)  # σ_0 … σ_{n−1}, 0 as diffusers holds them
+        # The distinct timesteps exactly as self.timesteps holds them (float32 σ times T, as diffusers), so that
+        # every value of self.timesteps is a key of the O(1) host look-ups below (float32(σ·T) differs by an ulp).
+        distinct = sigma32[:-1] * T
+        # per distinct timestep: (σ, σ_next) as tensors, and σ with the float32 step σ_next − σ (as diffusers
+        # computes it) as floats for the fused host Euler step
+        self._host_sigmas, self._host_floats = {}, {}
+        for t, (s, s_next) in zip(distinct.tolist(), itertools.pairwise(sigma32), strict=True):
+            self._host_sigmas[t], self._host_floats[t] = (s, s_next), (float(s), float(s_next - s))
+        # (distinct timesteps, −∞) and (σ grid, 0) in float32, for off-schedule and per-example look-ups
+        self._host_grids = (torch.cat([distinct, torch.tensor([-torch.inf])]), sigma32)
+        self._device_grids: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.config.solver == "heun":  # σ_0, σ_1, σ_1, …, σ_{n−1}, σ_{n−1}, 0: predictor/corrector pairs
+            loop_sigmas = torch.cat([sigma32[:1], sigma32[1:-1].repeat_interleave(2), sigma32[-1:]])
+            timesteps = torch.cat([distinct[:1], distinct[1:].repeat_interleave(2)])
+        else:
+            loop_sigmas, timesteps = sigma32, distinct
+        self.sigmas, self.timesteps = loop_sigmas.to(device), timesteps.to(device)
+        self._schedule = timesteps.tolist()  # self.timesteps on the host, for the Heun loop's order check
+        self._position = 0
+        self._heun_pending = None
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start a loop at ``self.timesteps[begin_index:]`` (image-to-image); resets a Heun loop."""
+        self._position = begin_index
+        self._heun_pending = None
+
+    # ---- forward process (training, img2img) -----------------------------------------------------
+
+    def _sigma(self, timesteps: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+        """σ = t/T for a scalar or a batch of timesteps, broadcast against ``like``."""
+        T = self.config.num_train_timesteps
+        check_timestep_batch(timesteps, like)
+        t = torch.as_tensor(timesteps)
+        if t.device.type == "cpu" and not bool(((t >= 0) & (t <= T)).all()):  # host check only: no sync; NaN fails
+            raise ValueError(f"flow timesteps must lie in [0, {T}], got {t.flatten()[:8].tolist()}.")
+        sigma = t.to(device=like.device, dtype=torch.float32) / T
+        return append_dims(sigma, like.ndim).to(like.dtype)
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """x_σ = (1 − σ)·x0 + σ·ε for a batch of timesteps t = σ·T (any real t in [0, T])."""
+        check_same_shape(original_samples, noise, "original_samples", "noise")
+        sigma = self._sigma(timesteps, original_samples)
+        return (1 - sigma) * original_samples + sigma * noise
+
+    def scale_noise(
+        self, sample: torch.Tensor, timestep: torch.Tensor | float, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """diffusers' name for the forward process (img2img): σ·noise + (1 − σ)·sample."""
+        return self.add_noise(sample, noise, timestep)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps=None) -> torch.Tensor:
+        """The training target u = ε − x0 (independent of t on this path)."""
+        check_same_shape(sample, noise, "sample", "noise")
+        return noise - sample
+
+    # ---- sampling ----------------------------------------------------------------------------
+
+    def _euler_sigmas(self, timestep: float | torch.Tensor, like: torch.Tensor):
+        """(σ, σ_next) of the Euler step from ``timestep``: 0-d tensors, or (B, 1, …) ones on ``like``'s
+        device for one timestep per example.
+
+        A scheduled timestep (within float32 rounding) steps from its grid σ to the next; any other t in
+        [0, T] from σ = t/T to the largest scheduled σ below it (0 below the last). A scheduled host
+        timestep is a dict look-up; others are located with tensor ops on the timestep's own device (a
+        device timestep is never read back, nor validated).
+        """
+        if is_host(timestep):
+            if not isinstance(timestep, torch.Tensor) or timestep.numel() == 1:
+                pair = self._host_sigmas.get(float(timestep))
+                if pair is not None:  # the usual case: a value taken from self.timesteps
+                    return pair
+            t = timestep_tensor(timestep, like)
+            check_step_timesteps(t, self.config.num_train_timesteps, integer=False)
+            grids = self._host_grids
+        else:
+            t = timestep_tensor(timestep, like)
+            grids = self._device_grids.get(t.device)
+            if grids is None:
+                grids = self._device_grids[t.device] = tuple(g.to(t.device) for g in self._host_grids)
+        sigma, sigma_next = self._locate(t.reshape(-1), *grids)
+        if t.ndim == 0:
+            return sigma.reshape(()), sigma_next.reshape(())
+        return per_example(sigma, like), per_example(sigma_next, like)
+
+    def _locate(self, t: torch.Tensor, distinct: torch.Tensor, sigma_grid: torch.Tensor):
+        """(σ, σ_next) for timesteps ``t`` (k,) by the any-timestep rule, in tensor ops only (no reads).
+
+        ``distinct`` holds the scheduled timesteps then −∞, ``sigma_grid`` their σ then 0 (float32).
+        """
+        t = t.to(device=distinct.device, dtype=torch.float32)
+        tolerance = 1e-3 * t.clamp(min=1)
+        above = (distinct > (t + tolerance)[:, None]).sum(1)  # grid points above t: index of the first one ≤ t
+        on_grid = (distinct.index_select(0, above) - t).abs() <= tolerance
+        sigma = torch.where(on_grid, sigma_grid.index_select(0, above), t / self.config.num_train_timesteps)
+        return sigma, sigma_grid.index_select(0, above + on_grid.long())
+
+    def _host_euler_step(self, timestep: float | torch.Tensor, like: torch.Tensor) -> tuple[float, float] | None:
+        """(σ, σ_next − σ) as Python floats for a deterministic Euler step from one host timestep, else None
+        (device timesteps are located on their device, without a read-back).
+
+        A value of ``self.timesteps`` is one dict look-up (keys built by ``set_timesteps``): the hot path of a
+        sampling loop creates no tensor and validates nothing it has not already validated.
+        """
+        if not self._deterministic_euler:
+            return None
+        if isinstance(timestep, torch.Tensor) and (not timestep.is_cpu or timestep.numel() != 1):
+            return None
+        host = self._host_floats.get(float(timestep))
+        if host is None:  # not a value of self.timesteps: validate (raises) and locate
+            sigma, sigma_next = self._euler_sigmas(timestep, like)
+            host = float(sigma), float(sigma_next - sigma)
+        return host
+
+    def _step(
+        self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor, generator: Generators
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One Euler step, or one Heun stage, of dx/dσ = u from ``timestep`` (t = σ·T) to the largest
+        scheduled σ below it; ``model_output`` is the velocity u = ε − x0 and ``generator`` drives
+        ``stochastic_sampling`` (a list of B draws example i's noise from the i-th, as alone)."""
+        if self._grid is None:
+            raise ValueError("num_inference_steps is None: call set_timesteps() before step().")
+        check_step_shapes(model_output, sample)
+        x, u = in_working_precision(sample, model_output, torch.float32)  # float32 throughout, as diffusers
+        host = self._host_euler_step(timestep, x)
+        if host is not None:  # Euler, host timestep: one fused kernel each for x + (σ_next − σ)·u, x − σ·u
+            sigma, dt = host
+            prev_sample, x0 = x.add(u, alpha=dt), x.sub(u, alpha=sigma)
+        elif self.config.solver == "heun":
+            prev_sample, x0 = self._heun_stage(u, timestep, x)
+        else:
+            sigma, sigma_next = self._euler_sigmas(timestep, x)
+            x0 = velocity_to_x0(u, x, sigma)
+            if self.config.stochastic_sampling:  # reverse_step with s = b_next: full re-noising
+                z = randn_tensor(u.shape, generator=generator, device=u.device, dtype=u.dtype)
+                prev_sample = reverse_step(x0, velocity_to_eps(u, x, sigma), 1 - sigma_next, sigma_next**2,
+                                           noise_std=sigma_next, noise=z)
+            else:
+                prev_sample = euler_step(x, u, sigma, sigma_next)
+        return prev_sample, x0
+
+    def _heun_stage(self, u: torch.Tensor, timestep, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictor (even positions) or corrector (odd) of a Heun step; the last step is Euler.
+
+        The two stages share state (the predictor's x, derivative and σs), so a Heun loop keeps a
+        position counter; each host-side ``timestep`` is checked against it, and an off-schedule one
+        starts a new step there (:meth:`_heun_from`). One timestep serves the whole batch.
+        """
+        position = self._position
+        if position >= len(self._schedule):
+            raise ValueError(f"the Heun loop has already taken all {len(self._schedule)} steps; call set_timesteps().")
+        if is_host(timestep):
+            value = float(timestep) if not isinstance(timestep, torch.Tensor) else None
+            if value is None:
+                t = timestep_tensor(timestep, x)
+                if t.ndim and not bool((t == t[0]).all()):
+                    raise self._per_example_heun_error(t)
+                value = float(t.reshape(-1)[0])
+            expected = self._schedule[position]
+            if abs(value - expected) > 1e-3 * max(1.0, expected):
+                return self._heun_from(value, u, x)
+        elif timestep.numel() != 1:
+            raise self._per_example_heun_error(timestep)
+        i = (position + 1) // 2  # index of σ in the distinct grid for both stages of step i
+        self._position += 1
+        if self._heun_pending is None:  # predictor from σ_i (also the final Euler step to σ = 0)
+            sigma, sigma_next = float(self._grid[i]), float(self._grid[i + 1])
+            if sigma_next > 0:
+                self._heun_pending = (x, u, sigma, sigma_next)
+            return euler_step(x, u, sigma, sigma_next), velocity_to_x0(u, x, sigma)
+        x_start, u_start, sigma, sigma_next = self._heun_pending  # corrector: u is the velocity at (x̃, σ_next)
+        self._heun_pending = None
+        return heun_step(x_start, u_start, u, sigma, sigma_next), velocity_to_x0(u, x, sigma_next)
+
+    def _heun_from(self, value: float, u: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A Heun step from an off-schedule host timestep t: predictor from σ = t/T to the largest scheduled
+        σ_j below it, whose corrector is the loop's next call (at σ_j: ``timesteps[timesteps < t]`` goes on).
+        Above the first scheduled σ, or below the last, it is one Euler step (to σ_0, or to 0)."""
+        T = self.config.num_train_timesteps
+        check_step_timesteps(torch.tensor(value), T, integer=False)
+        scheduled = self._grid[:-1] * T
+        if np.any(np.abs(scheduled - value) <= 1e-3 * max(1.0, value)):
+            raise ValueError(
+                f"timestep {value:g} is not the Heun loop's next timestep {self._schedule[self._position]:g} "
+                f"(position {self._position}); iterate over scheduler.timesteps in order, or call set_begin_index()."
+            )
+        j = int(np.sum(scheduled > value))
+        sigma, sigma_next = value / T, float(self._grid[j])
+        self._heun_pending = None
+        if j == 0 or j == len(scheduled):
+            self._position = 0 if j == 0 else len(self._schedule)
+        else:
+            self._heun_pending, self._position = (x, u, sigma, sigma_next), 2 * j - 1
+        return euler_step(x, u, sigma, sigma_next), velocity_to_x0(u, x, sigma)
+
+    @staticmethod
+    def _per_example_heun_error(timestep: torch.Tensor) -> ValueError:
+        return ValueError(
+            f"solver='heun' takes one timestep for the whole batch, got {tuple(timestep.shape)} timesteps: its "
+            "predictor and corrector share one state per batch. For one timestep per example use solver='euler', "
+            "or ScratchDPMSolverScheduler(use_flow_sigmas=True, prediction_type='flow_prediction') (second order)."
+        )
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.latents
+# ============================================================================================
+
+"""Latent space of an ``AutoencoderKL``: the one place images become latents and back (Rombach et al., 2022).
+
+The UNet of a latent pipeline sees ``z = (E(x) − shift) · scale``, with ``scale`` the VAE config's
+``scaling_factor`` (LDM §4.3: 1 / the latents' standard deviation, so that z has unit variance like the
+noise) and ``shift`` its ``shift_factor`` (0 when the config has none); decoding inverts it:
+``x = D(z / scale + shift)``. The trainer (encoding the dataset), the pipeline (decoding samples) and DDIM
+inversion (encoding images) all call these functions.
+"""
+
+
+import warnings
+
+import torch
+
+
+def latent_scaling(vae) -> tuple[float, float]:
+    """``(scale, shift)`` of ``vae``'s latent space, from its config (``shift_factor`` None → 0)."""
+    scale = getattr(vae.config, "scaling_factor", None)
+    if scale is None or not scale > 0:
+        raise ValueError(f"the VAE's scaling_factor is {scale!r}; allowed: a positive number.")
+    shift = getattr(vae.config, "shift_factor", None)
+    return float(scale), float(shift or 0.0)
+
+
+def vae_downsampling_factor(vae) -> int:
+    """How many pixels one latent spans along a side: 2^(number of encoder blocks − 1)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def encode_to_latents(
+    vae, images: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Images in [−1, 1] (N, C, H, W) → scaled latents: the posterior mean, or a draw from it with ``sample``."""
+    scale, shift = latent_scaling(vae)
+    posterior = vae.encode(images.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    latents = posterior.sample(generator=generator) if sample else posterior.mean
+    return (latents - shift) * scale
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents → images (N, C, H, W), nominally in [−1, 1] (not clamped)."""
+    scale, shift = latent_scaling(vae)
+    return vae.decode(latents.to(device=vae.device, dtype=vae.dtype) / scale + shift).sample
+
+
+def check_vae_fits_unet(vae, unet_config) -> None:
+    """A latent pipeline's UNet must denoise the VAE's latents: ``in_channels == latent_channels``, and
+    ``out_channels`` the same (or twice as many for a learned variance, Nichol & Dhariwal, 2021); the VAE
+    must record a positive ``scaling_factor``. Raises ``ValueError`` naming both numbers."""
+    latent_channels = vae.config.latent_channels
+    in_channels = unet_config.get("in_channels")
+    out_channels = unet_config.get("out_channels", in_channels)
+    if in_channels != latent_channels:
+        raise ValueError(
+            f"the UNet takes in_channels={in_channels} but the VAE's latents have latent_channels={latent_channels}; "
+            f"build the UNet with in_channels={latent_channels} to denoise this VAE's latents."
+        )
+    if out_channels not in (latent_channels, 2 * latent_channels):
+        raise ValueError(
+            f"the UNet has out_channels={out_channels} for the VAE's latent_channels={latent_channels}; allowed: "
+            f"{latent_channels}, or {2 * latent_channels} for a UNet that also predicts a (learned) variance."
+        )
+    latent_scaling(vae)  # a missing or non-positive scaling_factor fails here, naming it
+
+
+def warn_if_scheduler_clips(scheduler) -> None:
+    """Warn when ``scheduler`` clips x̂0 (``clip_sample``) or thresholds it: a VAE's scaled latents are not in ±1.
+
+    diffusers' DDIM/DDPM default to ``clip_sample=True``, right for images in [−1, 1]; on latents (unit variance, so
+    beyond ±1 often) it distorts every sample. Stable Diffusion's scheduler configs set it False for that reason.
+    """
+    config = scheduler.config
+    if config.get("clip_sample", False) or config.get("thresholding", False):
+        warnings.warn(
+            f"{type(scheduler).__name__} has clip_sample={config.get('clip_sample')}, thresholding="
+            f"{config.get('thresholding')}: it clamps x̂0 to ±{config.get('clip_sample_range', 1.0)}, but this "
+            "pipeline's UNet denoises a VAE's scaled latents, which are not bounded by it; set clip_sample=False "
+            "(e.g. DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)).",
+            stacklevel=3,
+        )
+
+
+def decoded_shape(vae, latent_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(channels, height, width) of the images ``vae`` decodes latents of ``latent_shape`` (C, h, w) to."""
+    factor = vae_downsampling_factor(vae)
+    _, height, width = latent_shape
+    return (vae.config.out_channels, height * factor, width * factor)
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.components
+# ============================================================================================
+
+"""The pipeline's components, one row each: what every part of the package reads to know them.
+
+A row names the component (its ``model_index.json`` key and folder), its class and library, the classes
+of ours a saved ``["scratch_diffusion", <class>]`` entry may name (shipped as our code, loaded as the
+installed class), the files a saved folder must hold, whether it is optional, the check that it fits the
+pipeline's other components, and whether the likelihood code can use a pipeline that has it. The
+pipeline's signature and ``_optional_components``, the saved-folder checks, loading, the Hub push's
+completeness check, the trainer's export and the likelihood refusal all read :data:`COMPONENTS`.
+
+Adding an optional component is one :func:`register_component` call (a row) plus its own module.
+"""
+
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from diffusers import AutoencoderKL, UNet2DModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+
+
+# What a diffusers model folder holds (``save_pretrained`` with safetensors).
+MODEL_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One component of the pipeline (see the module docstring).
+
+    Attributes:
+        name: the ``model_index.json`` key, the folder name and the pipeline's keyword.
+        cls: the class it is checked against (a model's config keys are checked against its ``__init__``).
+        library: where diffusers finds ``cls`` (``"diffusers"``).
+        optional: absent components are ``None`` (a saved folder then has no entry for it).
+        ours: our classes by name that a saved ``["scratch_diffusion", <class>]`` entry may name.
+        files: the files its folder must hold, relative to it.
+        model: a model with weights (``config.json`` and safetensors files checked), not a scheduler.
+        fits: ``fits(component, unet_config)`` raises ``ValueError`` where it does not fit the UNet.
+        pixel_space: False where it changes what the UNet models (a VAE: latents), which the likelihood
+            code refuses.
+    """
+
+    name: str
+    cls: type
+    library: str = "diffusers"
+    optional: bool = True
+    ours: Mapping[str, type] = field(default_factory=dict)
+    files: tuple[str, ...] = MODEL_FILES
+    model: bool = True
+    fits: Callable[[object, Mapping], None] | None = None
+    pixel_space: bool = True
+
+
+# Our scheduler classes by name: what a saved ``["scratch_diffusion", <class>]`` scheduler entry may name.
+SHIPPED_SCHEDULERS: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (ScratchDDPMScheduler, ScratchDDIMScheduler, ScratchDPMSolverScheduler, ScratchFlowMatchScheduler)
+}
+
+COMPONENTS: dict[str, Component] = {}
+# Called with each new row (the pipeline class refreshes its signature and optional components).
+_on_register: list[Callable[[Component], None]] = []
+
+
+def register_component(component: Component) -> Component:
+    """Add a row to :data:`COMPONENTS` (its name must be new) and tell the pipeline class."""
+    if component.name in COMPONENTS:
+        raise ValueError(f"a component named {component.name!r} is registered already; known: {list(COMPONENTS)}.")
+    COMPONENTS[component.name] = component
+    for listener in _on_register:
+        listener(component)
+    return component
+
+
+def unregister_component(name: str) -> None:
+    """Remove an optional row again (tests register throwaway components)."""
+    component = COMPONENTS[name]
+    if not component.optional:
+        raise ValueError(f"{name!r} is a required component and cannot be removed.")
+    del COMPONENTS[name]
+    for listener in _on_register:
+        listener(component)
+
+
+def optional_components() -> list[str]:
+    """The names of the optional components, in table order."""
+    return [name for name, component in COMPONENTS.items() if component.optional]
+
+
+def model_components() -> dict[str, type]:
+    """Every model component (weights in its folder) and the class its config is checked against."""
+    return {name: component.cls for name, component in COMPONENTS.items() if component.model}
+
+
+def declares_components(pipeline_cls: type) -> type:
+    """Class decorator: declare the table's components to diffusers, now and after every registration.
+
+    diffusers finds a pipeline's components in ``__init__``'s signature and ``_optional_components``; each
+    row the signature as written lacks becomes a keyword-only ``name=None`` there (``__init__`` takes it in
+    ``**components``).
+    """
+    written = inspect.signature(pipeline_cls.__init__)
+
+    def refresh(_component: Component | None = None) -> None:
+        pipeline_cls._optional_components = optional_components()
+        parameters = [p for p in written.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        declared = {p.name for p in parameters}
+        parameters += [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+            for name in COMPONENTS
+            if name not in declared
+        ]
+        pipeline_cls.__init__.__signature__ = written.replace(parameters=parameters)
+
+    refresh()
+    _on_register.append(refresh)
+    return pipeline_cls
+
+
+def listed_components(index: Mapping) -> list[Component]:
+    """The components a saved ``model_index.json`` lists (absent and ``[null, null]`` entries left out)."""
+    return [
+        component
+        for name, component in COMPONENTS.items()
+        if isinstance(index.get(name), list) and index[name] and index[name][0] is not None
+    ]
+
+
+register_component(Component("unet", UNet2DModel, optional=False))
+register_component(
+    Component(
+        "scheduler",
+        SchedulerMixin,
+        optional=False,
+        ours=SHIPPED_SCHEDULERS,
+        files=("scheduler_config.json",),
+        model=False,
+    )
+)
+register_component(Component("vae", AutoencoderKL, fits=check_vae_fits_unet, pixel_space=False))
+
+
+# ============================================================================================
+# scratch_schedulers.path_change
+# ============================================================================================
+
+"""The exact change of variables between the VP and the flow noise paths, and between parametrisations.
+
+"Step-by-Step Diffusion" (Nakkiran et al., 2024) treats DDPM, DDIM and flow matching as one family
+of samplers on different Gaussian paths x = a·x0 + b·ε. Two path points with the same
+signal-to-noise ratio a/b hold the same information about x0 and differ only by a scale factor,
+so a model trained on one path can be evaluated at any point of another:
+
+* VP → flow: x_flow = x_vp / (a + b) at σ = b / (a + b), since (1 − σ)·x0 + σ·ε = (a·x0 + b·ε)/(a + b);
+* in general, from (a, b) to (a′, b′) with a′/b′ = a/b: x′ = k·x with k = a′/a = b′/b;
+* the time of a point is found from its log-SNR λ = log(a/b): on the flow path σ = 1/(1 + e^λ),
+  t = σ·T; on the discrete VP path by interpolating λ_t = ½·log(ᾱ_t/(1 − ᾱ_t)) linearly between
+  integer timesteps (:func:`vp_timestep_at_log_snr`);
+* the model output is converted by the named conversions of :mod:`.noise_path`: ``split_prediction``
+  gives (x̂0, ε̂) — the same two quantities on every path — and ``target_for`` expresses them as
+  what the other side expects (:func:`prediction_readout`).
+
+**The ends.** A VP model has seen only λ ∈ [λ_{T−1}, λ_0] (for the linear β schedule about
+[−5.0, 4.6]); a flow sampler visits σ → 1 (λ → −∞) and σ → 0 (λ → +∞). Outside its range the
+model is evaluated at the nearest point it was trained on (t = T − 1 or t = 0), and the sample is
+rescaled so that its dominant part is kept: the noise (k = b′/b) where λ ≤ 0, the signal
+(k = a′/a) where λ > 0 — inside the range both are the same k. At σ = 1 this gives the model
+b_{T−1}·ε, i.e. its own noisiest input without the a_{T−1}·x0 ≈ 0.006·x0 it cannot know; at
+σ = 0 it gives √ᾱ_0·x. A zero-terminal-SNR table (ᾱ_{T−1} = 0, λ = −∞) is matched exactly: the
+last interval interpolates ᾱ instead of λ. A flow model covers every σ ∈ [0, 1] and is never
+clamped.
+
+All functions here are pure host-side float64 maths on Python floats and NumPy tables, computed
+once per schedule; the sampling loop only multiplies by the resulting numbers.
+"""
+
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+
+
+class PathPoint(NamedTuple):
+    """A point of a noise path: the model timestep there and the scales of x = a·x0 + b·ε."""
+
+    timestep: float
+    a: float
+    b: float
+
+
+def vp_to_flow(x_vp: torch.Tensor, a: float, b: float) -> tuple[torch.Tensor, float]:
+    """(x_flow, σ) = (x_vp/(a + b), b/(a + b)): the flow-path point with the SNR of VP point (a, b)."""
+    return x_vp / (a + b), b / (a + b)
+
+
+def flow_to_vp(x_flow: torch.Tensor, sigma: float) -> tuple[torch.Tensor, float, float]:
+    """(x_vp, a, b) for flow point σ: a = (1 − σ)/r, b = σ/r, x_vp = x_flow/r with r = √((1 − σ)² + σ²)."""
+    r = math.hypot(1 - sigma, sigma)
+    return x_flow / r, (1 - sigma) / r, sigma / r
+
+
+def point_log_snr(a: float, b: float) -> float:
+    """λ = log(a/b) as a Python float; −∞ at a = 0 and +∞ at b = 0."""
+    return float(log_snr(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)))
+
+
+def _sigmoid(z: float) -> float:
+    """1/(1 + e^{−z}) without overflow, exact 0 and 1 at z = ∓∞."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    return math.exp(z) / (1.0 + math.exp(z))
+
+
+def vp_point_of_log_snr(lam: float) -> tuple[float, float]:
+    """(a, b) = (√sigmoid(2λ), √sigmoid(−2λ)) of the VP point with log-SNR λ (a² + b² = 1)."""
+    return math.sqrt(_sigmoid(2 * lam)), math.sqrt(_sigmoid(-2 * lam))
+
+
+def vp_log_snr_table(alphas_cumprod: torch.Tensor | np.ndarray) -> np.ndarray:
+    """λ_t = ½·log(ᾱ_t/(1 − ᾱ_t)) for t = 0..T−1 in float64 (−∞ where ᾱ = 0); checked non-increasing."""
+    alpha_bar = np.asarray(torch.as_tensor(alphas_cumprod).detach().cpu().to(torch.float64))
+    with np.errstate(divide="ignore"):
+        table = 0.5 * (np.log(alpha_bar) - np.log1p(-alpha_bar))
+    if np.any(np.diff(table) > 0) or np.isnan(table).any():
+        raise ValueError("alphas_cumprod must be non-increasing in (0, 1] with values < 1 (a noising schedule).")
+    return table
+
+
+def vp_timestep_at_log_snr(lam: float, table: np.ndarray) -> float:
+    """The continuous VP timestep t ∈ [0, T − 1] whose log-SNR is ``lam``, clamped to that range.
+
+    λ is interpolated linearly between integer timesteps (monotone, so the inverse is unique up to
+    plateaus of the table). Where the table ends in λ_{T−1} = −∞ (zero terminal SNR), the last
+    interval interpolates ᾱ = sigmoid(2λ) instead, which reaches t = T − 1 exactly at λ = −∞.
+    """
+    last = len(table) - 1
+    if lam >= table[0]:
+        return 0.0
+    if lam <= table[last]:
+        return float(last)
+    finite = int(np.isfinite(table).sum()) - 1  # index of the last finite λ
+    if lam < table[finite]:  # inside the final interval towards ᾱ = 0
+        alpha_bar_last_finite = _sigmoid(2 * float(table[finite]))
+        return finite + (1.0 - _sigmoid(2 * lam) / alpha_bar_last_finite) * (last - finite)
+    return float(np.interp(lam, table[: finite + 1][::-1], np.arange(finite + 1, dtype=np.float64)[::-1]))
+
+
+def vp_model_point(lam: float, table: np.ndarray) -> PathPoint:
+    """Where a VP model with log-SNR table ``table`` is evaluated for a point of log-SNR ``lam``.
+
+    Inside [λ_{T−1}, λ_0] the point with exactly that SNR; outside, the nearest trained end.
+    """
+    clamped = min(max(lam, float(table[-1])), float(table[0]))
+    a, b = vp_point_of_log_snr(clamped)
+    return PathPoint(vp_timestep_at_log_snr(clamped, table), a, b)
+
+
+def flow_model_point(lam: float, num_train_timesteps: int) -> PathPoint:
+    """The flow point with log-SNR ``lam``: σ = sigmoid(−λ), a = 1 − σ, timestep σ·T (every λ, ±∞ too)."""
+    sigma = _sigmoid(-lam)
+    return PathPoint(sigma * num_train_timesteps, _sigmoid(lam), sigma)
+
+
+def rescale_factor(a_from: float, b_from: float, a_to: float, b_to: float) -> float:
+    """k with x_to = k·x_from: b_to/b_from where λ_from ≤ 0 (keeps the noise), else a_to/a_from (keeps x0).
+
+    For points of equal SNR both ratios are the same number (and equal (a_to + b_to)/(a_from + b_from));
+    for a clamped target the choice keeps the dominant component of the sample (module docstring).
+    """
+    return b_to / b_from if b_from >= a_from else a_to / a_from
+
+
+def prediction_readout(
+    model_type: PredictionType, a_model: float, b_model: float, target_type: PredictionType, a: float, b: float
+) -> tuple[float, float]:
+    """(p, q) with target = p·model_output + q·x_model, converting a prediction between parametrisations.
+
+    The model output of ``model_type`` at its point (a_model, b_model) gives (x̂0, ε̂) by
+    ``split_prediction``; ``target_for`` writes them as ``target_type`` at the sampler's point
+    (a, b). Both are linear in (output, x), so evaluating them at the unit vectors gives the two
+    coefficients exactly. A non-finite coefficient means the conversion does not exist (e.g. x̂0
+    from an ε-prediction at a = 0): callers refuse it.
+    """
+    one, zero, a_m, b_m = (torch.tensor(v, dtype=torch.float64) for v in (1.0, 0.0, a_model, b_model))
+    coefficients = []
+    for output, x in ((one, zero), (zero, one)):
+        x0, eps = split_prediction(output, x, a_m, b_m, model_type)
+        coefficients.append(float(target_for(target_type, x0, eps, a, b)))
+    return coefficients[0], coefficients[1]
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.cross_path
+# ============================================================================================
+
+"""Any model with any sampler: evaluate a UNet trained on one path for a scheduler that samples another.
+
+The sampling loop runs in the scheduler's path and parametrisation. Before each UNet call the
+sample and timestep are mapped to the point of the model's path with the same SNR, and the model
+output is converted into what the scheduler expects (``scratch_schedulers.path_change``: the exact
+change of variables; Nakkiran et al., 2024). Everything is computed once per schedule on the host
+(:func:`plan_model_calls`), so a step only multiplies by two numbers and indexes a timestep tensor
+already on the device: the UNet call count is the native one and no step reads a value back. A
+scheduler of the model's own parametrisation gets a plan too, of identity calls at its own timesteps
+(:func:`native_model_calls`), so every caller runs one code path (:class:`~.denoiser.Denoiser`).
+
+**What can be described.** A scheduler's path and parametrisation (``noise_path.parametrization_of``):
+ours and diffusers' VP schedulers (``alphas_cumprod``; DDPM, DDIM, DPM-Solver, Euler, UniPC, …),
+flow-matching schedulers (``FlowMatch…``, ``ScratchFlowMatchScheduler``) and DPM-Solver with
+``use_flow_sigmas=True`` (flow path; ``flow_prediction``, ``epsilon`` or ``sample``). Refused:
+schedulers of other paths (VE/EDM schedulers such as ``EDMEulerScheduler``, ``ScoreSdeVeScheduler``),
+a model whose training schedule is unknown (``noise_schedule``), and a conversion that does not
+exist at a visited point (an ε-model at a zero-SNR timestep asked for x̂0) — each a ``ValueError``
+before any model evaluation.
+"""
+
+
+import functools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+
+# The keys of a training scheduler's config that fix its noise path (saved as the pipeline's noise_schedule).
+VP_SCHEDULE_DEFAULTS = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "rescale_betas_zero_snr": False,
+}
+
+
+def noise_schedule_of(scheduler: object, path: str) -> dict | None:
+    """The config keys that fix ``scheduler``'s noise path, if it samples ``path``; else None."""
+    if parametrization_of(scheduler).path != path:
+        return None
+    config = scheduler.config
+    if path == "flow":
+        return {"num_train_timesteps": int(config.get("num_train_timesteps", 1000))}
+    schedule = {key: config.get(key, default) for key, default in VP_SCHEDULE_DEFAULTS.items()}
+    if schedule["trained_betas"] is not None:
+        schedule["trained_betas"] = [float(beta) for beta in schedule["trained_betas"]]
+    return schedule
+
+
+@dataclass(frozen=True)
+class ModelPath:
+    """The path a UNet was trained on, with the clock that turns a log-SNR into its timestep."""
+
+    parametrization: Parametrization
+    num_train_timesteps: int
+    log_snr_table: np.ndarray | None = None  # VP only: λ_t for t = 0..T−1
+
+    @classmethod
+    def from_schedule(cls, parametrization: Parametrization, schedule: Mapping) -> ModelPath:
+        """Build from a ``noise_schedule`` dict (:func:`noise_schedule_of`)."""
+        if parametrization.path == "flow":
+            return cls(parametrization, int(schedule["num_train_timesteps"]))
+        s = {**VP_SCHEDULE_DEFAULTS, **schedule}
+        betas = make_betas(
+            s["beta_schedule"], s["num_train_timesteps"], s["beta_start"], s["beta_end"], s["trained_betas"]
+        )
+        if s["rescale_betas_zero_snr"]:
+            betas = rescale_zero_terminal_snr(betas)
+        table = vp_log_snr_table(torch.cumprod(1.0 - betas, dim=0))
+        return cls(parametrization, int(s["num_train_timesteps"]), table)
+
+    @staticmethod
+    def of_schedule(parametrization: Parametrization, schedule: Mapping) -> ModelPath:
+        """:meth:`from_schedule`, built once per (parametrisation, schedule) and reused by every call."""
+        return _cached_model_path(parametrization, json.dumps(schedule, sort_keys=True))
+
+    def point(self, lam: float) -> PathPoint:
+        """Where the model is evaluated for a sampler point of log-SNR ``lam``."""
+        if self.parametrization.path == "flow":
+            return flow_model_point(lam, self.num_train_timesteps)
+        return vp_model_point(lam, self.log_snr_table)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_model_path(parametrization: Parametrization, schedule_json: str) -> ModelPath:
+    return ModelPath.from_schedule(parametrization, json.loads(schedule_json))
+
+
+def sampler_levels(scheduler: object, path: str) -> list[tuple[float, float]]:
+    """(a, b) of the model input at every entry of ``scheduler.timesteps`` (after ``scale_model_input``).
+
+    Schedulers with one ``sigmas`` entry per timestep plus a final one (DPM-Solver, Euler, UniPC,
+    flow matching) sample at those levels: σ on the flow path, s = b/a on the VP path, where
+    a = 1/√(1 + s²). Others (DDPM, DDIM) are at the path point of their timesteps
+    (``noise_path.signal_noise_at``: a fractional t interpolates s linearly, as diffusers' discrete schedulers do).
+    """
+    timesteps = torch.as_tensor(scheduler.timesteps).detach().cpu()
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is None or len(sigmas) != len(timesteps) + 1:
+        a, b = signal_noise_at(scheduler, timesteps)
+        return list(zip(a.tolist(), b.tolist(), strict=True))
+    levels = torch.as_tensor(sigmas).detach().cpu().to(torch.float64)[:-1]
+    if path == "flow":
+        return [(1 - s, s) for s in levels.tolist()]
+    a = 1 / torch.sqrt(1 + levels**2)
+    b = torch.where(torch.isinf(levels), torch.ones_like(levels), levels * a)
+    return list(zip(a.tolist(), b.tolist(), strict=True))
+
+
+class Point(NamedTuple):
+    """A point x = a·x0 + b·ε of a path, with its log-SNR λ = log(a/b)."""
+
+    a: float
+    b: float
+    lam: float
+
+
+class ModelCall:
+    """The UNet evaluation for one sampler point: scale the input, call at the model's timestep, read out.
+
+    ``sampler`` and ``model`` are the two points (a, b, λ) of the call: where the sampler is and where the
+    model is evaluated (same λ; the same point when the scheduler samples the model's own parametrisation).
+    """
+
+    def __init__(
+        self,
+        input_scale: float,
+        readouts: Sequence[tuple[float, float]],
+        sampler: Point | None = None,
+        model: Point | None = None,
+    ):
+        # Identities within rounding (a same-path conversion gives 1 ± 1e-16) are snapped to exactly 1 and 0,
+        # so the loop skips those full-tensor multiplies.
+        self.input_scale = _snap(input_scale, 1.0)
+        self.readouts = tuple((_snap(p, 1.0), _snap(q, 0.0)) for p, q in readouts)  # target = p·output + q·x_model
+        self.sampler, self.model = sampler, model if model is not None else sampler
+
+    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The sampler's sample at the model's point of equal SNR."""
+        return x if self.input_scale == 1.0 else x * self.input_scale
+
+    def read(self, output: torch.Tensor, x_model: torch.Tensor) -> list[torch.Tensor]:
+        """Every requested target from the model output at ``x_model`` (plain multiply-adds, no sync)."""
+        return [_read(output, x_model, p, q) for p, q in self.readouts]
+
+
+def _snap(value: float, identity: float) -> float:
+    return identity if math.isclose(value, identity, rel_tol=1e-12, abs_tol=1e-15) else value
+
+
+def _read(output: torch.Tensor, x_model: torch.Tensor, p: float, q: float) -> torch.Tensor:
+    scaled = output if p == 1.0 else output * p
+    return scaled if q == 0.0 else torch.add(scaled, x_model, alpha=q)
+
+
+@dataclass
+class ModelCalls:
+    """The plan of one run: a :class:`ModelCall` per sampler point and the model timesteps, already on the device.
+
+    ``targets`` are the prediction types each call returns, in order.
+    """
+
+    calls: list[ModelCall]
+    timesteps: torch.Tensor
+    targets: tuple[str, ...]
+
+
+def native_model_calls(
+    timesteps: torch.Tensor, prediction_type: str, levels: Sequence[tuple[float, float]] | None = None
+) -> ModelCalls:
+    """Identity calls at the sampler's own ``timesteps`` (the model samples its own parametrisation).
+
+    ``levels``: the sampler points (a, b) of the timesteps, recorded as both points of each call; without
+    them (one timestep per example) the calls carry no point.
+    """
+    if levels is None:
+        points = [None] * len(timesteps)
+    else:
+        a, b = torch.tensor(levels, dtype=torch.float64).reshape(-1, 2).unbind(1)
+        points = [Point(*point) for point in zip(a.tolist(), b.tolist(), log_snr(a, b).tolist(), strict=True)]
+    return ModelCalls([ModelCall(1.0, [(1.0, 0.0)], point) for point in points], timesteps, (prediction_type,))
+
+
+def plan_model_calls(
+    levels: Sequence[tuple[float, float]], model: ModelPath, targets: Sequence[str], device: torch.device
+) -> ModelCalls:
+    """The model calls for sampler points ``levels`` returning ``targets`` (prediction types at each point).
+
+    Raises ``ValueError`` naming the point where a conversion does not exist (a non-finite coefficient).
+    """
+    calls, timesteps = [], []
+    for i, (a, b) in enumerate(levels):
+        lam = point_log_snr(a, b)
+        point = model.point(lam)
+        readouts = [
+            prediction_readout(model.parametrization.prediction_type, point.a, point.b, target, a, b)
+            for target in targets
+        ]
+        if not all(np.isfinite(readouts).flat):
+            raise ValueError(
+                f"a model trained on the {model.parametrization.path!r} path to predict "
+                f"{model.parametrization.prediction_type!r} cannot give {list(targets)} at sampler point {i} "
+                f"(a={a:.4g}, b={b:.4g}, λ={lam:.4g}; model timestep {point.timestep:.4g}): the conversion divides by "
+                "zero there. Use a schedule that avoids this point, or a scheduler of the model's own parametrisation."
+            )
+        sampler, model_point = Point(a, b, lam), Point(point.a, point.b, lam)
+        calls.append(ModelCall(rescale_factor(a, b, point.a, point.b), readouts, sampler, model_point))
+        timesteps.append(point.timestep)
+    return ModelCalls(calls, torch.tensor(timesteps, dtype=torch.float32).to(device), tuple(targets))
+
+
+def scheduler_model_calls(
+    scheduler: object,
+    sampled: Parametrization,
+    trained: Parametrization,
+    noise_schedule: Mapping | None,
+    targets: Sequence[str] | None,
+    device: torch.device,
+    levels: Sequence[tuple[float, float]] | None = None,
+) -> ModelCalls:
+    """The model calls for ``scheduler``'s current timesteps (or ``levels``), read once from the scheduler.
+
+    ``targets`` None asks for the scheduler's own prediction type, and a scheduler of the trained
+    parametrisation then calls the UNet as it is, at its own timesteps (:func:`native_model_calls`).
+    """
+    levels = sampler_levels(scheduler, sampled.path) if levels is None else levels
+    if targets is None and sampled == trained:
+        return native_model_calls(scheduler.timesteps, sampled.prediction_type, levels)
+    model = ModelPath.of_schedule(trained, noise_schedule)
+    return plan_model_calls(levels, model, targets or (sampled.prediction_type,), device)
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.guidance
+# ============================================================================================
+
+"""Guidance: how one denoiser evaluation combines several model outputs (the one place it is implemented).
+
+:class:`ClassifierFreeGuidance` (Ho & Salimans, 2022) evaluates the conditional and the unconditional
+model in one batched forward pass and extrapolates, ŷ = ŷ_∅ + w·(ŷ_c − ŷ_∅), with the null class
+∅ = ``num_class_embeds − 1`` of a class-conditional UNet. A guidance object expands the model's inputs
+(:meth:`~ClassifierFreeGuidance.expand_input`, :meth:`~ClassifierFreeGuidance.expand_conditions`),
+combines the outputs (:meth:`~ClassifierFreeGuidance.combine`) and states what it costs
+(``memory_factor``, ``evaluations``) and whether it needs class labels (``needs_labels``);
+:class:`~.denoiser.Denoiser` takes one, so sampling, inversion and anything else built on the denoiser
+guide alike. Another rule (autoguidance, a classifier) is another class with the same members.
+"""
+
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+
+@dataclass(frozen=True)
+class ClassifierFreeGuidance:
+    """ŷ = ŷ_∅ + w·(ŷ_c − ŷ_∅): the conditional half of the batch first, then the null class.
+
+    Attributes:
+        scale: the guidance weight w (w = 1 is no guidance: :func:`guidance_from_scale` gives None).
+        null_class: the class index of ∅ (a class-conditional UNet's last one); None for an
+            unconditional UNet, which :func:`~.inputs.check_conditioning` then refuses.
+    """
+
+    scale: float
+    null_class: int | None
+
+    needs_labels: ClassVar[bool] = True  # it guides towards given class labels
+    memory_factor: ClassVar[int] = 2  # the model's batch is twice the sample batch
+    evaluations: ClassVar[int] = 2  # model evaluations per sample and step (in one forward pass)
+
+    @property
+    def argument(self) -> str:
+        """The call argument that asked for this guidance, as error messages name it."""
+        return f"guidance_scale={self.scale!r}"
+
+    def expand_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The model input of both halves: the sample twice."""
+        return torch.cat([x, x])
+
+    def expand_conditions(self, conditions: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-sample model inputs of both halves: the labels, then the null class; any other input twice."""
+        expanded = {name: torch.cat([value, value]) for name, value in conditions.items()}
+        labels = conditions.get("class_labels")
+        if labels is not None:
+            expanded["class_labels"] = torch.cat([labels, torch.full_like(labels, self.null_class)])
+        return expanded
+
+    def combine(self, output: torch.Tensor) -> torch.Tensor:
+        """ŷ_∅ + w·(ŷ_c − ŷ_∅) from the output of the expanded batch."""
+        conditional, unconditional = output.chunk(2)
+        return unconditional + self.scale * (conditional - unconditional)
+
+
+def guidance_from_scale(guidance_scale: float, num_classes: int | None) -> ClassifierFreeGuidance | None:
+    """Classifier-free guidance of weight ``guidance_scale`` (checked to be a finite number), or None for w = 1."""
+    return None if guidance_scale == 1 else ClassifierFreeGuidance(guidance_scale, num_classes)
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.denoiser
+# ============================================================================================
+
+"""The denoiser: the pipeline's model as one callable D(x, i) at the points of a sampling plan.
+
+k-diffusion calls its model through a wrapper ``D(x, σ)`` and puts guidance around it; flow_matching
+wraps the model so a solver sees one velocity field. Here the solver is a diffusers scheduler, whose
+``step(model_output, t, x)`` wants the model's prediction in *its* parametrisation at its point i, so
+the denoiser is indexed by the plan position i (:class:`~.cross_path.ModelCalls`: a plan exists for
+every run, of identity calls when the scheduler samples the model's own parametrisation). It knows both
+points of each call, ``plan.calls[i].sampler`` and ``.model`` (a, b, λ), and for targets
+``("sample", "epsilon")`` returns x̂0 and ε̂ at the sampler's point, as inversion asks.
+
+One evaluation: the sample at the model's point of equal SNR (``scale_input``), cast to the model's
+dtype (and device, where one is given), the guidance rule around the model call
+(:mod:`.guidance`), the output back in the sample's dtype, read out as every target of the plan.
+
+:class:`UNetModel` is the one place the pipeline's UNet is called: the call ``unet(x, t, **conditions)``
+with its per-sample ``conditions`` (``class_labels`` today; a control residual or a second time input
+would be further entries, which guidance expands along with the batch).
+"""
+
+
+from collections.abc import Mapping
+
+import torch
+
+
+
+class UNetModel:
+    """A diffusers UNet as ``model(x, timestep, **conditions) -> output`` (its ``.sample``)."""
+
+    def __init__(self, unet: torch.nn.Module):
+        self.unet = unet
+
+    def __call__(self, x: torch.Tensor, timestep: torch.Tensor, **conditions: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, timestep, **conditions).sample
+
+
+class Denoiser:
+    """D(x, i): the model's prediction at sampler point i of ``plan``, one tensor per ``plan.targets``.
+
+    Args:
+        model: the model callable (:class:`UNetModel`).
+        plan: the run's model calls (:func:`~.cross_path.scheduler_model_calls`).
+        conditions: per-sample model inputs (``class_labels``), for the sample batch.
+        guidance: a guidance rule (:class:`~.guidance.ClassifierFreeGuidance`), or None.
+        dtype: the model's dtype; device: where the model runs (None: where the sample is).
+    """
+
+    def __init__(
+        self,
+        model: UNetModel,
+        plan: ModelCalls,
+        conditions: Mapping[str, torch.Tensor] | None = None,
+        guidance: ClassifierFreeGuidance | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | None = None,
+    ):
+        self.model, self.plan, self.guidance, self.dtype, self.device = model, plan, guidance, dtype, device
+        conditions = dict(conditions or {})
+        # expanded once per run, not per step
+        self.conditions = conditions if guidance is None else guidance.expand_conditions(conditions)
+
+    @property
+    def memory_factor(self) -> int:
+        """The model's batch per sample of the run's batch (2 under classifier-free guidance)."""
+        return 1 if self.guidance is None else self.guidance.memory_factor
+
+    def __call__(self, x: torch.Tensor, i: int) -> list[torch.Tensor]:
+        """Every target of the plan at sampler point i for the sample ``x`` there (no value is read back)."""
+        call = self.plan.calls[i]
+        x_model = call.scale_input(x)
+        return call.read(self.evaluate(x_model, self.plan.timesteps[i]), x_model)
+
+    def evaluate(self, x_model: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """The (guided) model output at ``x_model`` and the model's ``timestep``, in ``x_model``'s dtype and device."""
+        model_input = x_model.to(device=self.device, dtype=self.dtype)
+        if self.guidance is None:
+            output = self.model(model_input, timestep, **self.conditions)
+        else:
+            output = self.model(self.guidance.expand_input(model_input), timestep, **self.conditions)
+            output = self.guidance.combine(output)
+        return output.to(device=x_model.device, dtype=x_model.dtype)
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.inputs
+# ============================================================================================
+
+"""Checks of the arguments of ``ScratchDiffusionPipeline.__call__``, all made before any model evaluation.
+
+Every error names the offending value and what is allowed. The memory check refuses a batch whose
+sampling buffers alone could not fit; the output check reports NaN/inf samples that PIL would
+silently turn black.
+"""
+
+
+import math
+import numbers
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from diffusers import UNet2DModel
+
+# "latent": the final sample before decoding and clamping (a latent pipeline's scaled VAE latents).
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# One call samples one batch in one forward pass per step. Larger requests are typos (10**6) or
+# belong in several calls (the metrics CLI splits --num_samples into --batch_size chunks).
+MAX_BATCH_SIZE = 65_536
+# The sampling loop holds at least this many sample-sized tensors at once (latents, model input,
+# model output, next latents): a lower bound on its memory, checked before anything is allocated.
+SAMPLING_BUFFERS = 4
+
+
+def _is_positive_int(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= 1
+
+
+def check_call_arguments(
+    batch_size: int,
+    num_inference_steps: int,
+    generator: torch.Generator | list[torch.Generator] | None,
+    eta: float,
+    guidance_scale: float,
+    output_type: str,
+) -> None:
+    """Validate the arguments of ``__call__`` that do not depend on the UNet."""
+    if not _is_positive_int(batch_size):
+        raise ValueError(f"batch_size={batch_size!r} is not allowed; pass an integer ≥ 1.")
+    if batch_size > MAX_BATCH_SIZE:
+        raise ValueError(
+            f"batch_size={batch_size} is not allowed; pass an integer ≤ {MAX_BATCH_SIZE} and sample larger sets "
+            "in several calls."
+        )
+    if not _is_positive_int(num_inference_steps):
+        raise ValueError(f"num_inference_steps={num_inference_steps!r} is not allowed; pass an integer ≥ 1.")
+    generators = generator if isinstance(generator, list) else [generator]
+    if any(g is not None and not isinstance(g, torch.Generator) for g in generators) or None in generators[1:]:
+        raise TypeError(
+            f"generator={generator!r} is not allowed; pass None, a torch.Generator, or a list of batch_size "
+            "torch.Generator objects."
+        )
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(
+            f"got a list of {len(generator)} generators for batch_size={batch_size}; "
+            "pass one generator, or exactly one per image."
+        )
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type={output_type!r} is not supported; choose one of {list(OUTPUT_TYPES)}.")
+    if not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale={guidance_scale!r} is not allowed; pass a finite number.")
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta < math.inf:
+        raise ValueError(f"eta={eta!r} is not allowed; pass a finite number ≥ 0 (0: deterministic DDIM).")
+
+
+def check_conditioning(
+    class_labels: int | Sequence[int] | torch.Tensor | None, guidance: object | None, num_classes: int | None
+) -> None:
+    """Class labels only for a class-conditional UNet; a guidance rule that needs labels only towards given ones.
+
+    ``guidance`` is the call's rule (``guidance.py``) or None; one whose ``needs_labels`` is False passes.
+    """
+    if num_classes is None and class_labels is not None:
+        raise ValueError(
+            f"class_labels={class_labels!r} given, but the UNet is unconditional "
+            "(unet.config.num_class_embeds is None); allowed: class_labels=None."
+        )
+    if guidance is not None and guidance.needs_labels and class_labels is None:
+        reason = "the UNet is unconditional" if num_classes is None else "no class_labels were given"
+        raise ValueError(
+            f"{guidance.argument} needs class labels to guide towards, but {reason}; allowed: guidance_scale=1.0."
+        )
+
+
+def check_callback_inputs(requested: Sequence[str], allowed: Sequence[str]) -> None:
+    """Every tensor name requested for ``callback_on_step_end`` is one the loop provides."""
+    unknown = [name for name in requested if name not in allowed]
+    if unknown:
+        raise ValueError(f"callback_on_step_end_tensor_inputs contains {unknown}; allowed: {list(allowed)}.")
+
+
+def sample_shape(unet: UNet2DModel, batch_size: int) -> tuple[int, int, int, int]:
+    """(batch, channels, height, width) of the samples ``unet`` denoises."""
+    size = unet.config.sample_size
+    height, width = (size, size) if isinstance(size, int) else size
+    return (batch_size, unet.config.in_channels, height, width)
+
+
+def check_latents(latents: object, shape: tuple[int, ...]) -> None:
+    """Given initial noise must be a floating-point tensor of the sample shape (its device and dtype are cast)."""
+    if not isinstance(latents, torch.Tensor) or not latents.dtype.is_floating_point:
+        raise ValueError(
+            f"latents must be a floating-point torch.Tensor of shape {shape}; got {type(latents).__name__}"
+            + (f" of dtype {latents.dtype}" if isinstance(latents, torch.Tensor) else "")
+            + "."
+        )
+    if tuple(latents.shape) != tuple(shape):
+        raise ValueError(f"latents have shape {tuple(latents.shape)}; expected {shape} (batch_size, C, H, W).")
+
+
+def check_sampling_memory(unet: UNet2DModel, batch_size: int, device: torch.device) -> None:
+    """Refuse, before allocating, a batch whose sampling buffers alone exceed the device's free memory.
+
+    The bound counts only :data:`SAMPLING_BUFFERS` sample-sized tensors (the UNet's activations
+    come on top), so a batch refused here could never have run. Free memory is read where it is
+    cheap to know: ``MemAvailable`` on a Linux CPU, ``torch.cuda.mem_get_info`` on CUDA; other
+    devices are not checked.
+    """
+    per_sample = math.prod(sample_shape(unet, 1)) * unet.dtype.itemsize
+    needed = SAMPLING_BUFFERS * batch_size * per_sample
+    free = free_memory(device)
+    if free is not None and needed > free:
+        raise ValueError(
+            f"batch_size={batch_size} needs at least {needed / 2**30:.1f} GiB for the sampling buffers alone "
+            f"({SAMPLING_BUFFERS} tensors of {per_sample * batch_size / 2**30:.2f} GiB) but {device} has "
+            f"{free / 2**30:.1f} GiB free; pass a smaller batch_size and sample in several calls."
+        )
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free memory of ``device`` in bytes where it is cheap and reliable to read, else None."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0]
+        if device.type == "cpu":
+            with open("/proc/meminfo", encoding="ascii") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError):
+        pass
+    return None
+
+
+def class_label_tensor(
+    class_labels: int | Sequence[int] | torch.Tensor | None, batch_size: int, num_classes: int, device: torch.device
+) -> torch.Tensor:
+    """Class labels as a LongTensor of shape (batch_size,) on ``device``, checked to be in [0, num_classes).
+
+    A single int applies to the whole batch. ``None`` samples every image with the null class
+    (index ``num_classes``), i.e. unconditionally.
+    """
+    if class_labels is None:
+        return torch.full((batch_size,), num_classes, dtype=torch.long, device=device)
+    given = [int(class_labels)] * batch_size if isinstance(class_labels, numbers.Integral) else class_labels
+    try:
+        labels = torch.as_tensor(given).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):  # strings, ragged lists, objects
+        labels = None
+    if labels is None or labels.dtype.is_floating_point or labels.dtype == torch.bool or len(labels) != batch_size:
+        raise ValueError(
+            f"class_labels={class_labels!r} is not allowed; pass one int, or {batch_size} ints (one per image)."
+        )
+    if any(not 0 <= v < num_classes for v in labels.tolist()):  # host check before sampling starts
+        raise ValueError(
+            f"class_labels={class_labels!r} out of range; allowed: integers in [0, {num_classes - 1}] "
+            f"(index {num_classes} is the null class used for guidance)."
+        )
+    return labels.to(device=device, dtype=torch.long)
+
+
+def warn_if_not_finite(images: np.ndarray) -> None:
+    """A NaN/inf sample (a diverged model or scheduler) is reported instead of silently saved as black."""
+    bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    if bad.any():
+        warnings.warn(
+            f"{int(bad.sum())} of {len(images)} sampled images contain NaN or inf values (the model output or the "
+            "scheduler diverged); as PIL images they would come out black.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.inversion
+# ============================================================================================
+
+"""DDIM inversion: the noise that the deterministic sampler maps back to given images.
+
+DDIM with η = 0 is the Euler discretisation of the probability-flow ODE (Song et al., 2021, §4.3),
+so it can be run backwards: from the image at the sampler's last (cleanest) point, each step takes
+the model's (x̂0, ε̂) at the current point and moves *up* to the next-noisier point of the same grid,
+x_up = a_up·x̂0 + b_up·ε̂ (Eq. 12 from t to the next-higher timestep; DDIM §5.4). On the flow path
+this is the Euler step of dx/dσ = u from σ = 0 to 1. The grid is the scheduler's own, so
+``pipe(latents=pipe.invert(x))`` retraces it; the round trip is exact only as the steps shrink
+(each direction evaluates the model at the other end of a step): DDIM's Table 2 reports a
+per-dimension MSE of 0.014 at 10 steps falling to 0.0001 at 1000 on CIFAR-10.
+
+The model is the pipeline's denoiser (:mod:`.denoiser`, guidance included) asked for (x̂0, ε̂) at each
+point, so any model the pipeline can sample with a scheduler can also be inverted with it. The inverted
+point is the sampler's first sample, given back as ``latents`` (unit-scale noise: the scheduler's
+``init_noise_sigma`` must be 1).
+
+A latent pipeline (one with a ``vae``) inverts in latent space: the images are encoded first (the
+posterior mean, :func:`~.latents.encode_to_latents`), and the returned latents are the VAE-latent noise
+that sampling decodes back. The round trip then reconstructs decode(encode(x)), not x itself: the
+VAE's own reconstruction error comes on top of the inversion's.
+"""
+
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+
+
+# A tensor, an array, or one or more PIL images (not imported: the shipped bundle imports only torch, numpy, diffusers).
+ImageInput = torch.Tensor | np.ndarray | object
+
+
+def is_pil_image(image: object) -> bool:
+    """Whether ``image`` is a PIL image, recognised without importing PIL."""
+    return type(image).__module__.split(".")[0] == "PIL" and hasattr(image, "getbands")
+
+
+def image_count(images: ImageInput) -> int:
+    """The batch size of ``images`` (one PIL image counts as one)."""
+    return 1 if is_pil_image(images) else len(images)
+
+
+def check_invertible(scheduler: object) -> None:
+    """Inversion returns the sampler's first sample as unit-scale ``latents``: ``init_noise_sigma`` must be 1."""
+    init_noise_sigma = float(getattr(scheduler, "init_noise_sigma", 1.0))
+    if init_noise_sigma != 1.0:
+        raise ValueError(
+            f"invert needs a scheduler whose samples lie on the path itself (init_noise_sigma = 1); "
+            f"{type(scheduler).__name__} has init_noise_sigma={init_noise_sigma:g}. "
+            "Use DDIM, DPM-Solver(++) or a flow-matching scheduler."
+        )
+
+
+def images_to_samples(
+    images: ImageInput, shape: Sequence[int], device: torch.device, needed_by: str = "this UNet"
+) -> torch.Tensor:
+    """Images as the pipeline outputs them, as float32 samples in [−1, 1] of ``shape`` on ``device``.
+
+    Accepted: a (B, C, H, W) tensor in [0, 1] (``output_type="pt"``), a (B, H, W, C) array in
+    [0, 1] (``"np"``), or PIL images (``"pil"``: one or a list, 8-bit).
+    """
+    if is_pil_image(images):
+        images = [images]
+    if isinstance(images, (list, tuple)) and images and all(is_pil_image(image) for image in images):
+        arrays = [np.asarray(image, dtype=np.float32) / 255.0 for image in images]
+        images = np.stack([a[..., None] if a.ndim == 2 else a for a in arrays])
+    if isinstance(images, np.ndarray):
+        if images.ndim != 4:
+            raise ValueError(f"images as an array must have shape (B, H, W, C); got shape {images.shape}.")
+        images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    if not isinstance(images, torch.Tensor) or not images.dtype.is_floating_point:
+        raise ValueError(
+            f"images of type {type(images).__name__} are not supported; pass a float tensor (B, C, H, W) in [0, 1], "
+            "a float array (B, H, W, C) in [0, 1], or PIL images."
+        )
+    if tuple(images.shape) != tuple(shape):
+        raise ValueError(f"images have shape {tuple(images.shape)}; {needed_by} needs {tuple(shape)} (B, C, H, W).")
+    images = images.detach().to(device=device, dtype=torch.float32)
+    low, high = images.aminmax()  # one read-back, before any model evaluation
+    if not (torch.isfinite(low) and torch.isfinite(high) and low >= -1e-3 and high <= 1 + 1e-3):
+        raise ValueError(f"images must lie in [0, 1] (as output_type 'pt'/'np' gives them); got [{low:g}, {high:g}].")
+    return images * 2 - 1
+
+
+def inversion_levels(scheduler: object, levels: Sequence[tuple[float, float]], path: str) -> list[tuple[float, float]]:
+    """The distinct sampler points (noisiest first) followed by the point the sampler ends at.
+
+    ``levels`` are the points of ``scheduler.timesteps`` on its ``path`` (:func:`~.cross_path.sampler_levels`);
+    repeated entries (Heun's predictor/corrector pairs) count once. The end is the last ``sigmas``
+    entry where the scheduler has one per step plus one, ``final_alpha_cumprod`` for DDIM, else
+    the clean point (a, b) = (1, 0).
+    """
+    distinct = [point for i, point in enumerate(levels) if i == 0 or point != levels[i - 1]]
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is not None and len(sigmas) == len(scheduler.timesteps) + 1:
+        last = float(sigmas[-1])
+        end = (1 - last, last) if path == "flow" else (1 / np.hypot(1, last), last / np.hypot(1, last))
+    else:
+        alpha_bar = float(getattr(scheduler, "final_alpha_cumprod", 1.0))
+        end = (alpha_bar**0.5, (1 - alpha_bar) ** 0.5)
+    return [*distinct, end]
+
+
+def invert_samples(
+    x: torch.Tensor,
+    levels: Sequence[tuple[float, float]],
+    denoiser: Denoiser,
+    progress: Callable[[int], object] = lambda _: None,
+) -> torch.Tensor:
+    """Run the DDIM update upwards from ``levels[-1]`` to ``levels[0]``: one model evaluation per step.
+
+    ``denoiser(x, k)`` returns (x̂0, ε̂) at level k (targets ``sample`` and ``epsilon``). Works in float32.
+    """
+    for k in range(len(levels) - 1, 0, -1):
+        x0, eps = denoiser(x, k)
+        a_up, b_up = levels[k - 1]
+        x = reverse_step(x0, eps, a_up, b_up**2, direction=b_up)
+        progress(1)
+    return x
+
+
+def invert_images(
+    pipe, images: ImageInput, num_inference_steps: int, class_labels, guidance_scale: float
+) -> torch.Tensor:
+    """``ScratchDiffusionPipeline.invert``: check everything, plan the model calls on a host grid, then invert."""
+    batch_size = image_count(images)
+    check_call_arguments(batch_size, num_inference_steps, None, 0.0, guidance_scale, "pt")
+    guidance = pipe.guidance(guidance_scale)
+    check_conditioning(class_labels, guidance, pipe.num_classes)
+    check_invertible(pipe.scheduler)
+    device = pipe._execution_device
+    shape = sample_shape(pipe.unet, batch_size)
+    vae = getattr(pipe, "vae", None)
+    if vae is None:
+        x = images_to_samples(images, shape, device)
+    else:  # check the images against what the VAE decodes to, then invert their (scaled) posterior mean
+        image_shape = (batch_size, *decoded_shape(vae, shape[1:]))
+        x = images_to_samples(images, image_shape, device, needed_by="this pipeline's VAE")
+        x = encode_to_latents(vae, x).to(device=device, dtype=torch.float32)
+    labels = pipe.prepare_class_labels(class_labels, batch_size, device)
+    pipe.scheduler.set_timesteps(num_inference_steps)  # a host grid: planning reads nothing back
+    sampled = pipe.check_parametrization()
+    levels = inversion_levels(pipe.scheduler, sampler_levels(pipe.scheduler, sampled.path), sampled.path)
+    denoiser = pipe.denoiser(sampled, ("sample", "epsilon"), labels, guidance, device, levels)
+    with pipe.progress_bar(total=len(levels) - 1) as bar:
+        latents = invert_samples(x, levels, denoiser, bar.update)
+    pipe.maybe_free_model_hooks()
+    return latents
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.latent_pipeline_support
+# ============================================================================================
+
+"""What a pipeline with an optional ``vae`` exposes about its two spaces: the UNet's samples and the images.
+
+Without a VAE they are one space (``vae_scale_factor == 1``); with one, the UNet's samples are the VAE's
+scaled latents and images are ``vae_scale_factor`` times larger along each side (``latents.py``).
+"""
+
+
+
+
+class LatentSpaceMixin:
+    """``vae_scale_factor``, ``latent_shape`` and ``image_shape`` of a pipeline with ``unet`` and ``vae`` (or None)."""
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent along a side (diffusers' name): 2^(VAE blocks − 1); 1 without a VAE."""
+        return 1 if self.vae is None else vae_downsampling_factor(self.vae)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the samples the UNet denoises: ``unet.config`` in_channels and sample_size."""
+        return sample_shape(self.unet, 1)[1:]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the pipeline outputs: the latent shape, decoded by the VAE if there is one."""
+        return self.latent_shape if self.vae is None else decoded_shape(self.vae, self.latent_shape)
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.remote_code
+# ============================================================================================
+
+"""The saved format of :class:`ScratchDiffusionPipeline`: one folder that every diffusers loading path accepts.
+
+diffusers 0.42 loads a pipeline class that is not part of diffusers only as remote code: a
+``.py`` file shipped inside the saved folder, named by a list-valued ``_class_name`` in
+``model_index.json``, and loaded with ``trust_remote_code=True``. A scheduler that is not part of
+diffusers is likewise loadable from a Hub repo id only as a "custom component",
+``<component>/<module>.py`` named by the component's entry (contract notes §3.4–3.5). So
+:meth:`ScratchDiffusionPipeline.save_pretrained` writes::
+
+    model_index.json          {"_class_name": ["scratch_diffusion", "ScratchDiffusionPipeline"],
+                               "scheduler": ["scratch_diffusion", "ScratchDDIMScheduler"],
+                               "unet": ["diffusers", "UNet2DModel"],
+                               "prediction_type": "epsilon", "noise_path": "vp", ...}
+    scratch_diffusion.py      this package's pipeline and scheduler code as one self-contained file
+    scheduler/scratch_diffusion.py   the same file (only when the scheduler is one of ours)
+    scheduler/scheduler_config.json, unet/...   as diffusers writes them
+    vae/config.json, vae/diffusion_pytorch_model.safetensors   only a latent pipeline's, with an index entry
+                                                               "vae": ["diffusers", "AutoencoderKL"]
+
+The VAE is a diffusers class, so every loading story loads it with diffusers' own code (no custom
+component); the shipped file carries the latent code (``latents.py``) with the pipeline. A pipeline
+without a VAE writes no ``vae`` entry at all (not diffusers' ``[null, null]``), so its folder is the
+same as before latent pipelines existed, and such older folders load with ``vae=None``.
+
+The file is named after the package on purpose: with scratch-diffusion installed and imported,
+the entry ``["scratch_diffusion", "ScratchDDIMScheduler"]`` also names the installed class, so
+``ScratchDiffusionPipeline.from_pretrained`` loads the folder with the installed classes and never
+runs the shipped file.
+
+**Why one generated file rather than copies of the package's modules.** diffusers copies remote
+code into a single flat namespace (``diffusers_modules.local``) shared by every local folder it
+loads, and from a local folder it copies only the modules the loaded file imports *directly*
+(``get_relative_imports``, not recursively), while ``samplers.py`` → ``noise_path.py`` chains are
+the norm in ``scratch_schedulers``. A Hub download of the pipeline likewise fetches only the
+root ``<module>.py``. A single file with no relative imports sidesteps all three.
+
+The file is generated by a build step, ``python -m scratch_diffusion.pipelines.build_shipped``
+(``build_shipped.py``: the modules the pipeline imports, concatenated in dependency order with the
+imports between them removed), and committed as ``pipelines/shipped-code/scratch_diffusion.py``; a test
+fails while it differs from a fresh build. Saving only copies it, to the root and to ``scheduler/``:
+diffusers loads a custom scheduler from ``scheduler/<library>.py`` and, for a Hub repo id, refuses
+the repo without that file (contract notes §3.4), and both copies must be the same file because
+both are loaded as the one module ``diffusers_modules.local.scratch_diffusion``.
+
+A pipeline loaded *from* that file (stories B/C) re-saves by copying the file it runs from, so
+save → load → save → load works with or without the package installed.
+"""
+
+
+import os
+import re
+from pathlib import Path
+
+# Stem of the shipped file, and the library name written into model_index.json for our classes.
+BUNDLE_MODULE = "scratch_diffusion"
+BUNDLE_FILE = BUNDLE_MODULE + ".py"
+# The installed packages whose code the shipped file contains.
+BUNDLED_PACKAGES = ("scratch_schedulers", "scratch_diffusion")
+# The folder of the generated file, next to this module in the installed package (package data).
+SHIPPED_DIR = "shipped-code"  # not an identifier: package data, never an importable package
+
+
+def running_from_bundle() -> bool:
+    """True when this code runs from a shipped ``scratch_diffusion.py`` (diffusers remote code)."""
+    return not __name__.startswith("scratch_diffusion.")
+
+
+def is_shipped_class(cls: type) -> bool:
+    """Whether ``cls`` is a scratch-diffusion class: installed, or loaded from a shipped file."""
+    module = cls.__module__
+    if module.split(".")[0] in BUNDLED_PACKAGES:
+        return True
+    return module.startswith("diffusers_modules.") and module.split(".")[-1] == BUNDLE_MODULE
+
+
+# --------------------------------------------------------------------------------------------
+# model_index.json, written and read
+# --------------------------------------------------------------------------------------------
+
+
+def shipped_model_index(index: dict, pipeline_cls: type, components: dict[str, object]) -> dict:
+    """The model_index.json to write: our classes point at the shipped file.
+
+    Args:
+        index: the dict diffusers would write (``_class_name`` is the bare class name and each
+            component is ``[library, class]``, where a class of ours has a module path as library).
+        pipeline_cls: the pipeline's class.
+        components: the pipeline's components by name (``unet``, ``scheduler``).
+
+    Returns:
+        A new dict with ``_class_name = ["scratch_diffusion", <class>]`` when the pipeline class is
+        ours, ``["scratch_diffusion", <class>]`` for every component of ours, and without
+        ``_name_or_path`` (a local path that means nothing to whoever loads the folder) or the
+        entries of absent optional components (``"vae": [null, null]``).
+    """
+    index = dict(index)
+    index.pop("_name_or_path", None)
+    for name in getattr(pipeline_cls, "_optional_components", []):
+        if components.get(name) is None:
+            index.pop(name, None)
+    if is_shipped_class(pipeline_cls):
+        index["_class_name"] = [BUNDLE_MODULE, pipeline_cls.__name__]
+    for name, component in components.items():
+        if component is not None and is_shipped_class(type(component)):
+            index[name] = [BUNDLE_MODULE, type(component).__name__]
+    return index
+
+
+def installed_model_index(index: dict) -> dict:
+    """model_index.json as the installed package reads it: ``_class_name`` as a plain class name.
+
+    The list form only tells ``DiffusionPipeline.from_pretrained`` which shipped file holds the
+    pipeline class; ``ScratchDiffusionPipeline.from_pretrained`` *is* that class, and reading the
+    list would make diffusers load the shipped copy instead (and demand ``trust_remote_code``).
+    """
+    class_name = index.get("_class_name")
+    if isinstance(class_name, (list, tuple)) and len(class_name) == 2 and class_name[0] == BUNDLE_MODULE:
+        index = {**index, "_class_name": class_name[1]}
+    return index
+
+
+def shipped_file() -> Path:
+    """The ``scratch_diffusion.py`` that saving ships: the package's generated file, or this very file.
+
+    Inside the shipped file (diffusers remote code) that is the file itself, so a pipeline loaded
+    from it re-saves the code it runs.
+    """
+    here = Path(__file__)
+    return here if running_from_bundle() else here.parent / SHIPPED_DIR / BUNDLE_FILE
+
+
+def write_shipped_code(save_directory: str | os.PathLike, pipeline_cls: type, components: dict) -> None:
+    """Copy ``scratch_diffusion.py`` to the root and into the folder of every component of ours.
+
+    A ``scratch_diffusion.py`` left in a component folder by an earlier save is removed when that
+    component is no longer ours (e.g. after swapping in a diffusers scheduler).
+
+    Raises:
+        FileNotFoundError: if the generated file is missing (run the build step).
+        ValueError: if a component of ours is a class the file does not define.
+    """
+    root = Path(save_directory)
+    root.mkdir(parents=True, exist_ok=True)
+    ours = [type(c) for c in components.values() if c is not None and is_shipped_class(type(c))]
+    if not ours and not is_shipped_class(pipeline_cls):
+        source = None
+    else:
+        path = shipped_file()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing; generate it with `python -m scratch_diffusion.pipelines.build_shipped`."
+            )
+        source = path.read_bytes()
+        defined = set(re.findall(rb"^class (\w+)", source, flags=re.MULTILINE))
+        missing = sorted({cls.__name__ for cls in ours} - {name.decode() for name in defined})
+        if missing:  # the folder would name classes that neither story A nor B could load
+            raise ValueError(
+                f"{missing} are scratch-diffusion classes the shipped {BUNDLE_FILE} does not contain; import "
+                "them in a module the pipeline imports (saved_format.py) and rerun "
+                "`python -m scratch_diffusion.pipelines.build_shipped`."
+            )
+    if is_shipped_class(pipeline_cls):
+        (root / BUNDLE_FILE).write_bytes(source)
+    for name, component in components.items():
+        target = root / name / BUNDLE_FILE
+        if component is not None and is_shipped_class(type(component)):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source)
+        elif target.is_file():
+            target.unlink()
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.saved_format
+# ============================================================================================
+
+"""Checks of a saved pipeline folder before diffusers reads it: every corrupt file is named.
+
+diffusers' own errors for a truncated ``.safetensors`` file or a half-written JSON config point
+into its internals; :func:`check_saved_folder` raises :class:`SavedPipelineError` naming the file
+instead, refuses pickle-only model weights, and warns about config keys this version does not know.
+The model folders checked are those of the component table (``components.py``) that the index lists:
+``unet/`` and, for a latent pipeline, ``vae/``.
+"""
+
+
+import inspect
+import json
+import os
+import warnings
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class SavedPipelineError(OSError):
+    """A file of a saved pipeline folder is corrupt, truncated or of a refused kind; the message names it."""
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON object from ``path``, or a :class:`SavedPipelineError` naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SavedPipelineError(
+            f"{path} is not valid JSON ({err}); the file is corrupt or truncated. Re-save or re-download the pipeline."
+        ) from None
+    if not isinstance(data, dict):
+        raise SavedPipelineError(f"{path} holds a JSON {type(data).__name__}, not an object; it is not a config file.")
+    return data
+
+
+def _check_safetensors(path: str | os.PathLike) -> None:
+    """The header of a safetensors file parses and the file is exactly as long as the header says."""
+    size = os.path.getsize(path)
+    problem = None
+    with open(path, "rb") as f:
+        head = f.read(8)
+        header_length = int.from_bytes(head, "little") if len(head) == 8 else None
+        if header_length is None or header_length > size - 8:
+            problem = f"{size} bytes, shorter than its header"
+        else:
+            try:
+                header = json.loads(f.read(header_length))
+                end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+                problem = f"unreadable header ({type(err).__name__})"
+            else:
+                if size != 8 + header_length + end:
+                    problem = f"{size} bytes where its header says {8 + header_length + end}"
+    if problem is not None:
+        raise SavedPipelineError(
+            f"{path} is truncated or not a safetensors file ({problem}); re-save or re-download the pipeline."
+        )
+
+
+def _warn_unknown_keys(path: str | os.PathLike, config: dict, known: set[str]) -> None:
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
+    if unknown:
+        import diffusers
+
+        warnings.warn(
+            f"{path}: keys {unknown} are not known to this version and are ignored; the file was probably written by "
+            f"a newer version (its _diffusers_version is {config.get('_diffusers_version')!r}, installed "
+            f"{diffusers.__version__}). Upgrade scratch-diffusion/diffusers if the pipeline misbehaves.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _init_keys(cls: type) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
+
+
+def check_saved_folder(folder: str | os.PathLike, pipeline_cls: type | None = None) -> None:
+    """Check a saved pipeline folder before diffusers reads it; raise :class:`SavedPipelineError` naming the file.
+
+    ``model_index.json``, ``scheduler/scheduler_config.json`` and the ``config.json`` of every model
+    component of the table that the index lists (``unet/``; a latent pipeline's ``vae/``) must be JSON
+    objects; each such folder must exist, and every ``*.safetensors`` file in it must be complete (header and
+    length); a model with only pickle-based weights (``.bin``, ``.pt``, ``.ckpt``) is refused. Keys
+    unknown to the installed classes (a folder from a newer version) are reported with a
+    ``UserWarning``. Any other missing file is left to diffusers' own error.
+    """
+    root = os.fspath(folder)
+    index_path = os.path.join(root, "model_index.json")
+    if not os.path.isfile(index_path):
+        return
+    index = read_json_object(index_path)
+    if pipeline_cls is not None:
+        _warn_unknown_keys(index_path, index, _init_keys(pipeline_cls))
+    scheduler_entry = index.get("scheduler")
+    scheduler_config = os.path.join(root, "scheduler", "scheduler_config.json")
+    if scheduler_entry is not None and os.path.isfile(scheduler_config):
+        config = read_json_object(scheduler_config)
+        scheduler_cls = SHIPPED_SCHEDULERS.get(scheduler_entry[1]) if isinstance(scheduler_entry, list) else None
+        if scheduler_cls is not None and scheduler_entry[0] == BUNDLE_MODULE:
+            _warn_unknown_keys(scheduler_config, config, _init_keys(scheduler_cls))
+    for name, model_cls in model_components().items():
+        entry = index.get(name)
+        if isinstance(entry, list) and entry and entry[0] is not None:  # absent, or diffusers' [null, null]
+            _check_model_folder(root, name, entry, model_cls)
+
+
+def _check_model_folder(root: str, name: str, entry: object, model_cls: type) -> None:
+    """``<root>/<name>/``: present with a JSON ``config.json``, complete safetensors weights, not pickle-only."""
+    model_dir = os.path.join(root, name)
+    if not os.path.isdir(model_dir):
+        raise SavedPipelineError(
+            f"model_index.json in {root} lists {name} {entry} but the folder {model_dir} is missing; "
+            "the pipeline was saved or downloaded incompletely. Re-save or re-download it."
+        )
+    config_path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise SavedPipelineError(
+            f"{model_dir} has no config.json, so {name} {entry} cannot be built; re-save or re-download the pipeline."
+        )
+    config = read_json_object(config_path)
+    if entry == ["diffusers", model_cls.__name__]:
+        _warn_unknown_keys(config_path, config, _init_keys(model_cls))
+    names = sorted(os.listdir(model_dir))
+    weights = [n for n in names if n.endswith(".safetensors")]
+    for weight in weights:
+        _check_safetensors(os.path.join(model_dir, weight))
+    pickled = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+    if not weights and pickled:
+        raise SavedPipelineError(
+            f"{model_dir} holds only pickle-based weights {pickled}; scratch-diffusion loads weights only from "
+            "safetensors files, because unpickling can run code. Convert them with a trusted tool and save "
+            "with safe_serialization=True."
+        )
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.loading
+# ============================================================================================
+
+"""Loading a saved pipeline: a local folder or a Hub repo id, with installed code wherever possible."""
+
+
+import importlib
+import os
+from pathlib import Path
+
+from diffusers import DiffusionPipeline
+
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Whether ``name`` is meant as a local path rather than a Hub repo id.
+
+    Hub ids are ``'name'`` or ``'owner/name'``; anything absolute, starting with ``'.'`` or
+    ``'~'``, or with more than one ``'/'`` is meant as a local path.
+    """
+    return os.path.isabs(name) or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def installed_folder(pipeline_cls: type, name: str, kwargs: dict) -> str:
+    """The local folder ``pipeline_cls.from_pretrained(name, **kwargs)`` loads with installed classes.
+
+    Downloads a Hub repo id (diffusers' ``download``, which validates the repo and fetches every
+    component folder, a ``vae/`` included), checks the folder (:func:`check_saved_folder`), and puts
+    the installed class of ours into ``kwargs[<component>]`` for every component the folder names as one
+    (``components.py``: today the scheduler's).
+    """
+    if not os.path.isdir(name) and looks_like_local_path(name):
+        raise FileNotFoundError(
+            f"{name!r}: no such folder; pass a saved pipeline folder or a Hub repo id ('name' or 'owner/name')."
+        )
+    folder = name if os.path.isdir(name) else pipeline_cls.download(name, **kwargs)
+    check_saved_folder(folder, pipeline_cls)
+    index = pipeline_cls.load_config(folder)
+    for component in COMPONENTS.values():
+        entry = index.get(component.name)
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[0] != BUNDLE_MODULE:
+            continue
+        class_name = entry[1]
+        if class_name not in component.ours:
+            raise ValueError(
+                f"{name}: {component.name} class {class_name!r} is not part of this scratch-diffusion version; "
+                f"known: {sorted(component.ours)}. Upgrade the package or load with "
+                "DiffusionPipeline.from_pretrained(..., trust_remote_code=True)."
+            )
+        kwargs[component.name] = component.ours[class_name].from_pretrained(folder, subfolder=component.name)
+    return folder
+
+
+def load_pipeline(path: str | os.PathLike, trust_remote_code: bool = False) -> DiffusionPipeline:
+    """A saved pipeline folder, loaded with installed code where its ``model_index.json`` allows.
+
+    A custom pipeline names its class as ``[module, class]`` (ours: ``["scratch_diffusion",
+    "ScratchDiffusionPipeline"]``); if that module is installed, its class loads the folder and no
+    shipped code runs. Otherwise ``DiffusionPipeline.from_pretrained`` loads it (stock diffusers
+    pipelines; shipped custom code only with ``trust_remote_code=True``). Weights load only from
+    safetensors files; the folder is checked first (:func:`check_saved_folder`), so a corrupt or
+    truncated file is named whichever class loads it. A ``vae/`` (latent pipelines) loads with the rest.
+    """
+    # Importing this module imported its parent package scratch_diffusion, the module diffusers
+    # resolves our plugin components from (it looks only in imported modules).
+    check_saved_folder(path)
+    class_name = read_json_object(Path(path) / "model_index.json").get("_class_name")
+    if isinstance(class_name, list) and len(class_name) == 2:
+        try:
+            pipeline_class = getattr(importlib.import_module(class_name[0]), class_name[1])
+        except (ImportError, AttributeError):
+            pipeline_class = None
+        if isinstance(pipeline_class, type) and issubclass(pipeline_class, DiffusionPipeline):
+            return pipeline_class.from_pretrained(str(path))
+        return DiffusionPipeline.from_pretrained(str(path), trust_remote_code=trust_remote_code, use_safetensors=True)
+    return DiffusionPipeline.from_pretrained(str(path), use_safetensors=True)
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.parametrization
+# ============================================================================================
+
+"""What a pipeline's UNet was trained to predict, and whether its scheduler can sample it.
+
+A parametrisation is a (noise path, prediction type) pair: ``vp`` with ``epsilon``, ``sample``
+or ``v_prediction`` (Ho et al., 2020; Salimans & Ho, 2022), or ``flow`` with ``flow_velocity``
+(Lipman et al., 2023). The pipeline records its UNet's, with the training ``noise_schedule``; a
+scheduler of another parametrisation samples it through the exact change of variables
+(``cross_path.py``), which needs that schedule.
+"""
+
+
+from collections.abc import Mapping
+
+
+
+def resolve_parametrization(scheduler: object, prediction_type: str | None, noise_path: str | None) -> Parametrization:
+    """The parametrisation a UNet was trained with: given explicitly, or that of its scheduler.
+
+    ``prediction_type`` alone fixes the path (``flow_velocity`` ⇒ ``flow``, otherwise ``vp``);
+    ``noise_path="flow"`` alone fixes ``flow_velocity``; ``noise_path="vp"`` alone takes the
+    scheduler's prediction type, which must then be a VP one.
+    """
+    if noise_path is not None and noise_path not in PREDICTION_TYPES_BY_PATH:
+        raise ValueError(f"noise_path={noise_path!r} is not supported; choose one of {list(PREDICTION_TYPES_BY_PATH)}.")
+    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"prediction_type={prediction_type!r} is not supported; choose one of {list(PREDICTION_TYPES)}."
+        )
+    if prediction_type is None:
+        if noise_path == "flow":
+            prediction_type = "flow_velocity"
+        else:
+            of_scheduler = parametrization_of(scheduler)
+            if noise_path is not None and of_scheduler.path != noise_path:
+                raise ValueError(
+                    f"noise_path={noise_path!r} but the scheduler samples the {of_scheduler.path!r} path; "
+                    f"pass prediction_type too (one of {list(PREDICTION_TYPES_BY_PATH[noise_path])})."
+                )
+            prediction_type = of_scheduler.prediction_type
+    if noise_path is None:
+        noise_path = "flow" if prediction_type == "flow_velocity" else "vp"
+    if prediction_type not in PREDICTION_TYPES_BY_PATH[noise_path]:
+        raise ValueError(
+            f"prediction_type={prediction_type!r} does not exist on the {noise_path!r} noise path; "
+            f"choose one of {list(PREDICTION_TYPES_BY_PATH[noise_path])}."
+        )
+    return Parametrization(noise_path, prediction_type)
+
+
+def check_scheduler_parametrization(
+    scheduler: object, trained: Parametrization, noise_schedule: Mapping | None
+) -> Parametrization:
+    """The parametrisation ``scheduler`` samples with; ``ValueError`` if it cannot sample the ``trained`` model.
+
+    The same parametrisation samples natively; any other one that ``noise_path.parametrization_of`` can
+    describe goes through the change of variables, which needs the model's ``noise_schedule``.
+    """
+    sampled = parametrization_of(scheduler)
+    if sampled != trained and noise_schedule is None:
+        raise ValueError(
+            f"{type(scheduler).__name__} samples the {sampled.path!r} path with "
+            f"prediction_type={sampled.prediction_type!r}, but the UNet was trained on the {trained.path!r} "
+            f"path to predict {trained.prediction_type!r}, and this pipeline does not record the training "
+            "noise_schedule the conversion needs. Pass noise_schedule=... (the training scheduler's "
+            "num_train_timesteps and β keys) or use a scheduler configured for "
+            f"(noise_path={trained.path!r}, prediction_type={trained.prediction_type!r})."
+        )
+    return sampled
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.postprocess
+# ============================================================================================
+
+"""From the sampler's last sample to what ``ScratchDiffusionPipeline.__call__`` returns.
+
+In pixel space the sample is the image in [−1, 1]; in a latent pipeline it is the VAE's scaled latent
+z and the image is ``decode_latents(vae, z)`` (``latents.py``). ``output_type="latent"`` returns the
+sample itself, in both cases, before any decoding or clamping.
+"""
+
+
+import torch
+from diffusers import DiffusionPipeline
+
+
+
+def samples_to_images(samples: torch.Tensor, output_type: str, vae=None):
+    """The final ``samples`` as ``output_type``: ``latent`` (unchanged), ``pt`` (B, C, H, W) in [0, 1],
+    ``np`` (B, H, W, C) float32 in [0, 1], or ``pil`` (a list of PIL images); decoded by ``vae`` when given."""
+    if output_type == "latent":
+        return samples
+    decoded = samples if vae is None else decode_latents(vae, samples)
+    images = (decoded / 2 + 0.5).clamp(0, 1)
+    if output_type == "pt":
+        return images
+    images = images.cpu().permute(0, 2, 3, 1).float().numpy()
+    warn_if_not_finite(images)  # on the host already: free to check (pil would hide NaN as black)
+    return DiffusionPipeline.numpy_to_pil(images) if output_type == "pil" else images
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.pipeline_scratch_diffusion
+# ============================================================================================
+
+"""ScratchDiffusionPipeline: unconditional or class-conditional sampling from a ``UNet2DModel``.
+
+With an optional ``vae`` (a diffusers ``AutoencoderKL``) it is a latent diffusion pipeline (Rombach et
+al., 2022): the loop runs on the VAE's scaled latents and the last sample is decoded (``latents.py``).
+
+As thin as diffusers' ``DDPMPipeline`` — set up the noise, loop, postprocess — but it works with
+any scheduler that speaks diffusers' API: it scales the initial noise by ``init_noise_sigma``,
+calls ``scale_model_input`` every step, passes ``eta``/``generator`` only where ``step`` accepts
+them, and iterates ``scheduler.timesteps`` as given (second-order schedulers such as Heun repeat
+timesteps, one model evaluation per entry). The UNet is called through one denoiser
+(``denoiser.py``) that every use shares — sampling, inversion, the likelihood code — with
+classifier-free guidance (Ho & Salimans, 2022) as its guidance rule (``guidance.py``):
+ŷ = ŷ_∅ + w·(ŷ_c − ŷ_∅), with the null class ∅ = ``num_class_embeds − 1``.
+
+The pipeline records what its UNet was trained to predict (``prediction_type``) on which noise
+path (``noise_path``) with which training schedule (``noise_schedule``) in ``model_index.json``.
+A scheduler of another path or parametrisation samples it through the exact change of variables
+(``cross_path.py``); :meth:`ScratchDiffusionPipeline.invert` runs the deterministic sampler
+backwards (``inversion.py``). Arguments are checked in ``inputs.py``, saved folders in
+``saved_format.py``, outputs made in ``postprocess.py``; the saved format is described in ``remote_code.py``.
+"""
+
+
+import inspect
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+
+
+
+
+@declares_components
+class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
+    r"""Sample images from a ``UNet2DModel`` with any diffusers-style scheduler.
+
+    Args:
+        unet: the denoiser; class-conditional if ``unet.config.num_class_embeds`` is set, in which
+            case the last class index is the null class used for classifier-free guidance.
+        scheduler: ours (``ScratchDDPMScheduler``, ``ScratchDDIMScheduler``,
+            ``ScratchFlowMatchScheduler``) or a diffusers scheduler.
+        vae: optional ``AutoencoderKL``; with it the UNet denoises its scaled latents
+            z = (E(x) − shift_factor)·scaling_factor (its ``in_channels`` must be ``latent_channels``) and
+            samples are decoded to images ``vae_scale_factor`` times larger (``latent_shape`` →
+            ``image_shape``). Saved as ``vae/``.
+        prediction_type: what the UNet was trained to predict: ``epsilon``, ``sample``,
+            ``v_prediction`` or ``flow_velocity``. Defaults to the scheduler's.
+        noise_path: the path it was trained on: ``vp`` or ``flow``. Defaults to the scheduler's.
+        noise_schedule: the training path's config keys (``num_train_timesteps``; on the VP path also
+            the β keys). Defaults to the scheduler's when it samples the trained path.
+
+    The last three are saved in ``model_index.json``. A scheduler of another path or parametrisation
+    samples the UNet through the exact change of variables (``cross_path.py``). Further optional
+    components are the rows of the component table (``components.py``), passed by keyword.
+    """
+
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components: ClassVar[list[str]] = optional_components()  # kept current by @declares_components
+    _callback_tensor_inputs: ClassVar[list[str]] = ["latents", "model_output"]
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: SchedulerMixin,
+        vae: AutoencoderKL | None = None,
+        prediction_type: str | None = None,
+        noise_path: str | None = None,
+        noise_schedule: Mapping | None = None,
+        **components,
+    ):
+        super().__init__()
+        components = {"unet": unet, "scheduler": scheduler, "vae": vae, **components}
+        unknown = sorted(set(components) - set(COMPONENTS))
+        if unknown:
+            raise TypeError(f"unknown pipeline components {unknown}; the components are {list(COMPONENTS)}.")
+        for name, component in components.items():
+            fits = COMPONENTS[name].fits
+            if component is not None and fits is not None:
+                fits(component, unet.config)
+        trained = resolve_parametrization(scheduler, prediction_type, noise_path)
+        if noise_schedule is None:
+            noise_schedule = noise_schedule_of(scheduler, trained.path)
+        else:
+            noise_schedule = dict(noise_schedule)
+            ModelPath.from_schedule(trained, noise_schedule)  # a bad schedule fails here, naming the key
+        self.register_modules(**{name: components.get(name) for name in COMPONENTS})
+        self.register_to_config(
+            prediction_type=trained.prediction_type, noise_path=trained.path, noise_schedule=noise_schedule
+        )
+
+    @property
+    def trained_parametrization(self) -> Parametrization:
+        """The (path, prediction type) the UNet was trained with, as recorded in the config."""
+        return Parametrization(self.config.noise_path, self.config.prediction_type)
+
+    # ---- saving and loading -----------------------------------------------------------------
+
+    def save_config(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
+        """Write ``model_index.json`` and the shipped code it names (see ``remote_code.py``).
+
+        ``save_pretrained`` calls this after saving the components and before any upload.
+        """
+        write_shipped_code(save_directory, type(self), self.components)
+        super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    def to_json_string(self) -> str:
+        """``model_index.json`` as saved: ``_class_name`` and our components point at the shipped file."""
+        index = shipped_model_index(json.loads(super().to_json_string()), type(self), self.components)
+        return json.dumps(index, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict:
+        # diffusers reads model_index.json through this hook both in `download` and in `load_config`.
+        return installed_model_index(super()._dict_from_json_file(json_file))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> ScratchDiffusionPipeline:
+        """Load a saved pipeline from a folder or Hub repo id with the installed classes.
+
+        No remote code is loaded or run: a scheduler saved as ``["scratch_diffusion", <class>]`` is
+        built from the installed class of that name; everything else (download and its validation,
+        the UNet and the optional VAE, dtype and device options) is diffusers' ``DiffusionPipeline.from_pretrained``.
+        Weights load only from safetensors files (``use_safetensors=True`` unless given), and the
+        folder is checked first (:func:`check_saved_folder`): a corrupt or truncated file raises
+        :class:`SavedPipelineError` naming it; keys this version does not know are warned about.
+        """
+        if running_from_bundle() or "scheduler" in kwargs:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        kwargs.setdefault("use_safetensors", True)  # weights are never unpickled (.bin files are refused)
+        name = str(pretrained_model_name_or_path)
+        folder = installed_folder(cls, name, kwargs)  # also sets kwargs["scheduler"] to an installed class of ours
+        pipeline = super().from_pretrained(folder, **kwargs)
+        pipeline.register_to_config(_name_or_path=name)
+        return pipeline
+
+    # ---- input checks -----------------------------------------------------------------------
+
+    @property
+    def num_timesteps(self) -> int:
+        """Number of model evaluations of the last call (read by diffusers' ``PipelineCallback``)."""
+        return getattr(self, "_num_timesteps", 0)
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of real classes of a class-conditional UNet (the null class excluded), else None."""
+        num_class_embeds = self.unet.config.num_class_embeds
+        return None if num_class_embeds is None else num_class_embeds - 1
+
+    def check_parametrization(self) -> Parametrization:
+        """The scheduler's parametrisation; ``ValueError`` if it cannot sample the UNet (``parametrization.py``)."""
+        return check_scheduler_parametrization(self.scheduler, self.trained_parametrization, self.config.noise_schedule)
+
+    def guidance(self, guidance_scale: float) -> ClassifierFreeGuidance | None:
+        """The guidance rule of a call: classifier-free guidance of weight ``guidance_scale``, None for w = 1."""
+        return guidance_from_scale(guidance_scale, self.num_classes)
+
+    def set_timesteps(self, num_inference_steps: int, device: torch.device, sampled: Parametrization) -> list:
+        """Set the scheduler's timesteps for a run on ``device``; return their sampler points (a, b).
+
+        The points are read on a host grid, so nothing is ever read back from the device; on an accelerator
+        the grid is then set again there, for the loop (on the CPU the host grid is the loop's).
+        """
+        self.scheduler.set_timesteps(num_inference_steps)
+        levels = sampler_levels(self.scheduler, sampled.path)
+        if device.type != "cpu":
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        return levels
+
+    def denoiser(
+        self,
+        sampled: Parametrization,
+        targets: Sequence[str] | None,
+        labels: torch.Tensor | None,
+        guidance: ClassifierFreeGuidance | None,
+        device: torch.device,
+        levels: Sequence[tuple[float, float]] | None = None,
+    ) -> Denoiser:
+        """The UNet as D(x, i) at the scheduler's current timesteps (or ``levels``), answering ``targets``.
+
+        ``sampled`` is the scheduler's parametrisation (:meth:`check_parametrization`, resolved once per call);
+        ``targets`` None asks for it, natively where it is the UNet's own (``cross_path.scheduler_model_calls``).
+        """
+        plan = scheduler_model_calls(
+            self.scheduler, sampled, self.trained_parametrization, self.config.noise_schedule, targets, device, levels
+        )
+        conditions = {} if labels is None else {"class_labels": labels}
+        return Denoiser(UNetModel(self.unet), plan, conditions, guidance, dtype=self.unet.dtype)
+
+    def check_inputs(
+        self,
+        batch_size: int,
+        num_inference_steps: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        class_labels: int | Sequence[int] | torch.Tensor | None,
+        guidance_scale: float,
+        output_type: str,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+        eta: float = 0.0,
+    ) -> tuple[Parametrization, ClassifierFreeGuidance | None]:
+        """Validate the arguments of ``__call__`` (``inputs.py``); every error names the value and what is allowed.
+
+        Returns the scheduler's parametrisation and the call's guidance rule, each resolved once here.
+        """
+        check_call_arguments(batch_size, num_inference_steps, generator, eta, guidance_scale, output_type)
+        guidance = self.guidance(guidance_scale)
+        check_conditioning(class_labels, guidance, self.num_classes)
+        check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
+        sampled = self.check_parametrization()
+        if self.vae is not None:
+            warn_if_scheduler_clips(self.scheduler)
+        self.check_memory(batch_size * (1 if guidance is None else guidance.memory_factor))
+        return sampled, guidance
+
+    def check_memory(self, batch_size: int) -> None:
+        """Refuse a batch whose sampling buffers alone exceed the free memory (``inputs.check_sampling_memory``)."""
+        check_sampling_memory(self.unet, batch_size, self._execution_device)
+
+    def prepare_class_labels(
+        self, class_labels: int | Sequence[int] | torch.Tensor | None, batch_size: int, device: torch.device
+    ) -> torch.Tensor | None:
+        """Class labels as a LongTensor of shape (batch_size,) on ``device``; None for an unconditional UNet.
+
+        ``None`` on a class-conditional UNet samples every image with the null class.
+        """
+        if self.num_classes is None:
+            return None
+        return class_label_tensor(class_labels, batch_size, self.num_classes, device)
+
+    def step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None, eta: float) -> dict:
+        """``eta`` and ``generator`` for ``scheduler.step``, each only if ``step`` accepts it."""
+        accepted = inspect.signature(self.scheduler.step).parameters
+        kwargs = {"eta": eta, "generator": generator}
+        return {name: value for name, value in kwargs.items() if name in accepted}
+
+    # ---- sampling ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        eta: float = 0.0,
+        class_labels: int | Sequence[int] | torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        latents: torch.Tensor | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        r"""Generate images.
+
+        Args:
+            batch_size: number of images.
+            num_inference_steps: number of sampling steps n; a second-order scheduler (Heun)
+                evaluates the UNet 2n − 1 times, and the progress bar counts evaluations.
+            generator: a ``torch.Generator``, or a list with one per image, for reproducible noise.
+            eta: DDIM's η (0 = deterministic); passed only to schedulers whose ``step`` takes it.
+            class_labels: for a class-conditional UNet, one class index for all images or one per
+                image, in [0, num_classes − 1]. ``None`` samples with the null class.
+            guidance_scale: classifier-free guidance weight w; 1 disables guidance and skips the
+                unconditional half of the batch.
+            output_type: ``"pil"`` (list of PIL images), ``"np"`` (float array, shape
+                (batch_size, H, W, C), values in [0, 1]), ``"pt"`` (tensor, shape
+                (batch_size, C, H, W), values in [0, 1]) or ``"latent"``: the last sample as it
+                leaves the loop, not decoded nor clamped — with a VAE its scaled latents
+                (``decode_latents(pipe.vae, z)`` decodes them), without one the image in [−1, 1].
+            return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
+            callback_on_step_end: called as ``fn(pipeline, i, t, tensors)`` after each step, with
+                ``tensors`` holding the names in ``callback_on_step_end_tensor_inputs``; a
+                ``latents`` entry in its returned dict replaces the current sample.
+            callback_on_step_end_tensor_inputs: names passed to the callback, from
+                ``["latents", "model_output"]``.
+            latents: the initial noise instead of drawing it, a float tensor of shape
+                (batch_size, *latent_shape) (e.g. from :meth:`invert`); scaled by ``init_noise_sigma``
+                as drawn noise is, and cast to the UNet's device and dtype.
+
+        Returns:
+            ``ImagePipelineOutput(images=...)``, or ``(images,)`` if ``return_dict`` is False.
+
+        Raises:
+            ValueError: for an argument out of its allowed set, or a scheduler that cannot sample the
+                UNet (``cross_path.py``) — always before any model evaluation.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        sampled, guidance = self.check_inputs(
+            batch_size,
+            num_inference_steps,
+            generator,
+            class_labels,
+            guidance_scale,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            eta,
+        )
+        device = self._execution_device
+        labels = self.prepare_class_labels(class_labels, batch_size, device)
+
+        shape = sample_shape(self.unet, batch_size)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        else:
+            check_latents(latents, shape)
+            latents = latents.to(device=device, dtype=self.unet.dtype)
+        levels = self.set_timesteps(num_inference_steps, device, sampled)
+        denoiser = self.denoiser(sampled, None, labels, guidance, device, levels)
+        latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)
+        self._num_timesteps = len(self.scheduler.timesteps)
+        step_kwargs = self.step_kwargs(generator, eta)
+        scale_model_input = getattr(self.scheduler, "scale_model_input", lambda sample, timestep: sample)
+
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_output = denoiser(scale_model_input(latents, t), i)[0]
+            latents = self.scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
+            if callback_on_step_end is not None:
+                tensors = {"latents": latents, "model_output": model_output}
+                requested = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
+                returned = callback_on_step_end(self, i, t, requested) or {}
+                latents = returned.get("latents", latents)
+
+        images = samples_to_images(latents, output_type, self.vae)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    # ---- inversion ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def invert(
+        self,
+        images: ImageInput,
+        num_inference_steps: int = 50,
+        class_labels: int | Sequence[int] | torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+    ) -> torch.Tensor:
+        r"""The noise that the deterministic sampler maps back to ``images`` (DDIM inversion; ``inversion.py``).
+
+        ``pipe(latents=pipe.invert(x, num_inference_steps=n), num_inference_steps=n)`` reconstructs ``x``
+        with the pipeline's (deterministic) scheduler and the same labels and guidance, up to an error
+        that falls as n grows.
+
+        Args:
+            images: as the pipeline outputs them: a (B, C, H, W) tensor in [0, 1] (``"pt"``), a
+                (B, H, W, C) array in [0, 1] (``"np"``), or PIL images (``"pil"``). With a VAE they
+                are encoded first (the posterior mean, ``latents.encode_to_latents``).
+            num_inference_steps: the sampler's steps n; n model evaluations (one per grid interval).
+            class_labels, guidance_scale: as in ``__call__``.
+
+        Returns:
+            float32 latents of shape (B, *latent_shape) on the execution device.
+
+        Raises:
+            ValueError: for bad images or arguments, or a scheduler with ``init_noise_sigma`` ≠ 1 — before
+                any model evaluation.
+        """
+        return invert_images(self, images, num_inference_steps, class_labels, guidance_scale)
