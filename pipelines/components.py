@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from diffusers import AutoencoderKL, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from scratch_diffusion.guidance.models import check_classifier_fits_unet, check_guide_fits_unet
+from scratch_diffusion.guidance.noisy_classifier import NoisyClassifier
 from scratch_schedulers import (
     ScratchDDIMScheduler,
     ScratchDDPMScheduler,
@@ -147,3 +149,11 @@ register_component(
     )
 )
 register_component(Component("vae", AutoencoderKL, fits=check_vae_fits_unet, pixel_space=False))
+# Autoguidance's guide (Karras et al., 2024): a smaller or shorter-trained UNet of the same path and space.
+register_component(Component("guide_unet", UNet2DModel, fits=check_guide_fits_unet))
+# Classifier guidance's noise-aware classifier p_φ(y | x_t) (training/train_classifier.py trains one).
+register_component(
+    Component(
+        "classifier", NoisyClassifier, ours={"NoisyClassifier": NoisyClassifier}, fits=check_classifier_fits_unet
+    )
+)

@@ -9,8 +9,10 @@ points of each call, ``plan.calls[i].sampler`` and ``.model`` (a, b, λ), and fo
 ``("sample", "epsilon")`` returns x̂0 and ε̂ at the sampler's point, as inversion asks.
 
 One evaluation: the sample at the model's point of equal SNR (``scale_input``), cast to the model's
-dtype (and device, where one is given), the guidance rule around the model call
-(:mod:`.guidance`), the output back in the sample's dtype, read out as every target of the plan.
+dtype (and device, where one is given), the bound guidance rules around the model call at the model's
+point (:mod:`scratch_diffusion.guidance`, bound by :mod:`.guidance`), the output back in the sample's
+dtype, read out as every target of the plan. Every model call is counted (:attr:`Denoiser.counter`):
+a guided step that evaluates two halves in one batch counts two evaluations.
 
 :class:`UNetModel` is the one place the pipeline's UNet is called: the call ``unet(x, t, **conditions)``
 with its per-sample ``conditions`` (``class_labels`` today; a control residual or a second time input
@@ -23,8 +25,10 @@ from collections.abc import Mapping
 
 import torch
 
+from scratch_diffusion.guidance.compose import GuidedEvaluation
+from scratch_diffusion.guidance.setup import EvaluationCounter
+
 from .cross_path import ModelCalls
-from .guidance import ClassifierFreeGuidance
 
 
 class UNetModel:
@@ -44,8 +48,9 @@ class Denoiser:
         model: the model callable (:class:`UNetModel`).
         plan: the run's model calls (:func:`~.cross_path.scheduler_model_calls`).
         conditions: per-sample model inputs (``class_labels``), for the sample batch.
-        guidance: a guidance rule (:class:`~.guidance.ClassifierFreeGuidance`), or None.
+        guidance: the run's bound guidance rules (:func:`~.guidance.bind_call_guidance`), or None.
         dtype: the model's dtype; device: where the model runs (None: where the sample is).
+        counter: counts the evaluations of every model (one of the sample batch's size is made if None).
     """
 
     def __init__(
@@ -53,14 +58,15 @@ class Denoiser:
         model: UNetModel,
         plan: ModelCalls,
         conditions: Mapping[str, torch.Tensor] | None = None,
-        guidance: ClassifierFreeGuidance | None = None,
+        guidance: GuidedEvaluation | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | None = None,
+        counter: EvaluationCounter | None = None,
     ):
         self.model, self.plan, self.guidance, self.dtype, self.device = model, plan, guidance, dtype, device
-        conditions = dict(conditions or {})
-        # expanded once per run, not per step
-        self.conditions = conditions if guidance is None else guidance.expand_conditions(conditions)
+        self.conditions = dict(conditions or {})
+        self.counter = counter if counter is not None else EvaluationCounter(1)
+        self.model_function = self.counter.counted("unet", lambda x, t, conditions: model(x, t, **conditions))
 
     @property
     def memory_factor(self) -> int:
@@ -71,14 +77,16 @@ class Denoiser:
         """Every target of the plan at sampler point i for the sample ``x`` there (no value is read back)."""
         call = self.plan.calls[i]
         x_model = call.scale_input(x)
-        return call.read(self.evaluate(x_model, self.plan.timesteps[i]), x_model)
+        return call.read(self.evaluate(x_model, self.plan.timesteps[i], call.model), x_model)
 
-    def evaluate(self, x_model: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        """The (guided) model output at ``x_model`` and the model's ``timestep``, in ``x_model``'s dtype and device."""
+    def evaluate(self, x_model: torch.Tensor, timestep: torch.Tensor, point=None) -> torch.Tensor:
+        """The (guided) model output at ``x_model`` and the model's ``timestep`` (at its path ``point``).
+
+        In ``x_model``'s dtype and device. Guidance needs the point (a, b, λ) of the call.
+        """
         model_input = x_model.to(device=self.device, dtype=self.dtype)
         if self.guidance is None:
-            output = self.model(model_input, timestep, **self.conditions)
+            output = self.model_function(model_input, timestep, self.conditions)
         else:
-            output = self.model(self.guidance.expand_input(model_input), timestep, **self.conditions)
-            output = self.guidance.combine(output)
+            output = self.guidance(self.model_function, model_input, timestep, point)
         return output.to(device=x_model.device, dtype=x_model.dtype)

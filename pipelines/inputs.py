@@ -68,22 +68,29 @@ def check_call_arguments(
 
 
 def check_conditioning(
-    class_labels: int | Sequence[int] | torch.Tensor | None, guidance: object | None, num_classes: int | None
+    class_labels: int | Sequence[int] | torch.Tensor | None,
+    rules: Sequence[object],
+    num_classes: int | None,
+    label_classes: int | None,
 ) -> None:
-    """Class labels only for a class-conditional UNet; a guidance rule that needs labels only towards given ones.
+    """Class labels only where something takes them; every rule that guides towards labels gets them.
 
-    ``guidance`` is the call's rule (``guidance.py``) or None; one whose ``needs_labels`` is False passes.
+    ``rules`` are the call's guidance rules (``guidance.call_rules``); ``label_classes`` how many classes labels
+    may name — the UNet's, or on an unconditional UNet a guiding classifier's (None: nothing takes labels).
     """
-    if num_classes is None and class_labels is not None:
+    if label_classes is None and class_labels is not None:
         raise ValueError(
             f"class_labels={class_labels!r} given, but the UNet is unconditional "
-            "(unet.config.num_class_embeds is None); allowed: class_labels=None."
+            "(unet.config.num_class_embeds is None) and no classifier guides it; allowed: class_labels=None "
+            "(or guidance=ClassifierGuidance(...) with a classifier)."
         )
-    if guidance is not None and guidance.needs_labels and class_labels is None:
-        reason = "the UNet is unconditional" if num_classes is None else "no class_labels were given"
-        raise ValueError(
-            f"{guidance.argument} needs class labels to guide towards, but {reason}; allowed: guidance_scale=1.0."
-        )
+    for rule in rules:
+        if rule.needs_labels and class_labels is None:
+            reason = "the UNet is unconditional" if num_classes is None else "no class_labels were given"
+            allowed = "guidance_scale=1.0" if rule.argument.startswith("guidance_scale") else "class_labels"
+            raise ValueError(
+                f"{rule.argument} needs class labels to guide towards, but {reason}; allowed: {allowed}."
+            )
 
 
 def check_callback_inputs(requested: Sequence[str], allowed: Sequence[str]) -> None:

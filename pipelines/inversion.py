@@ -31,6 +31,7 @@ from scratch_schedulers.samplers import reverse_step
 
 from .cross_path import sampler_levels
 from .denoiser import Denoiser
+from .guidance import call_rules
 from .inputs import check_call_arguments, check_conditioning, sample_shape
 from .latents import decoded_shape, encode_to_latents
 
@@ -133,8 +134,8 @@ def invert_images(
     """``ScratchDiffusionPipeline.invert``: check everything, plan the model calls on a host grid, then invert."""
     batch_size = image_count(images)
     check_call_arguments(batch_size, num_inference_steps, None, 0.0, guidance_scale, "pt")
-    guidance = pipe.guidance(guidance_scale)
-    check_conditioning(class_labels, guidance, pipe.num_classes)
+    rules = call_rules(guidance_scale, None)
+    check_conditioning(class_labels, rules, pipe.num_classes, pipe.num_classes)
     check_invertible(pipe.scheduler)
     device = pipe._execution_device
     shape = sample_shape(pipe.unet, batch_size)
@@ -145,11 +146,11 @@ def invert_images(
         image_shape = (batch_size, *decoded_shape(vae, shape[1:]))
         x = images_to_samples(images, image_shape, device, needed_by="this pipeline's VAE")
         x = encode_to_latents(vae, x).to(device=device, dtype=torch.float32)
-    labels = pipe.prepare_class_labels(class_labels, batch_size, device)
+    labels, guided, counter = pipe.prepare_guidance(rules, class_labels, batch_size, device)
     pipe.scheduler.set_timesteps(num_inference_steps)  # a host grid: planning reads nothing back
     sampled = pipe.check_parametrization()
     levels = inversion_levels(pipe.scheduler, sampler_levels(pipe.scheduler, sampled.path), sampled.path)
-    denoiser = pipe.denoiser(sampled, ("sample", "epsilon"), labels, guidance, device, levels)
+    denoiser = pipe.denoiser(sampled, ("sample", "epsilon"), labels, guided, device, levels, counter)
     with pipe.progress_bar(total=len(levels) - 1) as bar:
         latents = invert_samples(x, levels, denoiser, bar.update)
     pipe.maybe_free_model_hooks()

@@ -39,11 +39,16 @@ def encode_to_latents(
     return (latents - shift) * scale
 
 
+def decode_differentiably(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents → images (N, C, H, W), nominally in [−1, 1], in the caller's grad mode (loss guidance)."""
+    scale, shift = latent_scaling(vae)
+    return vae.decode(latents.to(device=vae.device, dtype=vae.dtype) / scale + shift).sample
+
+
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents → images (N, C, H, W), nominally in [−1, 1] (not clamped)."""
-    scale, shift = latent_scaling(vae)
-    return vae.decode(latents.to(device=vae.device, dtype=vae.dtype) / scale + shift).sample
+    return decode_differentiably(vae, latents)
 
 
 def check_vae_fits_unet(vae, unet_config) -> None:

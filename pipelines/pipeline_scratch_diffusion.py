@@ -8,9 +8,11 @@ any scheduler that speaks diffusers' API: it scales the initial noise by ``init_
 calls ``scale_model_input`` every step, passes ``eta``/``generator`` only where ``step`` accepts
 them, and iterates ``scheduler.timesteps`` as given (second-order schedulers such as Heun repeat
 timesteps, one model evaluation per entry). The UNet is called through one denoiser
-(``denoiser.py``) that every use shares — sampling, inversion, the likelihood code — with
-classifier-free guidance (Ho & Salimans, 2022) as its guidance rule (``guidance.py``):
-ŷ = ŷ_∅ + w·(ŷ_c − ŷ_∅), with the null class ∅ = ``num_class_embeds − 1``.
+(``denoiser.py``) that every use shares — sampling, inversion, the likelihood code — with the call's
+guidance rules bound around it (``guidance.py``; the rules are ``scratch_diffusion.guidance``):
+``guidance_scale`` is classifier-free guidance (Ho & Salimans, 2022), ŷ = ŷ_∅ + w·(ŷ_c − ŷ_∅) with the
+null class ∅ = ``num_class_embeds − 1``; ``guidance=`` adds a guidance interval, autoguidance,
+classifier guidance (which steers an unconditional UNet) or loss guidance.
 
 The pipeline records what its UNet was trained to predict (``prediction_type``) on which noise
 path (``noise_path``) with which training schedule (``noise_schedule``) in ``model_index.json``.
@@ -23,8 +25,6 @@ backwards (``inversion.py``). Arguments are checked in ``inputs.py``, saved fold
 from __future__ import annotations
 
 import inspect
-import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
@@ -34,12 +34,14 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from scratch_diffusion.guidance.compose import Guidance, GuidanceRule, GuidedEvaluation
+from scratch_diffusion.guidance.setup import EvaluationCounter
 from scratch_schedulers import Parametrization
 
 from .components import COMPONENTS, declares_components, optional_components
 from .cross_path import ModelPath, noise_schedule_of, sampler_levels, scheduler_model_calls
 from .denoiser import Denoiser, UNetModel
-from .guidance import ClassifierFreeGuidance, guidance_from_scale
+from .guidance import bind_call_guidance, call_rules, label_classes
 from .inputs import (
     check_call_arguments,
     check_callback_inputs,
@@ -52,16 +54,15 @@ from .inputs import (
 from .inversion import ImageInput, invert_images
 from .latent_pipeline_support import LatentSpaceMixin
 from .latents import warn_if_scheduler_clips
-from .loading import installed_folder
 from .parametrization import check_scheduler_parametrization, resolve_parametrization
 from .postprocess import samples_to_images
-from .remote_code import installed_model_index, running_from_bundle, shipped_model_index, write_shipped_code
+from .saved_pipeline import SavedPipelineMixin
 
 __all__ = ["ScratchDiffusionPipeline"]
 
 
 @declares_components
-class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
+class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPipeline):
     r"""Sample images from a ``UNet2DModel`` with any diffusers-style scheduler.
 
     Args:
@@ -123,46 +124,6 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         """The (path, prediction type) the UNet was trained with, as recorded in the config."""
         return Parametrization(self.config.noise_path, self.config.prediction_type)
 
-    # ---- saving and loading -----------------------------------------------------------------
-
-    def save_config(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
-        """Write ``model_index.json`` and the shipped code it names (see ``remote_code.py``).
-
-        ``save_pretrained`` calls this after saving the components and before any upload.
-        """
-        write_shipped_code(save_directory, type(self), self.components)
-        super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
-
-    def to_json_string(self) -> str:
-        """``model_index.json`` as saved: ``_class_name`` and our components point at the shipped file."""
-        index = shipped_model_index(json.loads(super().to_json_string()), type(self), self.components)
-        return json.dumps(index, indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict:
-        # diffusers reads model_index.json through this hook both in `download` and in `load_config`.
-        return installed_model_index(super()._dict_from_json_file(json_file))
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> ScratchDiffusionPipeline:
-        """Load a saved pipeline from a folder or Hub repo id with the installed classes.
-
-        No remote code is loaded or run: a scheduler saved as ``["scratch_diffusion", <class>]`` is
-        built from the installed class of that name; everything else (download and its validation,
-        the UNet and the optional VAE, dtype and device options) is diffusers' ``DiffusionPipeline.from_pretrained``.
-        Weights load only from safetensors files (``use_safetensors=True`` unless given), and the
-        folder is checked first (:func:`check_saved_folder`): a corrupt or truncated file raises
-        :class:`SavedPipelineError` naming it; keys this version does not know are warned about.
-        """
-        if running_from_bundle() or "scheduler" in kwargs:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        kwargs.setdefault("use_safetensors", True)  # weights are never unpickled (.bin files are refused)
-        name = str(pretrained_model_name_or_path)
-        folder = installed_folder(cls, name, kwargs)  # also sets kwargs["scheduler"] to an installed class of ours
-        pipeline = super().from_pretrained(folder, **kwargs)
-        pipeline.register_to_config(_name_or_path=name)
-        return pipeline
-
     # ---- input checks -----------------------------------------------------------------------
 
     @property
@@ -180,9 +141,25 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         """The scheduler's parametrisation; ``ValueError`` if it cannot sample the UNet (``parametrization.py``)."""
         return check_scheduler_parametrization(self.scheduler, self.trained_parametrization, self.config.noise_schedule)
 
-    def guidance(self, guidance_scale: float) -> ClassifierFreeGuidance | None:
-        """The guidance rule of a call: classifier-free guidance of weight ``guidance_scale``, None for w = 1."""
-        return guidance_from_scale(guidance_scale, self.num_classes)
+    @property
+    def evaluations(self) -> dict[str, float]:
+        """Model evaluations per image of the last call, by model: ``unet`` (a classifier-free guidance step
+        counts its two halves), ``guide_unet``, ``classifier`` (forward and backward), ``unet_backward``."""
+        return dict(getattr(self, "_evaluations", {}))
+
+    def prepare_guidance(
+        self, rules: Sequence[GuidanceRule], class_labels, batch_size: int, device: torch.device
+    ) -> tuple[torch.Tensor | None, GuidedEvaluation | None, EvaluationCounter]:
+        """The UNet's class labels, the call's rules bound to the pipeline (``guidance.py``) and the run's counter.
+
+        Labels are checked against the classes they name — the UNet's, or a guiding classifier's.
+        """
+        components = {name: getattr(self, name, None) for name in ("classifier",)}
+        classes = label_classes(rules, self.num_classes, components)
+        labels = None if class_labels is None else class_label_tensor(class_labels, batch_size, classes, device)
+        model_labels = self.prepare_class_labels(class_labels, batch_size, device)
+        guided, counter = bind_call_guidance(self, rules, labels, model_labels, batch_size)
+        return model_labels, guided, counter
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device, sampled: Parametrization) -> list:
         """Set the scheduler's timesteps for a run on ``device``; return their sampler points (a, b).
@@ -201,9 +178,10 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         sampled: Parametrization,
         targets: Sequence[str] | None,
         labels: torch.Tensor | None,
-        guidance: ClassifierFreeGuidance | None,
+        guidance: GuidedEvaluation | None,
         device: torch.device,
         levels: Sequence[tuple[float, float]] | None = None,
+        counter: EvaluationCounter | None = None,
     ) -> Denoiser:
         """The UNet as D(x, i) at the scheduler's current timesteps (or ``levels``), answering ``targets``.
 
@@ -214,7 +192,7 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
             self.scheduler, sampled, self.trained_parametrization, self.config.noise_schedule, targets, device, levels
         )
         conditions = {} if labels is None else {"class_labels": labels}
-        return Denoiser(UNetModel(self.unet), plan, conditions, guidance, dtype=self.unet.dtype)
+        return Denoiser(UNetModel(self.unet), plan, conditions, guidance, dtype=self.unet.dtype, counter=counter)
 
     def check_inputs(
         self,
@@ -226,20 +204,22 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         output_type: str,
         callback_on_step_end_tensor_inputs: Sequence[str],
         eta: float = 0.0,
-    ) -> tuple[Parametrization, ClassifierFreeGuidance | None]:
+        guidance: Guidance | None = None,
+    ) -> tuple[Parametrization, tuple[GuidanceRule, ...]]:
         """Validate the arguments of ``__call__`` (``inputs.py``); every error names the value and what is allowed.
 
-        Returns the scheduler's parametrisation and the call's guidance rule, each resolved once here.
+        Returns the scheduler's parametrisation and the call's guidance rules, each resolved once here.
         """
         check_call_arguments(batch_size, num_inference_steps, generator, eta, guidance_scale, output_type)
-        guidance = self.guidance(guidance_scale)
-        check_conditioning(class_labels, guidance, self.num_classes)
+        rules = call_rules(guidance_scale, guidance)
+        components = {"classifier": getattr(self, "classifier", None)}
+        check_conditioning(class_labels, rules, self.num_classes, label_classes(rules, self.num_classes, components))
         check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
         sampled = self.check_parametrization()
         if self.vae is not None:
             warn_if_scheduler_clips(self.scheduler)
-        self.check_memory(batch_size * (1 if guidance is None else guidance.memory_factor))
-        return sampled, guidance
+        self.check_memory(batch_size * max((rule.memory_factor for rule in rules), default=1))
+        return sampled, rules
 
     def check_memory(self, batch_size: int) -> None:
         """Refuse a batch whose sampling buffers alone exceed the free memory (``inputs.check_sampling_memory``)."""
@@ -273,6 +253,7 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         eta: float = 0.0,
         class_labels: int | Sequence[int] | torch.Tensor | None = None,
         guidance_scale: float = 1.0,
+        guidance: Guidance | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict]
@@ -294,6 +275,11 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
                 image, in [0, num_classes − 1]. ``None`` samples with the null class.
             guidance_scale: classifier-free guidance weight w; 1 disables guidance and skips the
                 unconditional half of the batch.
+            guidance: further guidance (``scratch_diffusion.guidance``): one rule or a list — at most one
+                combining rule (``ClassifierFreeGuidance`` with an interval, ``AutoGuidance``), first, then
+                ``ClassifierGuidance`` / ``LossGuidance``. With ``guidance_scale`` ≠ 1 no combining rule.
+                Classifier guidance lets ``class_labels`` steer an unconditional UNet. ``pipe.evaluations``
+                then reports what the call evaluated, per image.
             output_type: ``"pil"`` (list of PIL images), ``"np"`` (float array, shape
                 (batch_size, H, W, C), values in [0, 1]), ``"pt"`` (tensor, shape
                 (batch_size, C, H, W), values in [0, 1]) or ``"latent"``: the last sample as it
@@ -318,7 +304,7 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        sampled, guidance = self.check_inputs(
+        sampled, rules = self.check_inputs(
             batch_size,
             num_inference_steps,
             generator,
@@ -327,9 +313,10 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
             output_type,
             callback_on_step_end_tensor_inputs,
             eta,
+            guidance,
         )
         device = self._execution_device
-        labels = self.prepare_class_labels(class_labels, batch_size, device)
+        labels, guided, counter = self.prepare_guidance(rules, class_labels, batch_size, device)
 
         shape = sample_shape(self.unet, batch_size)
         if latents is None:
@@ -338,7 +325,7 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
             check_latents(latents, shape)
             latents = latents.to(device=device, dtype=self.unet.dtype)
         levels = self.set_timesteps(num_inference_steps, device, sampled)
-        denoiser = self.denoiser(sampled, None, labels, guidance, device, levels)
+        denoiser = self.denoiser(sampled, None, labels, guided, device, levels, counter)
         latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)
         self._num_timesteps = len(self.scheduler.timesteps)
         step_kwargs = self.step_kwargs(generator, eta)
@@ -353,6 +340,7 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
                 returned = callback_on_step_end(self, i, t, requested) or {}
                 latents = returned.get("latents", latents)
 
+        self._evaluations = counter.per_image()
         images = samples_to_images(latents, output_type, self.vae)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -40,7 +40,9 @@ def save_stand_ins(folder: Path) -> dict[str, Path]:
     """What the recipes load: `make demo`'s pipeline (a toy class-conditional UNet stands in) and a stock Hub model."""
     demo = folder / "outputs" / "demo" / "pipeline"
     unet = tiny_unet(num_class_embeds=11, in_channels=1, out_channels=1)
-    ScratchDiffusionPipeline(unet=unet, scheduler=ScratchFlowMatchScheduler(solver="heun")).save_pretrained(demo)
+    guide = tiny_unet(seed=1, num_class_embeds=11, in_channels=1, out_channels=1)  # the demo saves a guide_unet
+    scheduler = ScratchFlowMatchScheduler(solver="heun")
+    ScratchDiffusionPipeline(unet=unet, scheduler=scheduler, guide_unet=guide).save_pretrained(demo)
     stock = folder / "hub" / "ddpm-cifar10-32"
     DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler()).save_pretrained(stock)
     return {HUB_IDS[0]: stock}

@@ -13,7 +13,7 @@ from Python. The loop lives in ``trainer``; everything else in the modules here:
 ``latent_data``      latents encoded once, cached on disk, their scale, latent batches
 ``errors``           :class:`ConfigError` (bad input before training: exit status 2)
 ``entry``            the command line's exit statuses and messages (``run_command``), shared by both scripts
-``loop``             the accelerate state, the launch check, the run's length, its batches, the update
+``loop``             the accelerate state, the launch check, one model's preparation, run length, batches, update
 ``trainer``          :func:`train` / :func:`run_training`: accelerate, the loop, the outputs
 ``monitoring``       :class:`TrainingSummary`, the buffered loss log, non-finite-loss checks
 ``optimization``     AdamW and the EMA weights
@@ -22,11 +22,12 @@ from Python. The loop lives in ``trainer``; everything else in the modules here:
 ``init_from``        ``--init_from``: a run started from a saved pipeline's UNet (or a saved VAE)
 ``objectives``       one module per objective (ddpm, flow): arguments, checks, loss, card text, sampler
 ``checkpoints``      atomic ``accelerate.save_state`` checkpoints, rotation and resume
-``export``           the saved pipeline, the sample grid and the usage snippet
+``export``           the saved pipeline, a component attached to it (``--guide_for``), sample grid, usage snippet
 ``evaluation``       ``--eval_steps``: FD/KID of EMA samples during training, ``best/``
 ``model_card``       the Hugging Face model card (``README.md``)
 ``hub``              ``HfApi.create_repo`` + ``upload_folder``
 ``vae``              ``train_vae.py``: an ``AutoencoderKL`` trained from scratch
+``classifier``       ``train_classifier.py``: a noise-aware classifier p_φ(y | x_t) for classifier guidance
 ===================  ==========================================================================
 """
 

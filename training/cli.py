@@ -18,6 +18,7 @@ Every check in :func:`validate_args` runs before the first training step; a fail
 from __future__ import annotations
 
 import argparse
+import os
 
 from scratch_schedulers.validation import MAX_TRAIN_TIMESTEPS
 
@@ -78,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--class_dropout_prob", type=float, default=0.1, help="label dropout for classifier-free guidance"
     )
     model.add_argument("--ddpm_num_steps", type=int, default=1000, help="training timesteps T (every objective)")
+    model.add_argument(
+        "--guide_for",
+        help="a saved pipeline folder whose autoguidance guide this run trains (Karras et al., 2024): after training, "
+        "this run's UNet (EMA weights) is also saved into that folder as its guide_unet; train a smaller "
+        "--model_config_name_or_path for a fraction of the main run's steps, on the same data, path and latents",
+    )
     add_objective_arguments(p, model)  # --objective, then one group per objective (training/objectives/)
 
     add_training_arguments(p, default_output_dir="scratch-diffusion-model")
@@ -144,6 +151,12 @@ def validate_args(args: argparse.Namespace) -> None:
             f"times); use a multiple of {factor}.",
         )
     validate_latent_args(args, unet_config)  # with a VAE: the UNet is checked at the latent size instead
+    if args.guide_for is not None:
+        _check(os.path.isdir(args.guide_for), f"--guide_for {args.guide_for!r}: no such folder; pass a saved pipeline.")
+        guided = read_saved_unet(args.guide_for)
+        check_parametrization(guided, make_objective(args).parametrization, args.objective)
+        if args.vae_name_or_path is None:
+            check_unet_side(guided.config, args.guide_for, args.resolution)
     validate_resume_and_hub_args(args)
 
 

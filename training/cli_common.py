@@ -84,14 +84,15 @@ def add_training_arguments(p: argparse.ArgumentParser, default_output_dir: str) 
     return train
 
 
-def add_logging_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Tensorboard, image grids and checkpoints (with resume); returns the group."""
-    logs = p.add_argument_group("logging, samples and checkpoints")
+def add_logging_arguments(p: argparse.ArgumentParser, image_grids: bool = True) -> argparse._ArgumentGroup:
+    """Tensorboard, image grids (unless ``image_grids`` is False) and checkpoints (with resume); returns the group."""
+    logs = p.add_argument_group("logging, samples and checkpoints" if image_grids else "logging and checkpoints")
     logs.add_argument("--logger", choices=("tensorboard", "none"), default="tensorboard")
     logs.add_argument("--logging_dir", default="logs", help="tensorboard folder, relative to --output_dir")
     logs.add_argument("--logging_steps", type=int, default=10, help="write loss/LR every N steps (one device sync)")
-    logs.add_argument("--save_images_steps", type=int, default=1000, help="log an image grid every N steps")
-    logs.add_argument("--eval_batch_size", type=int, default=16, help="images in each image grid")
+    if image_grids:
+        logs.add_argument("--save_images_steps", type=int, default=1000, help="log an image grid every N steps")
+        logs.add_argument("--eval_batch_size", type=int, default=16, help="images in each image grid")
     logs.add_argument("--checkpointing_steps", type=int, default=500, help="save the training state every N steps")
     logs.add_argument("--checkpoints_total_limit", type=int, help="keep at most this many checkpoints")
     logs.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' in --output_dir")
@@ -141,10 +142,14 @@ def validate_data_args(args: argparse.Namespace) -> None:
 
 
 def validate_training_args(args: argparse.Namespace) -> None:
-    """The shared training and logging arguments: sizes, seed, lengths, optimizer, EMA, logging folder."""
-    for name in ("train_batch_size", "eval_batch_size", "num_epochs", "gradient_accumulation_steps"):
+    """The shared training and logging arguments: sizes, seed, lengths, optimizer, EMA, logging folder.
+
+    The image-grid arguments are checked where the parser has them (``add_logging_arguments``' ``image_grids``).
+    """
+    sizes = [name for name in ("train_batch_size", "eval_batch_size") if hasattr(args, name)]
+    for name in (*sizes, "num_epochs", "gradient_accumulation_steps"):
         _check(getattr(args, name) >= 1, f"--{name} must be ≥ 1, got {getattr(args, name)}.")
-    for name in ("train_batch_size", "eval_batch_size"):
+    for name in sizes:
         value = getattr(args, name)
         _check(value <= MAX_BATCH_SIZE, f"--{name} {value} is not allowed; pass at most {MAX_BATCH_SIZE}.")
     _check(0 <= args.seed <= MAX_SEED, f"--seed {args.seed} is not allowed; pass an integer in [0, {MAX_SEED}].")
@@ -158,7 +163,7 @@ def validate_training_args(args: argparse.Namespace) -> None:
         _check(getattr(args, name) > 0, f"--{name} must be > 0, got {getattr(args, name)}.")
     for name in ("max_train_steps", "checkpointing_steps", "save_images_steps", "checkpoints_total_limit",
                  "logging_steps"):  # fmt: skip
-        value = getattr(args, name)
+        value = getattr(args, name, None)
         _check(value is None or value >= 1, f"--{name} must be ≥ 1, got {value}.")
     _check(args.lr_warmup_steps >= 0, f"--lr_warmup_steps must be ≥ 0, got {args.lr_warmup_steps}.")
     _check(args.learning_rate > 0, f"--learning_rate must be > 0, got {args.learning_rate}.")

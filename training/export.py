@@ -35,6 +35,22 @@ def save_pipeline(pipeline: ScratchDiffusionPipeline, output_dir: str) -> None:
     pipeline.save_pretrained(output_dir)
 
 
+def attach_component(pipeline_dir: str, name: str, component) -> None:
+    """Save ``component`` into the saved pipeline at ``pipeline_dir`` as its ``name`` (e.g. ``guide_unet``).
+
+    The pipeline is loaded, given the component (its row's fit check runs: a guide of another size, space or
+    classes is refused) and saved back, so ``model_index.json`` lists it and every loading story finds it.
+    """
+    pipeline = ScratchDiffusionPipeline.from_pretrained(pipeline_dir)
+    components = {**pipeline.components, name: component}
+    ScratchDiffusionPipeline(**components, **_recorded_path(pipeline)).save_pretrained(pipeline_dir)
+
+
+def _recorded_path(pipeline: ScratchDiffusionPipeline) -> dict:
+    """The trained parametrisation and schedule a pipeline records (to rebuild it with another component)."""
+    return {key: pipeline.config[key] for key in ("prediction_type", "noise_path", "noise_schedule")}
+
+
 def sample_class_labels(num_images: int, num_classes: int | None) -> list[int] | None:
     """Labels 0, 1, …, K−1, 0, 1, … for a class-conditional grid; None when unconditional."""
     return None if num_classes is None else [i % num_classes for i in range(num_images)]

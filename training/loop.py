@@ -1,8 +1,9 @@
 """What every trainer's loop is built on: the accelerate state, the launch check, the run's length, its batches
 and the optimizer update.
 
-``trainer.py`` (the UNet) and ``vae/trainer.py`` (the AutoencoderKL) both run: :func:`make_accelerator`,
-:func:`check_launch`, … prepare …, :func:`run_length`, … resume …, then ``for epoch, index, batch in
+``trainer.py`` (the UNet), ``classifier/trainer.py`` (the noise-aware classifier) and ``vae/trainer.py`` (the
+AutoencoderKL) run: :func:`make_accelerator`, :func:`check_launch`, … prepare (:func:`prepare_model` for one
+model) …, :func:`run_length`, … resume …, then ``for epoch, index, batch in
 resumed_batches(...)``, one optimizer update per ``accumulate`` cycle, done by :class:`OptimizerUpdates`.
 Lengths count optimizer updates.
 """
@@ -26,6 +27,7 @@ from . import checkpoints
 from .data import updates_per_epoch
 from .errors import ConfigError
 from .monitoring import MetricsLog, StepTimer, nonfinite_anywhere
+from .optimization import make_ema, make_lr_scheduler, make_optimizer
 
 logger = get_logger(__name__)
 
@@ -85,6 +87,36 @@ def run_length(args, batches_per_epoch: int, num_processes: int) -> RunLength:
     max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
     total_batch_size = args.train_batch_size * num_processes * args.gradient_accumulation_steps
     return RunLength(steps_per_epoch, max_train_steps, math.ceil(max_train_steps / steps_per_epoch), total_batch_size)
+
+
+class PreparedModel(NamedTuple):
+    """One trained model with everything :func:`prepare_model` made for it."""
+
+    model: torch.nn.Module  # accelerate's wrapper of the model
+    optimizer: torch.optim.Optimizer
+    dataloader: object
+    ema: object | None
+    lr_scheduler: object
+    progress: checkpoints.TrainingProgress
+    length: RunLength
+
+
+def prepare_model(accelerator: Accelerator, model: torch.nn.Module, dataloader, args) -> PreparedModel:
+    """EMA, optimizer, ``accelerator.prepare``, the run's length, LR schedule and checkpointed progress of one model.
+
+    What the UNet and classifier trainers share, in their order (the EMA copies the weights before ``prepare``);
+    the LR schedule, progress and EMA are registered for checkpointing, so a resume restores them.
+    """
+    ema = make_ema(model, args)
+    optimizer = make_optimizer(list(model.parameters()), args)
+    model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
+    if ema is not None:
+        ema.to(accelerator.device)
+    length = run_length(args, len(dataloader), accelerator.num_processes)
+    lr_scheduler = make_lr_scheduler(optimizer, args, length.max_train_steps)
+    progress = checkpoints.TrainingProgress(accelerator.num_processes, length.total_batch_size)
+    accelerator.register_for_checkpointing(lr_scheduler, progress, *([ema] if ema is not None else []))
+    return PreparedModel(model, optimizer, dataloader, ema, lr_scheduler, progress, length)
 
 
 def resumed_batches(accelerator: Accelerator, dataloader, length: RunLength, global_step: int) -> Iterator[tuple]:

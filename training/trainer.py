@@ -30,7 +30,7 @@ from .data import augment, drop_labels, load_training_data, make_dataloader
 from .evaluation import TrainingEvaluation, private_randomness
 from .init_from import check_unet_fits, load_unet_from_pipeline
 from .latent_data import latent_input, prepare_latent_training
-from .loop import Optimized, OptimizerUpdates, check_launch, make_accelerator, resumed_batches, run_length
+from .loop import Optimized, OptimizerUpdates, check_launch, make_accelerator, prepare_model, resumed_batches
 from .model_card import (
     build_model_card,
     card_hyperparameters,
@@ -40,7 +40,7 @@ from .model_card import (
 from .models import build_unet
 from .monitoring import TrainingSummary
 from .objectives import make_objective
-from .optimization import ema_weights, make_ema, make_lr_scheduler, make_optimizer
+from .optimization import ema_weights
 from .randomness import seeded_generator
 
 logger = get_logger(__name__)
@@ -105,17 +105,9 @@ def train(args) -> TrainingSummary:
     num_parameters = sum(p.numel() for p in unet.parameters())
     objective = make_objective(args)
     sampling_scheduler = objective.sampling_scheduler(latent=vae is not None)
-    ema = make_ema(unet, args)
-    optimizer = make_optimizer(list(unet.parameters()), args)
-    unet, optimizer, dataloader = accelerator.prepare(unet, optimizer, dataloader)
-    if ema is not None:
-        ema.to(accelerator.device)
-
-    length = run_length(args, len(dataloader), accelerator.num_processes)
+    prepared = prepare_model(accelerator, unet, dataloader, args)
+    unet, optimizer, dataloader, ema, lr_scheduler, progress, length = prepared
     steps_per_epoch, max_train_steps, num_epochs, total_batch_size = length
-    lr_scheduler = make_lr_scheduler(optimizer, args, max_train_steps)
-    progress = checkpoints.TrainingProgress(accelerator.num_processes, total_batch_size)
-    accelerator.register_for_checkpointing(lr_scheduler, progress, *([ema] if ema is not None else []))
 
     # ---- resume, Hub repo, trackers -----------------------------------------------------------------
     resume_dir = checkpoints.resume(accelerator, args.output_dir, args.resume_from_checkpoint, ema)
@@ -221,6 +213,9 @@ def train(args) -> TrainingSummary:
                 f"could not write samples.png / README.md to {args.output_dir!r}: {type(err).__name__}: {err}"
             ) from None
         logger.info(f"Saved the pipeline, samples.png and README.md to {args.output_dir}", main_process_only=True)
+        if args.guide_for is not None:
+            export.attach_component(args.guide_for, "guide_unet", model)
+            logger.info(f"Saved this run's UNet as the guide_unet of {args.guide_for}", main_process_only=True)
     accelerator.end_training()
 
     # ---- Hub -----------------------------------------------------------------------------------------

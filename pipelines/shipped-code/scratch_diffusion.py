@@ -7,6 +7,14 @@ is not used. Sections, in dependency order (imports between them removed):
     scratch_schedulers.validation
     scratch_schedulers.noise_path
     scratch_schedulers.samplers
+    scratch_schedulers.path_change
+    scratch_diffusion.guidance.setup
+    scratch_diffusion.guidance.models
+    scratch_diffusion.guidance.combination
+    scratch_diffusion.guidance.gradient
+    scratch_diffusion.guidance.compose
+    scratch_schedulers.model_path
+    scratch_diffusion.guidance.noisy_classifier
     scratch_schedulers.scheduling_common
     scratch_schedulers.scheduling_vp
     scratch_schedulers.scheduling_ddim
@@ -17,18 +25,18 @@ is not used. Sections, in dependency order (imports between them removed):
     scratch_schedulers.scheduling_flow_match
     scratch_diffusion.pipelines.latents
     scratch_diffusion.pipelines.components
-    scratch_schedulers.path_change
     scratch_diffusion.pipelines.cross_path
-    scratch_diffusion.pipelines.guidance
     scratch_diffusion.pipelines.denoiser
     scratch_diffusion.pipelines.inputs
+    scratch_diffusion.pipelines.guidance
     scratch_diffusion.pipelines.inversion
     scratch_diffusion.pipelines.latent_pipeline_support
+    scratch_diffusion.pipelines.parametrization
+    scratch_diffusion.pipelines.postprocess
     scratch_diffusion.pipelines.remote_code
     scratch_diffusion.pipelines.saved_format
     scratch_diffusion.pipelines.loading
-    scratch_diffusion.pipelines.parametrization
-    scratch_diffusion.pipelines.postprocess
+    scratch_diffusion.pipelines.saved_pipeline
     scratch_diffusion.pipelines.pipeline_scratch_diffusion
 """
 
@@ -820,6 +828,1289 @@ def clean_endpoint_step(x0: torch.Tensor, x0_prev: torch.Tensor, lam, lam_prev) 
     """
     s2, s2_prev = torch.sigmoid(-torch.as_tensor(lam)) ** 2, torch.sigmoid(-torch.as_tensor(lam_prev)) ** 2
     return x0 + (s2 / (s2_prev - s2)) * (x0 - x0_prev)
+
+
+# ============================================================================================
+# scratch_schedulers.path_change
+# ============================================================================================
+
+"""The exact change of variables between the VP and the flow noise paths, and between parametrisations.
+
+"Step-by-Step Diffusion" (Nakkiran et al., 2024) treats DDPM, DDIM and flow matching as one family
+of samplers on different Gaussian paths x = a·x0 + b·ε. Two path points with the same
+signal-to-noise ratio a/b hold the same information about x0 and differ only by a scale factor,
+so a model trained on one path can be evaluated at any point of another:
+
+* VP → flow: x_flow = x_vp / (a + b) at σ = b / (a + b), since (1 − σ)·x0 + σ·ε = (a·x0 + b·ε)/(a + b);
+* in general, from (a, b) to (a′, b′) with a′/b′ = a/b: x′ = k·x with k = a′/a = b′/b;
+* the time of a point is found from its log-SNR λ = log(a/b): on the flow path σ = 1/(1 + e^λ),
+  t = σ·T; on the discrete VP path by interpolating λ_t = ½·log(ᾱ_t/(1 − ᾱ_t)) linearly between
+  integer timesteps (:func:`vp_timestep_at_log_snr`);
+* the model output is converted by the named conversions of :mod:`.noise_path`: ``split_prediction``
+  gives (x̂0, ε̂) — the same two quantities on every path — and ``target_for`` expresses them as
+  what the other side expects (:func:`prediction_readout`).
+
+**The ends.** A VP model has seen only λ ∈ [λ_{T−1}, λ_0] (for the linear β schedule about
+[−5.0, 4.6]); a flow sampler visits σ → 1 (λ → −∞) and σ → 0 (λ → +∞). Outside its range the
+model is evaluated at the nearest point it was trained on (t = T − 1 or t = 0), and the sample is
+rescaled so that its dominant part is kept: the noise (k = b′/b) where λ ≤ 0, the signal
+(k = a′/a) where λ > 0 — inside the range both are the same k. At σ = 1 this gives the model
+b_{T−1}·ε, i.e. its own noisiest input without the a_{T−1}·x0 ≈ 0.006·x0 it cannot know; at
+σ = 0 it gives √ᾱ_0·x. A zero-terminal-SNR table (ᾱ_{T−1} = 0, λ = −∞) is matched exactly: the
+last interval interpolates ᾱ instead of λ. A flow model covers every σ ∈ [0, 1] and is never
+clamped.
+
+All functions here are pure host-side float64 maths on Python floats and NumPy tables, computed
+once per schedule; the sampling loop only multiplies by the resulting numbers.
+"""
+
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+
+
+class PathPoint(NamedTuple):
+    """A point of a noise path: the model timestep there and the scales of x = a·x0 + b·ε."""
+
+    timestep: float
+    a: float
+    b: float
+
+
+def vp_to_flow(x_vp: torch.Tensor, a: float, b: float) -> tuple[torch.Tensor, float]:
+    """(x_flow, σ) = (x_vp/(a + b), b/(a + b)): the flow-path point with the SNR of VP point (a, b)."""
+    return x_vp / (a + b), b / (a + b)
+
+
+def flow_to_vp(x_flow: torch.Tensor, sigma: float) -> tuple[torch.Tensor, float, float]:
+    """(x_vp, a, b) for flow point σ: a = (1 − σ)/r, b = σ/r, x_vp = x_flow/r with r = √((1 − σ)² + σ²)."""
+    r = math.hypot(1 - sigma, sigma)
+    return x_flow / r, (1 - sigma) / r, sigma / r
+
+
+def point_log_snr(a: float, b: float) -> float:
+    """λ = log(a/b) as a Python float; −∞ at a = 0 and +∞ at b = 0."""
+    return float(log_snr(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)))
+
+
+def _sigmoid(z: float) -> float:
+    """1/(1 + e^{−z}) without overflow, exact 0 and 1 at z = ∓∞."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    return math.exp(z) / (1.0 + math.exp(z))
+
+
+def vp_point_of_log_snr(lam: float) -> tuple[float, float]:
+    """(a, b) = (√sigmoid(2λ), √sigmoid(−2λ)) of the VP point with log-SNR λ (a² + b² = 1)."""
+    return math.sqrt(_sigmoid(2 * lam)), math.sqrt(_sigmoid(-2 * lam))
+
+
+def vp_log_snr_table(alphas_cumprod: torch.Tensor | np.ndarray) -> np.ndarray:
+    """λ_t = ½·log(ᾱ_t/(1 − ᾱ_t)) for t = 0..T−1 in float64 (−∞ where ᾱ = 0); checked non-increasing."""
+    alpha_bar = np.asarray(torch.as_tensor(alphas_cumprod).detach().cpu().to(torch.float64))
+    with np.errstate(divide="ignore"):
+        table = 0.5 * (np.log(alpha_bar) - np.log1p(-alpha_bar))
+    if np.any(np.diff(table) > 0) or np.isnan(table).any():
+        raise ValueError("alphas_cumprod must be non-increasing in (0, 1] with values < 1 (a noising schedule).")
+    return table
+
+
+def vp_timestep_at_log_snr(lam: float, table: np.ndarray) -> float:
+    """The continuous VP timestep t ∈ [0, T − 1] whose log-SNR is ``lam``, clamped to that range.
+
+    λ is interpolated linearly between integer timesteps (monotone, so the inverse is unique up to
+    plateaus of the table). Where the table ends in λ_{T−1} = −∞ (zero terminal SNR), the last
+    interval interpolates ᾱ = sigmoid(2λ) instead, which reaches t = T − 1 exactly at λ = −∞.
+    """
+    last = len(table) - 1
+    if lam >= table[0]:
+        return 0.0
+    if lam <= table[last]:
+        return float(last)
+    finite = int(np.isfinite(table).sum()) - 1  # index of the last finite λ
+    if lam < table[finite]:  # inside the final interval towards ᾱ = 0
+        alpha_bar_last_finite = _sigmoid(2 * float(table[finite]))
+        return finite + (1.0 - _sigmoid(2 * lam) / alpha_bar_last_finite) * (last - finite)
+    return float(np.interp(lam, table[: finite + 1][::-1], np.arange(finite + 1, dtype=np.float64)[::-1]))
+
+
+def vp_model_point(lam: float, table: np.ndarray) -> PathPoint:
+    """Where a VP model with log-SNR table ``table`` is evaluated for a point of log-SNR ``lam``.
+
+    Inside [λ_{T−1}, λ_0] the point with exactly that SNR; outside, the nearest trained end.
+    """
+    clamped = min(max(lam, float(table[-1])), float(table[0]))
+    a, b = vp_point_of_log_snr(clamped)
+    return PathPoint(vp_timestep_at_log_snr(clamped, table), a, b)
+
+
+def flow_model_point(lam: float, num_train_timesteps: int) -> PathPoint:
+    """The flow point with log-SNR ``lam``: σ = sigmoid(−λ), a = 1 − σ, timestep σ·T (every λ, ±∞ too)."""
+    sigma = _sigmoid(-lam)
+    return PathPoint(sigma * num_train_timesteps, _sigmoid(lam), sigma)
+
+
+def rescale_factor(a_from: float, b_from: float, a_to: float, b_to: float) -> float:
+    """k with x_to = k·x_from: b_to/b_from where λ_from ≤ 0 (keeps the noise), else a_to/a_from (keeps x0).
+
+    For points of equal SNR both ratios are the same number (and equal (a_to + b_to)/(a_from + b_from));
+    for a clamped target the choice keeps the dominant component of the sample (module docstring).
+    """
+    return b_to / b_from if b_from >= a_from else a_to / a_from
+
+
+def prediction_readout(
+    model_type: PredictionType, a_model: float, b_model: float, target_type: PredictionType, a: float, b: float
+) -> tuple[float, float]:
+    """(p, q) with target = p·model_output + q·x_model, converting a prediction between parametrisations.
+
+    The model output of ``model_type`` at its point (a_model, b_model) gives (x̂0, ε̂) by
+    ``split_prediction``; ``target_for`` writes them as ``target_type`` at the sampler's point
+    (a, b). Both are linear in (output, x), so evaluating them at the unit vectors gives the two
+    coefficients exactly. A non-finite coefficient means the conversion does not exist (e.g. x̂0
+    from an ε-prediction at a = 0): callers refuse it.
+    """
+    one, zero, a_m, b_m = (torch.tensor(v, dtype=torch.float64) for v in (1.0, 0.0, a_model, b_model))
+    coefficients = []
+    for output, x in ((one, zero), (zero, one)):
+        x0, eps = split_prediction(output, x, a_m, b_m, model_type)
+        coefficients.append(float(target_for(target_type, x0, eps, a, b)))
+    return coefficients[0], coefficients[1]
+
+
+# ============================================================================================
+# scratch_diffusion.guidance.setup
+# ============================================================================================
+
+"""What every guidance rule binds against, and the one formula that turns a score into a model output.
+
+A rule (:mod:`.combination`, :mod:`.gradient`) acts on one evaluation of the model at one point of its
+path, x = a·x0 + b·ε, in the model's own parametrisation (ε, x0, v or the flow velocity). Before any
+evaluation the rules of a run are *bound* to a :class:`GuidanceSetup` — the model's parametrisation and
+sample shape, the class labels of the batch, the optional guide UNet, classifier and VAE decoder — and
+every check that can fail fails there, naming the value and what is allowed.
+
+**The noise level of an interval** is σ = b/a = e^{−λ} (EDM's σ; Karras et al., 2022): the same number
+for points of equal SNR on the VP path (σ = √((1 − ᾱ)/ᾱ)) and the flow path (σ = σ_flow/(1 − σ_flow)),
+so one interval means the same thing whichever scheduler samples.
+
+**Gradient guidance in one parametrisation.** Tweedie's formula x̂0 = (x + b²·∇log p(x))/a makes a
+conditional score ∇log p(x | y) = ∇log p(x) + ∇log p(y | x) a shift of the denoiser:
+
+    x̂0′ = x̂0 + (b²/a)·g,    ε̂′ = ε̂ − b·g,    with g = s·∇_x log p(y | x)
+
+(x = a·x̂0 + b·ε̂ holds before and after). The ε form is Dhariwal & Nichol's (2021, Alg. 2) for DDIM;
+an ancestral DDPM step's mean c₀·x̂0 + c_x·x moves by c₀·(b²/a)·g = (β_t/√α_t)·g, their Alg. 1's
+Σ·g = β̃_t·g where β_t·SNR_{t−1} is small (the ratio is (1 + β_t·SNR_{t−1})/√(1 − β_t): ≈ 1.01 at most steps of
+the linear schedule, ≈ 2 at t = 1, where x̂0 is nearly known and the Bayes-exact shift is the larger).
+Every parametrisation is linear in (x̂0, ε̂) at fixed x
+(``noise_path.target_for``), so :func:`shift_output` adds ``target_for(Δx̂0, Δε̂)`` to the output.
+"""
+
+
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+
+
+# ``model(x, timestep, conditions) -> output``: one evaluation of a model at its own path point.
+ModelFunction = Callable[[torch.Tensor, torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
+
+
+class EvaluationPoint(NamedTuple):
+    """Where the model is evaluated: x = a·x0 + b·ε, with log-SNR λ = log(a/b) (host floats).
+
+    Any object with these three attributes will do (the pipeline passes its plan's points).
+    """
+
+    a: float
+    b: float
+    lam: float
+
+
+def noise_level(point: EvaluationPoint) -> float:
+    """σ = b/a = e^{−λ} of a path point (+∞ at a = 0, 0 at b = 0)."""
+    return math.exp(-point.lam) if math.isfinite(point.lam) else (math.inf if point.lam < 0 else 0.0)
+
+
+def shift_output(
+    output: torch.Tensor, score_step: torch.Tensor, point: EvaluationPoint, parametrization: Parametrization
+) -> torch.Tensor:
+    """The model output whose x̂0 is shifted by (b²/a)·g and whose ε̂ by −b·g, for g = ``score_step``.
+
+    At a = 0 (pure noise: flow σ = 1, zero terminal SNR) nothing about y is left in x, so nothing shifts.
+    """
+    a, b = point.a, point.b
+    if a == 0:
+        return output
+    g = score_step.to(output.dtype)
+    return output + target_for(parametrization.prediction_type, (b * b / a) * g, -b * g, a, b)
+
+
+class EvaluationCounter:
+    """Rows each model evaluated in one run, by model name; per image = rows / batch (host integers, no sync)."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size, self.rows = batch_size, Counter()
+
+    def counted(self, name: str, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """``fn`` (whose first argument is the batch) counting its rows as evaluations of ``name``."""
+
+        def call(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            self.rows[name] += x.shape[0]
+            return fn(x, *args, **kwargs)
+
+        return call
+
+    def per_image(self) -> dict[str, float]:
+        """Evaluations per image of each model: a guided step that evaluates two halves counts two."""
+        return {name: rows / self.batch_size for name, rows in self.rows.items()}
+
+
+@dataclass
+class GuidanceSetup:
+    """What the guidance rules of one run bind against (built before any model evaluation).
+
+    Attributes:
+        parametrization: the model's path and prediction type (its output is in this parametrisation).
+        sample_shape: (C, H, W) of the model's input.
+        labels: the classes to guide towards, (B,) long, or None.
+        model_conditions: what the main model takes per sample (``class_labels`` of a class-conditional UNet).
+        null_class: a class-conditional model's null class ∅; None for an unconditional model.
+        noise_schedule: the model's training schedule (a guide or classifier must have the same).
+        log_snr_range: the λ the model was trained on (an interval must meet it).
+        components: optional models the rules may use by default: ``guide_unet``, ``classifier``.
+        decode: latents → images in [−1, 1] (a latent pipeline's VAE decoder), for loss guidance; None.
+        decoded_shape: (C, H, W) of ``decode``'s images.
+        counter: counts every model's evaluations.
+    """
+
+    parametrization: Parametrization
+    sample_shape: tuple[int, ...]
+    labels: torch.Tensor | None = None
+    model_conditions: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    null_class: int | None = None
+    noise_schedule: Mapping | None = None
+    log_snr_range: tuple[float, float] = (-math.inf, math.inf)
+    components: Mapping[str, object] = field(default_factory=dict)
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    decoded_shape: tuple[int, ...] | None = None
+    counter: EvaluationCounter = field(default_factory=lambda: EvaluationCounter(1))
+
+
+# ============================================================================================
+# scratch_diffusion.guidance.models
+# ============================================================================================
+
+"""The second networks guidance uses — autoguidance's guide, classifier guidance's classifier — checked and called.
+
+A guide or classifier must see what the main model sees: the same noise path and training schedule (the same
+timestep means the same noise level), the same sample size and space (pixels, or one VAE's latents), and for a
+classifier the classes the labels name. Each check runs when a rule is bound, before any model evaluation, and
+names the mismatch. A bare ``UNet2DModel`` cannot state its path (its config has no such key): it is taken to be
+the pipeline's (a ``guide_unet`` component is saved with it); pass the guide's pipeline to have its path checked.
+"""
+
+
+from collections.abc import Callable, Mapping
+
+import torch
+
+
+
+def _config(model: object) -> Mapping | None:
+    config = getattr(model, "config", None)
+    return config if isinstance(config, Mapping) else None
+
+
+def check_same_space(name: str, config: Mapping, sample_shape: tuple[int, ...]) -> None:
+    """``config``'s sample size and channels are the main model's ``sample_shape`` (resolution, latent space)."""
+    channels, *size = sample_shape
+    sample_size = config.get("sample_size")
+    if sample_size is not None:
+        given = [sample_size] * 2 if isinstance(sample_size, int) else list(sample_size)
+        if given != size:
+            raise ValueError(f"the {name} has sample_size={sample_size!r}, but the model samples {tuple(size)}.")
+    if config.get("in_channels", channels) != channels:
+        raise ValueError(
+            f"the {name} takes in_channels={config['in_channels']}, but the model's samples have {channels} channels "
+            "(a guide or classifier of another latent space or of pixels?)."
+        )
+
+
+def check_same_path(name: str, config: Mapping, setup: GuidanceSetup) -> None:
+    """``config``'s recorded noise path and schedule (where it records them) are the main model's."""
+    path = config.get("noise_path")
+    if path is not None and path != setup.parametrization.path:
+        raise ValueError(
+            f"the {name} was trained on the {path!r} path, the model on {setup.parametrization.path!r}; "
+            "allowed: one of the model's own path."
+        )
+    schedule = config.get("noise_schedule")
+    if schedule is not None and setup.noise_schedule is not None and dict(schedule) != dict(setup.noise_schedule):
+        raise ValueError(
+            f"the {name}'s noise_schedule {dict(schedule)} differs from the model's {dict(setup.noise_schedule)}; "
+            "its timesteps would mean other noise levels."
+        )
+
+
+def guide_function(guide: object, setup: GuidanceSetup) -> tuple[ModelFunction, bool]:
+    """The guide as ``fn(x, t, conditions)`` and whether it takes the class labels, after every check."""
+    pipeline_config = _config(guide) if hasattr(guide, "unet") else None
+    if pipeline_config is not None:  # a pipeline of ours: its path, parametrisation and space are known
+        check_same_path("guide pipeline", pipeline_config, setup)
+        if pipeline_config.get("prediction_type") not in (None, setup.parametrization.prediction_type):
+            raise ValueError(
+                f"the guide pipeline predicts {pipeline_config['prediction_type']!r}, the model "
+                f"{setup.parametrization.prediction_type!r}; allowed: a guide of the same parametrisation."
+            )
+        if (getattr(guide, "vae", None) is None) != (setup.decode is None):
+            raise ValueError("the guide pipeline and the model differ in space (one has a VAE, the other not).")
+        guide = guide.unet
+    config = _config(guide)
+    if config is None:
+        if not callable(guide):
+            raise TypeError(f"guide={guide!r} is not allowed; pass a UNet2DModel, a pipeline or a callable.")
+        takes_labels = "class_labels" in setup.model_conditions
+        return (lambda x, t, conditions: guide(x, t, **conditions)), takes_labels
+    check_same_space("guide UNet", config, setup.sample_shape)
+    if config.get("out_channels", setup.sample_shape[0]) != setup.sample_shape[0]:
+        raise ValueError(
+            f"the guide UNet outputs {config['out_channels']} channels; the model {setup.sample_shape[0]}."
+        )
+    classes = config.get("num_class_embeds")
+    if classes is not None and (setup.null_class is None or classes != setup.null_class + 1):
+        model_classes = (
+            "an unconditional model" if setup.null_class is None else f"{setup.null_class + 1} class embeddings"
+        )
+        raise ValueError(
+            f"the guide UNet has num_class_embeds={classes}, the model {model_classes}; allowed: the same classes, "
+            "or an unconditional guide."
+        )
+    unet = guide
+
+    def call(x: torch.Tensor, t: torch.Tensor, conditions: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return unet(x.to(unet.dtype), t, **conditions).sample
+
+    return call, classes is not None
+
+
+def classifier_function(
+    classifier: object, setup: GuidanceSetup
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The classifier as ``fn(x, t) -> logits`` after every check (its classes against the labels included)."""
+    config = _config(classifier)
+    if config is None:
+        if not callable(classifier):
+            raise TypeError(f"classifier={classifier!r} is not allowed; pass a NoisyClassifier or a callable.")
+        return classifier
+    check_same_space("classifier", config, setup.sample_shape)
+    check_same_path("classifier", config, setup)
+    classes = config.get("num_classes")
+    if classes is not None:
+        if setup.null_class is not None and classes != setup.null_class:
+            raise ValueError(
+                f"the classifier knows {classes} classes, the class-conditional model {setup.null_class}; "
+                "allowed: a classifier of the model's classes."
+            )
+        if setup.labels is not None and setup.labels.device.type == "cpu" and bool((setup.labels >= classes).any()):
+            raise ValueError(
+                f"class labels {setup.labels.tolist()} name classes the classifier does not know; allowed: "
+                f"integers in [0, {classes - 1}]."
+            )
+    dtype = getattr(classifier, "dtype", None)
+    return lambda x, t: classifier(x if dtype is None else x.to(dtype), t)
+
+
+def unet_sample_shape(unet_config: Mapping) -> tuple[int, int, int]:
+    """(C, H, W) of the samples a UNet with ``unet_config`` denoises."""
+    size = unet_config["sample_size"]
+    height, width = (size, size) if isinstance(size, int) else size
+    return (unet_config["in_channels"], height, width)
+
+
+def check_guide_fits_unet(guide: object, unet_config: Mapping) -> None:
+    """The ``guide_unet`` component denoises the UNet's samples, with its classes or none (pipeline row check)."""
+    num_classes = unet_config.get("num_class_embeds")
+    setup = GuidanceSetup(
+        parametrization=None,
+        sample_shape=unet_sample_shape(unet_config),
+        null_class=None if num_classes is None else num_classes - 1,
+    )
+    guide_function(guide, setup)
+
+
+def check_classifier_fits_unet(classifier: object, unet_config: Mapping) -> None:
+    """The ``classifier`` component sees the UNet's samples and, for a conditional UNet, knows its classes."""
+    check_same_space("classifier", classifier.config, unet_sample_shape(unet_config))
+    num_classes = unet_config.get("num_class_embeds")
+    if num_classes is not None and classifier.config.get("num_classes") not in (None, num_classes - 1):
+        raise ValueError(
+            f"the classifier knows {classifier.config['num_classes']} classes, the class-conditional UNet "
+            f"{num_classes - 1}; allowed: a classifier of the UNet's classes."
+        )
+
+
+# ============================================================================================
+# scratch_diffusion.guidance.combination
+# ============================================================================================
+
+"""Guidance that combines two model outputs: classifier-free guidance and autoguidance, with an optional interval.
+
+Both extrapolate from a weaker prediction towards the model's own, in its parametrisation (the combination is
+linear, so it is the same rule on x̂0, ε̂, v or the velocity):
+
+* **classifier-free guidance** (Ho & Salimans, 2022): ŷ = ŷ_∅ + w·(ŷ_c − ŷ_∅), the unconditional half with the
+  null class ∅ of a class-conditional model, both halves in one batched forward pass;
+* **autoguidance** (Karras et al., 2024): D_w = D_guide + w·(D_main − D_guide), the guide a *bad version of the
+  model itself* — a smaller and/or shorter-trained UNet of the same path — given the same input and labels; it
+  works for unconditional models too. One main and one guide evaluation per step.
+
+**Guidance interval** (Kynkäänniemi et al., 2024): guide only at noise levels σ = b/a in (σ_lo, σ_hi]; outside,
+the model's own prediction is used and the second evaluation (the unconditional half, the guide) is not made at
+all, so the run costs fewer evaluations (:class:`~.setup.EvaluationCounter` counts the ones made).
+"""
+
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+
+
+@dataclass(frozen=True)
+class GuidanceInterval:
+    """Noise levels σ = b/a in (low, high] (EDM's σ = e^{−λ}: the same on every path)."""
+
+    low: float = 0.0
+    high: float = math.inf
+
+    def __post_init__(self) -> None:
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (self.low, self.high))
+        if not numbers or not (
+            0 <= self.low < self.high
+        ):
+            raise ValueError(
+                f"interval=({self.low!r}, {self.high!r}) is not allowed; pass noise levels σ = b/a with "
+                "0 ≤ low < high (high may be math.inf)."
+            )
+
+    @classmethod
+    def of(cls, interval: GuidanceInterval | tuple[float, float] | None) -> GuidanceInterval | None:
+        """``interval`` as given, from a (low, high) pair, or None."""
+        if interval is None or isinstance(interval, GuidanceInterval):
+            return interval
+        low, high = interval
+        return cls(float(low), float(high))
+
+    def contains(self, point: EvaluationPoint) -> bool:
+        """Whether the point's σ = b/a lies in (low, high] (a host comparison: nothing is read from a device)."""
+        return self.low < noise_level(point) <= self.high
+
+    def check(self, setup: GuidanceSetup) -> None:
+        """The interval must meet the noise levels the model was trained on (else it would never guide)."""
+        lam_low, lam_high = setup.log_snr_range
+        sigma_min = math.exp(-lam_high) if math.isfinite(lam_high) else 0.0
+        sigma_max = math.exp(-lam_low) if math.isfinite(lam_low) else math.inf
+        if self.high < sigma_min or self.low >= sigma_max:
+            raise ValueError(
+                f"interval=({self.low:g}, {self.high:g}) lies outside the model's schedule, whose noise levels "
+                f"σ = b/a span [{sigma_min:.4g}, {sigma_max:.4g}]; pass an interval that meets that range."
+            )
+
+
+def _expand_timestep(timestep: torch.Tensor, copies: int) -> torch.Tensor:
+    """A per-example timestep repeated for each copy of the batch (a scalar one stays as it is)."""
+    return timestep.repeat(copies) if timestep.ndim == 1 else timestep
+
+
+@dataclass(frozen=True)
+class ClassifierFreeGuidance:
+    """ŷ = ŷ_∅ + w·(ŷ_c − ŷ_∅) (Ho & Salimans, 2022), optionally only for σ in ``interval``.
+
+    Attributes:
+        scale: the weight w (1: the conditional model alone).
+        interval: (σ_lo, σ_hi) where it guides (Kynkäänniemi et al., 2024), or None for every step.
+    """
+
+    scale: float
+    interval: GuidanceInterval | tuple[float, float] | None = None
+
+    combines: ClassVar[bool] = True  # it combines model outputs (at most one such rule per run)
+    needs_labels: ClassVar[bool] = True  # it guides towards given class labels
+    memory_factor: ClassVar[int] = 2  # the model's batch is twice the sample batch
+
+    def __post_init__(self) -> None:
+        check_scale(self.scale, "ClassifierFreeGuidance")
+        object.__setattr__(self, "interval", GuidanceInterval.of(self.interval))
+
+    @property
+    def argument(self) -> str:
+        """How error messages name it."""
+        return f"ClassifierFreeGuidance(scale={self.scale!r})"
+
+    def bind(self, setup: GuidanceSetup) -> BoundClassifierFree:
+        if setup.null_class is None or "class_labels" not in setup.model_conditions:
+            raise ValueError(
+                f"{self.argument} needs a class-conditional model (with a null class) and class labels; "
+                "this model is unconditional — use AutoGuidance or ClassifierGuidance."
+            )
+        if self.interval is not None:
+            self.interval.check(setup)
+        return BoundClassifierFree(self, setup.model_conditions, setup.null_class)
+
+
+class BoundClassifierFree:
+    """Classifier-free guidance for one run: both halves' conditions expanded once."""
+
+    def __init__(self, rule: ClassifierFreeGuidance, conditions: Mapping[str, torch.Tensor], null_class: int):
+        self.rule, self.conditions = rule, dict(conditions)
+        self.expanded = {name: torch.cat([value, value]) for name, value in conditions.items()}
+        labels = conditions["class_labels"]
+        self.expanded["class_labels"] = torch.cat([labels, torch.full_like(labels, null_class)])
+
+    def __call__(
+        self, model: ModelFunction, x: torch.Tensor, timestep: torch.Tensor, point: EvaluationPoint
+    ) -> torch.Tensor:
+        interval = self.rule.interval
+        if interval is not None and not interval.contains(point):
+            return model(x, timestep, self.conditions)
+        output = model(torch.cat([x, x]), _expand_timestep(timestep, 2), self.expanded)
+        conditional, unconditional = output.chunk(2)
+        return unconditional + self.rule.scale * (conditional - unconditional)
+
+
+@dataclass(frozen=True)
+class AutoGuidance:
+    """D_w = D_guide + w·(D_main − D_guide) (Karras et al., 2024), optionally only for σ in ``interval``.
+
+    Attributes:
+        scale: the weight w (1: the main model alone).
+        guide: the bad version of the model: a ``UNet2DModel`` of the same path, sample size and latent space, a
+            pipeline of ours (its path and schedule are checked), or a callable ``(x, t, **conditions)``; None:
+            the pipeline's ``guide_unet`` component.
+        interval: (σ_lo, σ_hi) where it guides, or None for every step.
+    """
+
+    scale: float
+    guide: object | None = None
+    interval: GuidanceInterval | tuple[float, float] | None = None
+
+    combines: ClassVar[bool] = True
+    needs_labels: ClassVar[bool] = False  # unconditional models are guided too
+    memory_factor: ClassVar[int] = 1  # two forward passes of the sample batch, one per network
+
+    def __post_init__(self) -> None:
+        check_scale(self.scale, "AutoGuidance")
+        object.__setattr__(self, "interval", GuidanceInterval.of(self.interval))
+
+    @property
+    def argument(self) -> str:
+        return f"AutoGuidance(scale={self.scale!r})"
+
+    def bind(self, setup: GuidanceSetup) -> BoundAutoGuidance:
+        guide = self.guide if self.guide is not None else setup.components.get("guide_unet")
+        if guide is None:
+            raise ValueError(
+                f"{self.argument} has no guide: pass AutoGuidance(scale, guide=...) or load a pipeline with a "
+                "guide_unet component."
+            )
+        if self.interval is not None:
+            self.interval.check(setup)
+        function, takes_labels = guide_function(guide, setup)
+        conditions = (
+            dict(setup.model_conditions)
+            if takes_labels
+            else {k: v for k, v in setup.model_conditions.items() if k != "class_labels"}
+        )
+        return BoundAutoGuidance(self, setup.counter.counted("guide_unet", function), conditions, setup)
+
+
+class BoundAutoGuidance:
+    """Autoguidance for one run: the guide as a counted model function."""
+
+    def __init__(self, rule: AutoGuidance, guide: ModelFunction, guide_conditions: Mapping, setup: GuidanceSetup):
+        self.rule, self.guide, self.guide_conditions = rule, guide, guide_conditions
+        self.conditions = setup.model_conditions
+
+    def __call__(
+        self, model: ModelFunction, x: torch.Tensor, timestep: torch.Tensor, point: EvaluationPoint
+    ) -> torch.Tensor:
+        main = model(x, timestep, self.conditions)
+        interval = self.rule.interval
+        if interval is not None and not interval.contains(point):
+            return main
+        guide = self.guide(x, timestep, self.guide_conditions).to(main.dtype)
+        return guide + self.rule.scale * (main - guide)
+
+
+def check_scale(scale: object, name: str) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"{name}(scale={scale!r}) is not allowed; pass a finite number.")
+
+
+# ============================================================================================
+# scratch_diffusion.guidance.gradient
+# ============================================================================================
+
+"""Gradient guidance: classifier guidance and loss guidance, each a shift of the model's x̂0 by a score.
+
+Both compute g = s·∇_x log p(y | x) at the model's point x = a·x0 + b·ε and apply it with the one formula
+of :func:`~.setup.shift_output`: x̂0′ = x̂0 + (b²/a)·g, ε̂′ = ε̂ − b·g. Gradients are taken only here, under
+``torch.enable_grad`` and with respect to the sample alone (``torch.autograd.grad``: no parameter gets a
+``.grad``); every other evaluation stays under the caller's ``no_grad``.
+
+At a = 0 (the flow path's σ = 1) x holds nothing about y and no gradient is taken: that first step is unguided.
+The exact conditional denoiser there is E[x0 | y], the limit of the shift as a → 0, which no gradient at a = 0
+supplies, so a flow grid that starts at σ = 1 carries an O(1/N) bias in N steps (measured 0.76/N for flow Euler on
+the example mixture, ``tests/guidance/test_exact_guidance.py``); VP grids (a > 0 everywhere) have none.
+
+* **Classifier guidance** (Dhariwal & Nichol, 2021): log p(y | x) from a noise-aware classifier p_φ(y | x_t)
+  (:class:`~.noisy_classifier.NoisyClassifier`, or any ``fn(x, t) -> logits``). With the exact classifier and
+  s = 1 the shifted denoiser is the exact conditional denoiser E[x0 | x, y] (Bayes' rule on the scores).
+* **Loss guidance** (universal guidance, Bansal et al., 2023; DPS, Chung et al., 2023): log p(y | x) := −L(x̂0(x))
+  for any differentiable per-example loss L — of x̂0, or of the decoded image x̂ = D(x̂0) on a latent pipeline.
+  Scale convention: s multiplies the gradient of L itself, so g = −s·∇_x L and x̂0 moves by −s·(b²/a)·∇_x L; with
+  ``through_model=True`` (DPS) ∇_x L is back-propagated through the model's x̂0(x); with ``through_model=False``
+  the model's Jacobian is replaced by Tweedie's leading term I/a, so ∇_x L ≈ ∇_{x̂0} L / a (no backward pass
+  through the UNet: cheaper, cruder).
+"""
+
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+
+
+# ``evaluate(x, t) -> output``: the (possibly already guided) model evaluation a gradient rule wraps.
+Evaluation = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ClassifierGuidance:
+    """x̂0′ = x̂0 + (b²/a)·s·∇_x log p_φ(y | x) (Dhariwal & Nichol, 2021).
+
+    Attributes:
+        scale: s (0: no guidance, bit for bit).
+        classifier: a :class:`~.noisy_classifier.NoisyClassifier` (its path, schedule, space and classes are
+            checked), or any ``fn(x, t) -> logits``; None: the pipeline's ``classifier`` component.
+    """
+
+    scale: float
+    classifier: object | None = None
+
+    combines: ClassVar[bool] = False
+    needs_labels: ClassVar[bool] = True
+    memory_factor: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        check_scale(self.scale, "ClassifierGuidance")
+
+    @property
+    def argument(self) -> str:
+        return f"ClassifierGuidance(scale={self.scale!r})"
+
+    def resolve_classifier(self, components: Mapping[str, object]) -> object:
+        """Its own classifier, else the ``classifier`` of ``components``; ``ValueError`` if there is none."""
+        classifier = self.classifier if self.classifier is not None else components.get("classifier")
+        if classifier is None:
+            raise ValueError(
+                f"{self.argument} has no classifier: pass ClassifierGuidance(scale, classifier=...) or load a "
+                "pipeline with a classifier component (training/train_classifier.py trains one)."
+            )
+        return classifier
+
+    def bind(self, setup: GuidanceSetup) -> BoundClassifierGuidance:
+        classifier = self.resolve_classifier(setup.components)
+        if setup.labels is None:
+            raise ValueError(f"{self.argument} needs class labels to guide towards; pass class_labels.")
+        function = setup.counter.counted("classifier", classifier_function(classifier, setup))
+        return BoundClassifierGuidance(self.scale, function, setup)
+
+
+class BoundClassifierGuidance:
+    """Classifier guidance for one run."""
+
+    def __init__(self, scale: float, classifier: Callable, setup: GuidanceSetup):
+        self.scale, self.classifier, self.parametrization = scale, classifier, setup.parametrization
+        self.labels = setup.labels[:, None]
+
+    def log_likelihood_gradient(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """∇_x log p_φ(y | x) per example (the sum over the batch separates: each term sees its own x)."""
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            logits = self.classifier(x, timestep)  # half precision upcast to float32; float64 kept
+            log_probs = F.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+            (gradient,) = torch.autograd.grad(log_probs.gather(1, self.labels.to(x.device)).sum(), x)
+        return gradient
+
+    def __call__(
+        self, evaluate: Evaluation, x: torch.Tensor, timestep: torch.Tensor, point: EvaluationPoint
+    ) -> torch.Tensor:
+        output = evaluate(x, timestep)
+        if self.scale == 0 or point.a == 0:
+            return output
+        return shift_output(output, self.scale * self.log_likelihood_gradient(x, timestep), point, self.parametrization)
+
+
+@dataclass(frozen=True)
+class LossGuidance:
+    """x̂0′ = x̂0 − s·(b²/a)·∇_x L(x̂0(x)) for a differentiable per-example loss L (module docstring).
+
+    Attributes:
+        loss: ``loss(images) -> (B,)`` tensor; images are x̂0 in the model's space, or on a latent pipeline the
+            decoded x̂0 in [−1, 1] (``space="decoded"``).
+        scale: s, multiplying ∇L (0: no guidance).
+        through_model: back-propagate through the model's x̂0(x) (DPS) rather than use ∂x̂0/∂x ≈ I/a.
+        space: ``"decoded"`` (images; the default, the model's own samples on a pixel pipeline) or ``"model"``
+            (the latents themselves on a latent pipeline).
+    """
+
+    loss: Callable[[torch.Tensor], torch.Tensor]
+    scale: float = 1.0
+    through_model: bool = True
+    space: str = "decoded"
+
+    combines: ClassVar[bool] = False
+    needs_labels: ClassVar[bool] = False
+    memory_factor: ClassVar[int] = 1
+
+    SPACES: ClassVar[tuple[str, ...]] = ("decoded", "model")
+
+    def __post_init__(self) -> None:
+        check_scale(self.scale, "LossGuidance")
+        if not callable(self.loss):
+            raise TypeError(f"LossGuidance(loss={self.loss!r}) is not allowed; pass a callable images -> (B,) losses.")
+        if self.space not in self.SPACES:
+            raise ValueError(f"LossGuidance(space={self.space!r}) is not allowed; choose one of {list(self.SPACES)}.")
+
+    @property
+    def argument(self) -> str:
+        return f"LossGuidance(scale={self.scale!r})"
+
+    def bind(self, setup: GuidanceSetup) -> BoundLossGuidance:
+        decode = setup.decode if self.space == "decoded" else None
+        shape = setup.decoded_shape if decode is not None else setup.sample_shape
+        batch = setup.counter.batch_size
+        probe = torch.zeros(batch, *shape)  # a shape check on zeros of the run's batch: no model evaluation
+        with torch.enable_grad():
+            value = self.loss(probe)
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != (batch,):
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(
+                f"{self.argument}: the loss must return one scalar per example, shape (B,); for a batch of {batch} "
+                f"images of shape {tuple(shape)} it returned {got}."
+            )
+        return BoundLossGuidance(self, decode, setup)
+
+
+class BoundLossGuidance:
+    """Loss guidance for one run."""
+
+    def __init__(self, rule: LossGuidance, decode: Callable | None, setup: GuidanceSetup):
+        self.rule, self.decode, self.parametrization = rule, decode, setup.parametrization
+        self.counter = setup.counter  # a backward pass through the model is counted as one more evaluation
+
+    def loss_of_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        images = x0 if self.decode is None else self.decode(x0)
+        return self.rule.loss(images).sum()
+
+    def __call__(
+        self, evaluate: Evaluation, x: torch.Tensor, timestep: torch.Tensor, point: EvaluationPoint
+    ) -> torch.Tensor:
+        rule, a, b = self.rule, point.a, point.b
+        if rule.scale == 0 or a == 0:
+            return evaluate(x, timestep)
+        prediction_type = self.parametrization.prediction_type
+        with torch.enable_grad():
+            if rule.through_model:
+                x_grad = x.detach().requires_grad_(True)
+                output = evaluate(x_grad, timestep)
+                x0 = split_prediction(output, x_grad, a, b, prediction_type)[0]
+                (gradient,) = torch.autograd.grad(self.loss_of_x0(x0), x_grad)
+                self.counter.rows["unet_backward"] += x.shape[0]
+                output = output.detach()
+            else:
+                output = evaluate(x, timestep)
+                x0 = split_prediction(output, x, a, b, prediction_type)[0].detach().requires_grad_(True)
+                (gradient,) = torch.autograd.grad(self.loss_of_x0(x0), x0)
+                gradient = gradient / a
+        return shift_output(output, -rule.scale * gradient, point, self.parametrization)
+
+
+# ============================================================================================
+# scratch_diffusion.guidance.compose
+# ============================================================================================
+
+"""Guidance rules bound together: one guided model evaluation, for the pipeline and for a bare model callable.
+
+A run's rules are at most one *combining* rule (classifier-free guidance or autoguidance), first, and any number
+of *gradient* rules (classifier and loss guidance) after it, each wrapping the evaluation before it:
+
+    ŷ = G_k(… G_1(C(model)))    e.g. [ClassifierFreeGuidance(2.0), ClassifierGuidance(0.5)]
+
+:func:`bind_guidance` checks and binds them to a :class:`~.setup.GuidanceSetup` before any evaluation; the
+:class:`GuidedEvaluation` it returns is what the pipeline's denoiser calls at each point.
+
+:func:`guided_model` is the same for a bare model callable ``model(sample, timestep) -> model_output`` (the shape
+``ExactDenoiser`` and the likelihood API use) with the scheduler that describes its path: it returns the guided
+model, so guidance can be checked against exact answers without a trained network.
+"""
+
+
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+
+
+GuidanceRule = ClassifierFreeGuidance | AutoGuidance | ClassifierGuidance | LossGuidance
+RULES = (ClassifierFreeGuidance, AutoGuidance, ClassifierGuidance, LossGuidance)
+Guidance = GuidanceRule | Sequence[GuidanceRule]
+
+
+# What makes an object a guidance rule (duck-typed: a rule of your own, or ours from another copy of the package,
+# such as the code a saved pipeline ships, works alike).
+RULE_MEMBERS = ("bind", "combines", "needs_labels", "memory_factor", "argument")
+
+
+def is_rule(value: object) -> bool:
+    """Whether ``value`` has the members of a guidance rule (:data:`RULE_MEMBERS`)."""
+    return all(hasattr(value, member) for member in RULE_MEMBERS)
+
+
+def as_rules(guidance: Guidance | None) -> tuple[GuidanceRule, ...]:
+    """``guidance`` as a tuple of rules, checked: at most one combining rule, and it comes first."""
+    if guidance is None:
+        return ()
+    rules = (guidance,) if is_rule(guidance) else tuple(guidance) if isinstance(guidance, Sequence) else None
+    if rules is None or isinstance(guidance, str) or not all(is_rule(rule) for rule in rules):
+        raise TypeError(
+            f"guidance={guidance!r} is not allowed; pass one rule or a list of rules such as "
+            f"{[cls.__name__ for cls in RULES]} (an object with {list(RULE_MEMBERS)})."
+        )
+    combining = [i for i, rule in enumerate(rules) if rule.combines]
+    if len(combining) > 1 or combining[:1] not in ([], [0]):
+        raise ValueError(
+            f"guidance={list(rules)!r} is not allowed; pass at most one of ClassifierFreeGuidance/AutoGuidance, "
+            "first, then any ClassifierGuidance/LossGuidance."
+        )
+    return rules
+
+
+class GuidedEvaluation:
+    """The bound rules of one run: ``guided(model, x, t, point) -> output`` (module docstring)."""
+
+    def __init__(self, rules: Sequence[GuidanceRule], setup: GuidanceSetup):
+        self.rules = tuple(rules)
+        bound = [rule.bind(setup) for rule in self.rules]  # every check, before any evaluation
+        self.combination = bound[0] if self.rules and self.rules[0].combines else None
+        self.gradients = bound[1:] if self.combination is not None else bound
+        self.conditions = setup.model_conditions
+
+    @property
+    def memory_factor(self) -> int:
+        """The model's batch per sample (2 under classifier-free guidance)."""
+        return max((rule.memory_factor for rule in self.rules), default=1)
+
+    def __call__(
+        self, model: ModelFunction, x: torch.Tensor, timestep: torch.Tensor, point: EvaluationPoint
+    ) -> torch.Tensor:
+        if self.combination is not None:
+            evaluate = functools.partial(self.combination, model, point=point)
+        else:
+            evaluate = functools.partial(_plain, model, conditions=self.conditions)
+        for rule in self.gradients:
+            evaluate = functools.partial(rule, evaluate, point=point)
+        return evaluate(x, timestep)
+
+
+def _plain(model: ModelFunction, x: torch.Tensor, timestep: torch.Tensor, conditions: Mapping) -> torch.Tensor:
+    return model(x, timestep, conditions)
+
+
+def bind_guidance(guidance: Guidance | None, setup: GuidanceSetup) -> GuidedEvaluation | None:
+    """The rules of ``guidance`` bound to ``setup`` (None for no rule); raises before any model evaluation."""
+    rules = as_rules(guidance)
+    return GuidedEvaluation(rules, setup) if rules else None
+
+
+def schedule_log_snr_range(scheduler: object) -> tuple[float, float]:
+    """(λ_min, λ_max) a model of ``scheduler``'s path was trained on (the flow path covers every λ)."""
+    if parametrization_of(scheduler).path == "flow":
+        return (-math.inf, math.inf)
+    table = vp_log_snr_table(scheduler.alphas_cumprod)
+    return (float(np.min(table)), float(np.max(table)))
+
+
+class GuidedModel:
+    """A bare model callable with guidance: ``guided(sample, timestep) -> model_output`` (see :func:`guided_model`)."""
+
+    def __init__(self, model: Callable, scheduler: object, guidance: Guidance, labels, conditional: bool, components):
+        self.model, self.scheduler, self.rules = model, scheduler, as_rules(guidance)
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        self.conditional, self.components = conditional, dict(components or {})
+        self.guided: GuidedEvaluation | None = None
+        self.counter: EvaluationCounter | None = None
+
+    def bind(self, sample: torch.Tensor) -> GuidedEvaluation:
+        """Bind the rules for batches like ``sample`` (done at the first call, before the model is evaluated)."""
+        labels = self.labels
+        if labels is not None and labels.ndim == 0:
+            labels = labels.expand(len(sample))
+        conditions = {"class_labels": labels} if self.conditional and labels is not None else {}
+        self.counter = EvaluationCounter(len(sample))
+        setup = GuidanceSetup(
+            parametrization=parametrization_of(self.scheduler),
+            sample_shape=tuple(sample.shape[1:]),
+            labels=labels,
+            model_conditions=conditions,
+            null_class=self.components.get("null_class"),
+            log_snr_range=schedule_log_snr_range(self.scheduler),
+            components=self.components,
+            counter=self.counter,
+        )
+        return GuidedEvaluation(self.rules, setup)
+
+    def __call__(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
+        if self.guided is None:
+            self.guided = self.bind(sample)
+        a, b = (float(v) for v in signal_noise_at(self.scheduler, torch.as_tensor(timestep).detach().cpu()))
+        point = EvaluationPoint(a, b, point_log_snr(a, b))
+        model = self.counter.counted("model", lambda x, t, conditions: self.model(x, t, **conditions))
+        return self.guided(model, sample, torch.as_tensor(timestep), point)
+
+    @property
+    def evaluations(self) -> dict[str, float]:
+        """Evaluations per sample of each model so far (``model``, ``guide_unet``, ``classifier``, …)."""
+        return {} if self.counter is None else self.counter.per_image()
+
+
+def guided_model(
+    model: Callable,
+    scheduler: object,
+    guidance: Guidance,
+    class_labels: int | Sequence[int] | torch.Tensor | None = None,
+    *,
+    conditional: bool = False,
+    null_class: int | None = None,
+    guide_unet: object | None = None,
+    classifier: object | None = None,
+) -> GuidedModel:
+    """``model(sample, timestep) -> output`` with ``guidance`` applied, on the path ``scheduler`` describes.
+
+    Args:
+        model: a model callable in ``scheduler``'s parametrisation (e.g. ``ExactDenoiser(mixture, scheduler)``);
+            called as ``model(x, t, class_labels=...)`` when ``conditional``.
+        scheduler: describes the path and parametrisation (``noise_path.signal_noise_at`` gives each point).
+        guidance: one rule or a list (:func:`as_rules`).
+        class_labels: the classes to guide towards (one for all, or one per sample).
+        conditional: the model takes ``class_labels`` (classifier-free guidance needs it, with ``null_class``).
+        guide_unet, classifier: the defaults of rules given without their own.
+    """
+    components = {"guide_unet": guide_unet, "classifier": classifier, "null_class": null_class}
+    return GuidedModel(model, scheduler, guidance, class_labels, conditional, components)
+
+
+# ============================================================================================
+# scratch_schedulers.model_path
+# ============================================================================================
+
+"""The path a model was trained on, as a clock: from a log-SNR λ to the model's timestep and path point.
+
+A model is evaluated at the point of its own path with the sampler's SNR (``path_change``); :class:`ModelPath`
+holds what that needs — the parametrisation, ``num_train_timesteps`` and, on the VP path, the log-SNR table of
+the training schedule, built from the ``noise_schedule`` dict a pipeline records (:data:`VP_SCHEDULE_DEFAULTS`'
+keys on the VP path, ``num_train_timesteps`` on the flow path). The pipeline's change of variables, the
+likelihood code and the noise-aware classifier read it here.
+"""
+
+
+import functools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+# The keys of a training scheduler's config that fix its noise path (saved as the pipeline's noise_schedule).
+VP_SCHEDULE_DEFAULTS = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "rescale_betas_zero_snr": False,
+}
+
+
+@dataclass(frozen=True)
+class ModelPath:
+    """The path a UNet was trained on, with the clock that turns a log-SNR into its timestep."""
+
+    parametrization: Parametrization
+    num_train_timesteps: int
+    log_snr_table: np.ndarray | None = None  # VP only: λ_t for t = 0..T−1
+
+    @classmethod
+    def from_schedule(cls, parametrization: Parametrization, schedule: Mapping) -> ModelPath:
+        """Build from a ``noise_schedule`` dict (:func:`noise_schedule_of`)."""
+        if parametrization.path == "flow":
+            return cls(parametrization, int(schedule["num_train_timesteps"]))
+        s = {**VP_SCHEDULE_DEFAULTS, **schedule}
+        betas = make_betas(
+            s["beta_schedule"], s["num_train_timesteps"], s["beta_start"], s["beta_end"], s["trained_betas"]
+        )
+        if s["rescale_betas_zero_snr"]:
+            betas = rescale_zero_terminal_snr(betas)
+        table = vp_log_snr_table(torch.cumprod(1.0 - betas, dim=0))
+        return cls(parametrization, int(s["num_train_timesteps"]), table)
+
+    @staticmethod
+    def of_schedule(parametrization: Parametrization, schedule: Mapping) -> ModelPath:
+        """:meth:`from_schedule`, built once per (parametrisation, schedule) and reused by every call."""
+        return _cached_model_path(parametrization, json.dumps(schedule, sort_keys=True))
+
+    def point(self, lam: float) -> PathPoint:
+        """Where the model is evaluated for a sampler point of log-SNR ``lam``."""
+        if self.parametrization.path == "flow":
+            return flow_model_point(lam, self.num_train_timesteps)
+        return vp_model_point(lam, self.log_snr_table)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_model_path(parametrization: Parametrization, schedule_json: str) -> ModelPath:
+    return ModelPath.from_schedule(parametrization, json.loads(schedule_json))
+
+
+# ============================================================================================
+# scratch_diffusion.guidance.noisy_classifier
+# ============================================================================================
+
+"""A noise-aware classifier p_φ(y | x_t): the down half of a ``UNet2DModel`` with a pooling head.
+
+Classifier guidance (Dhariwal & Nichol, 2021, §4 and App. F) needs log p_φ(y | x_t) at every noise level the
+sampler visits, so the classifier sees the noisy sample *and* its timestep, exactly as the diffusion UNet does:
+the same sinusoidal timestep embedding (``Timesteps`` → ``TimestepEmbedding``), diffusers' own down blocks
+(``get_down_block``) and mid block (``UNetMidBlock2D``), then ADM's "adaptive" head — GroupNorm, activation,
+global average pooling and a linear layer to the logits (zero-initialised, so an untrained classifier answers
+the uniform distribution). The timestep is the UNet's own: t ∈ [0, T) on the VP path, σ·T on the flow path.
+
+The config records the path (``noise_path``) and training schedule (``noise_schedule``, the dict a
+``ScratchDiffusionPipeline`` records) the classifier was trained on, so guidance can refuse a classifier whose
+timesteps mean other noise levels. :meth:`NoisyClassifier.from_unet_config` builds one "like" a pipeline's UNet.
+``training/train_classifier.py`` trains it.
+"""
+
+
+import inspect
+from collections.abc import Mapping
+
+import torch
+from diffusers import ModelMixin, UNet2DModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.activations import get_activation
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block
+from torch import nn
+
+
+# The UNet2DModel down blocks that take a timestep embedding and no skip sample (the skip blocks are NCSN++'s).
+DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D")
+# The keys of a UNet2DModel config that from_unet_config copies (the classifier's input and encoder).
+MIRRORED_UNET_KEYS = (
+    "sample_size", "in_channels", "block_out_channels", "layers_per_block", "down_block_types", "norm_num_groups",
+    "attention_head_dim", "add_attention", "norm_eps", "act_fn", "downsample_type", "flip_sin_to_cos", "freq_shift",
+    "dropout",
+)  # fmt: skip
+# Any prediction type of the path: a ModelPath is used here only for its clock (λ ↔ timestep), never its outputs.
+_ANY_PREDICTION = {"vp": "epsilon", "flow": "flow_velocity"}
+
+
+def check_noise_schedule(noise_path: str, noise_schedule: Mapping | None) -> None:
+    """``noise_schedule`` is None or a schedule of ``noise_path`` (``cross_path.noise_schedule_of``'s keys)."""
+    if noise_schedule is None:
+        return
+    if not isinstance(noise_schedule, Mapping):
+        raise ValueError(f"noise_schedule={noise_schedule!r} is not allowed; pass a dict (or None).")
+    allowed = {"num_train_timesteps"} if noise_path == "flow" else set(VP_SCHEDULE_DEFAULTS)
+    unknown = sorted(set(noise_schedule) - allowed)
+    if unknown or "num_train_timesteps" not in noise_schedule:
+        raise ValueError(
+            f"noise_schedule={dict(noise_schedule)} is not a {noise_path!r} schedule (unknown keys {unknown}); "
+            f"allowed keys: {sorted(allowed)}, num_train_timesteps required."
+        )
+    try:
+        ModelPath.from_schedule(Parametrization(noise_path, _ANY_PREDICTION[noise_path]), noise_schedule)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"noise_schedule={dict(noise_schedule)} is not allowed: {err}") from None
+
+
+class NoisyClassifier(ModelMixin, ConfigMixin):
+    """logits = f_φ(x_t, t) of shape (B, num_classes): a UNet2DModel's encoder, mid block and a pooling head.
+
+    Args:
+        sample_size: the sample side (pixels, or latents on a latent pipeline), divisible by 2^(levels − 1).
+        in_channels: the sample's channels.
+        num_classes: classes K ≥ 2.
+        block_out_channels, layers_per_block, down_block_types, norm_num_groups, attention_head_dim, add_attention,
+            norm_eps, act_fn, downsample_type, flip_sin_to_cos, freq_shift, dropout: as ``UNet2DModel``'s.
+        noise_path: ``"vp"`` or ``"flow"``, the path of the timesteps it is given.
+        noise_schedule: the path's training schedule (a pipeline's ``noise_schedule``); None: unknown.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 16,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        block_out_channels: tuple[int, ...] = (32, 64),
+        layers_per_block: int = 1,
+        down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D"),
+        norm_num_groups: int = 8,
+        attention_head_dim: int | None = 8,
+        add_attention: bool = True,
+        norm_eps: float = 1e-5,
+        act_fn: str = "silu",
+        downsample_type: str = "conv",
+        flip_sin_to_cos: bool = True,
+        freq_shift: int = 0,
+        dropout: float = 0.0,
+        noise_path: str = "flow",
+        noise_schedule: dict | None = None,
+    ):
+        super().__init__()
+        levels = len(block_out_channels)
+        checks = (
+            (isinstance(num_classes, int) and num_classes >= 2, f"num_classes={num_classes!r}", "an integer ≥ 2"),
+            (noise_path in NOISE_PATHS, f"noise_path={noise_path!r}", f"one of {list(NOISE_PATHS)}"),
+            (isinstance(in_channels, int) and in_channels >= 1, f"in_channels={in_channels!r}", "an integer ≥ 1"),
+            (isinstance(layers_per_block, int) and layers_per_block >= 1, f"layers_per_block={layers_per_block!r}",
+             "an integer ≥ 1"),
+            (levels >= 1 and len(down_block_types) == levels,
+             f"block_out_channels={list(block_out_channels)} with down_block_types={list(down_block_types)}",
+             "one down block type per width (at least one)"),
+            (all(kind in DOWN_BLOCK_TYPES for kind in down_block_types), f"down_block_types={list(down_block_types)}",
+             f"types from {list(DOWN_BLOCK_TYPES)}"),
+            (all(isinstance(w, int) and w >= 1 and w % norm_num_groups == 0 for w in block_out_channels),
+             f"block_out_channels={list(block_out_channels)} with norm_num_groups={norm_num_groups}",
+             "positive widths divisible by norm_num_groups"),
+            (isinstance(sample_size, int) and sample_size >= 1 and sample_size % 2 ** (levels - 1) == 0,
+             f"sample_size={sample_size!r}", f"a positive multiple of {2 ** (levels - 1)} ({levels} levels)"),
+        )  # fmt: skip
+        for holds, value, allowed in checks:
+            if not holds:
+                raise ValueError(f"{value} is not allowed; pass {allowed}.")
+        check_noise_schedule(noise_path, noise_schedule)
+
+        time_dim = block_out_channels[0] * 4
+        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], kernel_size=3, padding=1)
+        self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
+        self.time_embedding = TimestepEmbedding(block_out_channels[0], time_dim)
+        self.down_blocks = nn.ModuleList()
+        for i, (kind, width) in enumerate(zip(down_block_types, block_out_channels, strict=True)):
+            self.down_blocks.append(
+                get_down_block(
+                    kind,
+                    num_layers=layers_per_block,
+                    in_channels=block_out_channels[max(i - 1, 0)],
+                    out_channels=width,
+                    temb_channels=time_dim,
+                    add_downsample=i < levels - 1,
+                    resnet_eps=norm_eps,
+                    resnet_act_fn=act_fn,
+                    resnet_groups=norm_num_groups,
+                    attention_head_dim=attention_head_dim if attention_head_dim is not None else width,
+                    downsample_padding=1,
+                    downsample_type=downsample_type,
+                    dropout=dropout,
+                )
+            )
+        width = block_out_channels[-1]
+        self.mid_block = UNetMidBlock2D(
+            in_channels=width,
+            temb_channels=time_dim,
+            dropout=dropout,
+            resnet_eps=norm_eps,
+            resnet_act_fn=act_fn,
+            attention_head_dim=attention_head_dim if attention_head_dim is not None else width,
+            resnet_groups=norm_num_groups,
+            add_attention=add_attention,
+        )
+        self.norm_out = nn.GroupNorm(norm_num_groups, width, eps=norm_eps)
+        self.act_out = get_activation(act_fn)
+        self.classify = nn.Linear(width, num_classes)
+        nn.init.zeros_(self.classify.weight)  # ADM's zero_module: uniform p(y | x_t) before training
+        nn.init.zeros_(self.classify.bias)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int) -> torch.Tensor:
+        """Logits (B, num_classes) of ``sample`` (B, C, H, W) at ``timestep`` (a scalar or one per example)."""
+        timesteps = torch.as_tensor(timestep, device=sample.device)
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(sample.shape[0])
+        elif timesteps.shape != (sample.shape[0],):
+            raise ValueError(
+                f"timestep of shape {tuple(timesteps.shape)} is not allowed for a batch of {sample.shape[0]}; "
+                "pass a scalar or one timestep per example."
+            )
+        emb = self.time_embedding(self.time_proj(timesteps).to(self.dtype))  # the projection is float32
+        hidden = self.conv_in(sample)
+        for block in self.down_blocks:
+            hidden, _ = block(hidden_states=hidden, temb=emb)
+        hidden = self.act_out(self.norm_out(self.mid_block(hidden, emb)))
+        return self.classify(hidden.mean(dim=(-2, -1)))
+
+    @property
+    def model_path(self) -> ModelPath:
+        """Its path with the clock from a log-SNR λ to its timestep (``ModelPath.point``); needs ``noise_schedule``."""
+        path, schedule = self.config.noise_path, self.config.noise_schedule
+        if schedule is None:
+            raise ValueError("this classifier records no noise_schedule, so its timesteps' noise levels are unknown.")
+        return ModelPath.of_schedule(Parametrization(path, _ANY_PREDICTION[path]), dict(schedule))
+
+    @classmethod
+    def from_unet_config(
+        cls,
+        unet_config: Mapping,
+        num_classes: int,
+        noise_path: str,
+        noise_schedule: Mapping | None,
+        **overrides,
+    ) -> NoisyClassifier:
+        """A fresh classifier with a UNet2DModel's input and encoder (:data:`MIRRORED_UNET_KEYS`; the UNet's
+        defaults where its config is silent); ``overrides`` (any argument of :class:`NoisyClassifier`) win."""
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"overrides {unknown} are not NoisyClassifier arguments; allowed: {sorted(known)}.")
+        unet_defaults = {
+            name: parameter.default for name, parameter in inspect.signature(UNet2DModel.__init__).parameters.items()
+        }
+        mirrored = {key: unet_config.get(key, unet_defaults[key]) for key in MIRRORED_UNET_KEYS}
+        schedule = None if noise_schedule is None else dict(noise_schedule)
+        arguments = {**mirrored, "num_classes": num_classes, "noise_path": noise_path, "noise_schedule": schedule}
+        return cls(**{**arguments, **overrides})
 
 
 # ============================================================================================
@@ -2640,11 +3931,16 @@ def encode_to_latents(
     return (latents - shift) * scale
 
 
+def decode_differentiably(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents → images (N, C, H, W), nominally in [−1, 1], in the caller's grad mode (loss guidance)."""
+    scale, shift = latent_scaling(vae)
+    return vae.decode(latents.to(device=vae.device, dtype=vae.dtype) / scale + shift).sample
+
+
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents → images (N, C, H, W), nominally in [−1, 1] (not clamped)."""
-    scale, shift = latent_scaling(vae)
-    return vae.decode(latents.to(device=vae.device, dtype=vae.dtype) / scale + shift).sample
+    return decode_differentiably(vae, latents)
 
 
 def check_vae_fits_unet(vae, unet_config) -> None:
@@ -2836,158 +4132,14 @@ register_component(
     )
 )
 register_component(Component("vae", AutoencoderKL, fits=check_vae_fits_unet, pixel_space=False))
-
-
-# ============================================================================================
-# scratch_schedulers.path_change
-# ============================================================================================
-
-"""The exact change of variables between the VP and the flow noise paths, and between parametrisations.
-
-"Step-by-Step Diffusion" (Nakkiran et al., 2024) treats DDPM, DDIM and flow matching as one family
-of samplers on different Gaussian paths x = a·x0 + b·ε. Two path points with the same
-signal-to-noise ratio a/b hold the same information about x0 and differ only by a scale factor,
-so a model trained on one path can be evaluated at any point of another:
-
-* VP → flow: x_flow = x_vp / (a + b) at σ = b / (a + b), since (1 − σ)·x0 + σ·ε = (a·x0 + b·ε)/(a + b);
-* in general, from (a, b) to (a′, b′) with a′/b′ = a/b: x′ = k·x with k = a′/a = b′/b;
-* the time of a point is found from its log-SNR λ = log(a/b): on the flow path σ = 1/(1 + e^λ),
-  t = σ·T; on the discrete VP path by interpolating λ_t = ½·log(ᾱ_t/(1 − ᾱ_t)) linearly between
-  integer timesteps (:func:`vp_timestep_at_log_snr`);
-* the model output is converted by the named conversions of :mod:`.noise_path`: ``split_prediction``
-  gives (x̂0, ε̂) — the same two quantities on every path — and ``target_for`` expresses them as
-  what the other side expects (:func:`prediction_readout`).
-
-**The ends.** A VP model has seen only λ ∈ [λ_{T−1}, λ_0] (for the linear β schedule about
-[−5.0, 4.6]); a flow sampler visits σ → 1 (λ → −∞) and σ → 0 (λ → +∞). Outside its range the
-model is evaluated at the nearest point it was trained on (t = T − 1 or t = 0), and the sample is
-rescaled so that its dominant part is kept: the noise (k = b′/b) where λ ≤ 0, the signal
-(k = a′/a) where λ > 0 — inside the range both are the same k. At σ = 1 this gives the model
-b_{T−1}·ε, i.e. its own noisiest input without the a_{T−1}·x0 ≈ 0.006·x0 it cannot know; at
-σ = 0 it gives √ᾱ_0·x. A zero-terminal-SNR table (ᾱ_{T−1} = 0, λ = −∞) is matched exactly: the
-last interval interpolates ᾱ instead of λ. A flow model covers every σ ∈ [0, 1] and is never
-clamped.
-
-All functions here are pure host-side float64 maths on Python floats and NumPy tables, computed
-once per schedule; the sampling loop only multiplies by the resulting numbers.
-"""
-
-
-import math
-from typing import NamedTuple
-
-import numpy as np
-import torch
-
-
-
-class PathPoint(NamedTuple):
-    """A point of a noise path: the model timestep there and the scales of x = a·x0 + b·ε."""
-
-    timestep: float
-    a: float
-    b: float
-
-
-def vp_to_flow(x_vp: torch.Tensor, a: float, b: float) -> tuple[torch.Tensor, float]:
-    """(x_flow, σ) = (x_vp/(a + b), b/(a + b)): the flow-path point with the SNR of VP point (a, b)."""
-    return x_vp / (a + b), b / (a + b)
-
-
-def flow_to_vp(x_flow: torch.Tensor, sigma: float) -> tuple[torch.Tensor, float, float]:
-    """(x_vp, a, b) for flow point σ: a = (1 − σ)/r, b = σ/r, x_vp = x_flow/r with r = √((1 − σ)² + σ²)."""
-    r = math.hypot(1 - sigma, sigma)
-    return x_flow / r, (1 - sigma) / r, sigma / r
-
-
-def point_log_snr(a: float, b: float) -> float:
-    """λ = log(a/b) as a Python float; −∞ at a = 0 and +∞ at b = 0."""
-    return float(log_snr(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)))
-
-
-def _sigmoid(z: float) -> float:
-    """1/(1 + e^{−z}) without overflow, exact 0 and 1 at z = ∓∞."""
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    return math.exp(z) / (1.0 + math.exp(z))
-
-
-def vp_point_of_log_snr(lam: float) -> tuple[float, float]:
-    """(a, b) = (√sigmoid(2λ), √sigmoid(−2λ)) of the VP point with log-SNR λ (a² + b² = 1)."""
-    return math.sqrt(_sigmoid(2 * lam)), math.sqrt(_sigmoid(-2 * lam))
-
-
-def vp_log_snr_table(alphas_cumprod: torch.Tensor | np.ndarray) -> np.ndarray:
-    """λ_t = ½·log(ᾱ_t/(1 − ᾱ_t)) for t = 0..T−1 in float64 (−∞ where ᾱ = 0); checked non-increasing."""
-    alpha_bar = np.asarray(torch.as_tensor(alphas_cumprod).detach().cpu().to(torch.float64))
-    with np.errstate(divide="ignore"):
-        table = 0.5 * (np.log(alpha_bar) - np.log1p(-alpha_bar))
-    if np.any(np.diff(table) > 0) or np.isnan(table).any():
-        raise ValueError("alphas_cumprod must be non-increasing in (0, 1] with values < 1 (a noising schedule).")
-    return table
-
-
-def vp_timestep_at_log_snr(lam: float, table: np.ndarray) -> float:
-    """The continuous VP timestep t ∈ [0, T − 1] whose log-SNR is ``lam``, clamped to that range.
-
-    λ is interpolated linearly between integer timesteps (monotone, so the inverse is unique up to
-    plateaus of the table). Where the table ends in λ_{T−1} = −∞ (zero terminal SNR), the last
-    interval interpolates ᾱ = sigmoid(2λ) instead, which reaches t = T − 1 exactly at λ = −∞.
-    """
-    last = len(table) - 1
-    if lam >= table[0]:
-        return 0.0
-    if lam <= table[last]:
-        return float(last)
-    finite = int(np.isfinite(table).sum()) - 1  # index of the last finite λ
-    if lam < table[finite]:  # inside the final interval towards ᾱ = 0
-        alpha_bar_last_finite = _sigmoid(2 * float(table[finite]))
-        return finite + (1.0 - _sigmoid(2 * lam) / alpha_bar_last_finite) * (last - finite)
-    return float(np.interp(lam, table[: finite + 1][::-1], np.arange(finite + 1, dtype=np.float64)[::-1]))
-
-
-def vp_model_point(lam: float, table: np.ndarray) -> PathPoint:
-    """Where a VP model with log-SNR table ``table`` is evaluated for a point of log-SNR ``lam``.
-
-    Inside [λ_{T−1}, λ_0] the point with exactly that SNR; outside, the nearest trained end.
-    """
-    clamped = min(max(lam, float(table[-1])), float(table[0]))
-    a, b = vp_point_of_log_snr(clamped)
-    return PathPoint(vp_timestep_at_log_snr(clamped, table), a, b)
-
-
-def flow_model_point(lam: float, num_train_timesteps: int) -> PathPoint:
-    """The flow point with log-SNR ``lam``: σ = sigmoid(−λ), a = 1 − σ, timestep σ·T (every λ, ±∞ too)."""
-    sigma = _sigmoid(-lam)
-    return PathPoint(sigma * num_train_timesteps, _sigmoid(lam), sigma)
-
-
-def rescale_factor(a_from: float, b_from: float, a_to: float, b_to: float) -> float:
-    """k with x_to = k·x_from: b_to/b_from where λ_from ≤ 0 (keeps the noise), else a_to/a_from (keeps x0).
-
-    For points of equal SNR both ratios are the same number (and equal (a_to + b_to)/(a_from + b_from));
-    for a clamped target the choice keeps the dominant component of the sample (module docstring).
-    """
-    return b_to / b_from if b_from >= a_from else a_to / a_from
-
-
-def prediction_readout(
-    model_type: PredictionType, a_model: float, b_model: float, target_type: PredictionType, a: float, b: float
-) -> tuple[float, float]:
-    """(p, q) with target = p·model_output + q·x_model, converting a prediction between parametrisations.
-
-    The model output of ``model_type`` at its point (a_model, b_model) gives (x̂0, ε̂) by
-    ``split_prediction``; ``target_for`` writes them as ``target_type`` at the sampler's point
-    (a, b). Both are linear in (output, x), so evaluating them at the unit vectors gives the two
-    coefficients exactly. A non-finite coefficient means the conversion does not exist (e.g. x̂0
-    from an ε-prediction at a = 0): callers refuse it.
-    """
-    one, zero, a_m, b_m = (torch.tensor(v, dtype=torch.float64) for v in (1.0, 0.0, a_model, b_model))
-    coefficients = []
-    for output, x in ((one, zero), (zero, one)):
-        x0, eps = split_prediction(output, x, a_m, b_m, model_type)
-        coefficients.append(float(target_for(target_type, x0, eps, a, b)))
-    return coefficients[0], coefficients[1]
+# Autoguidance's guide (Karras et al., 2024): a smaller or shorter-trained UNet of the same path and space.
+register_component(Component("guide_unet", UNet2DModel, fits=check_guide_fits_unet))
+# Classifier guidance's noise-aware classifier p_φ(y | x_t) (training/train_classifier.py trains one).
+register_component(
+    Component(
+        "classifier", NoisyClassifier, ours={"NoisyClassifier": NoisyClassifier}, fits=check_classifier_fits_unet
+    )
+)
 
 
 # ============================================================================================
@@ -3016,8 +4168,6 @@ before any model evaluation.
 """
 
 
-import functools
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -3026,16 +4176,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-
-# The keys of a training scheduler's config that fix its noise path (saved as the pipeline's noise_schedule).
-VP_SCHEDULE_DEFAULTS = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "trained_betas": None,
-    "rescale_betas_zero_snr": False,
-}
 
 
 def noise_schedule_of(scheduler: object, path: str) -> dict | None:
@@ -3049,45 +4189,6 @@ def noise_schedule_of(scheduler: object, path: str) -> dict | None:
     if schedule["trained_betas"] is not None:
         schedule["trained_betas"] = [float(beta) for beta in schedule["trained_betas"]]
     return schedule
-
-
-@dataclass(frozen=True)
-class ModelPath:
-    """The path a UNet was trained on, with the clock that turns a log-SNR into its timestep."""
-
-    parametrization: Parametrization
-    num_train_timesteps: int
-    log_snr_table: np.ndarray | None = None  # VP only: λ_t for t = 0..T−1
-
-    @classmethod
-    def from_schedule(cls, parametrization: Parametrization, schedule: Mapping) -> ModelPath:
-        """Build from a ``noise_schedule`` dict (:func:`noise_schedule_of`)."""
-        if parametrization.path == "flow":
-            return cls(parametrization, int(schedule["num_train_timesteps"]))
-        s = {**VP_SCHEDULE_DEFAULTS, **schedule}
-        betas = make_betas(
-            s["beta_schedule"], s["num_train_timesteps"], s["beta_start"], s["beta_end"], s["trained_betas"]
-        )
-        if s["rescale_betas_zero_snr"]:
-            betas = rescale_zero_terminal_snr(betas)
-        table = vp_log_snr_table(torch.cumprod(1.0 - betas, dim=0))
-        return cls(parametrization, int(s["num_train_timesteps"]), table)
-
-    @staticmethod
-    def of_schedule(parametrization: Parametrization, schedule: Mapping) -> ModelPath:
-        """:meth:`from_schedule`, built once per (parametrisation, schedule) and reused by every call."""
-        return _cached_model_path(parametrization, json.dumps(schedule, sort_keys=True))
-
-    def point(self, lam: float) -> PathPoint:
-        """Where the model is evaluated for a sampler point of log-SNR ``lam``."""
-        if self.parametrization.path == "flow":
-            return flow_model_point(lam, self.num_train_timesteps)
-        return vp_model_point(lam, self.log_snr_table)
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_model_path(parametrization: Parametrization, schedule_json: str) -> ModelPath:
-    return ModelPath.from_schedule(parametrization, json.loads(schedule_json))
 
 
 def sampler_levels(scheduler: object, path: str) -> list[tuple[float, float]]:
@@ -3235,75 +4336,6 @@ def scheduler_model_calls(
 
 
 # ============================================================================================
-# scratch_diffusion.pipelines.guidance
-# ============================================================================================
-
-"""Guidance: how one denoiser evaluation combines several model outputs (the one place it is implemented).
-
-:class:`ClassifierFreeGuidance` (Ho & Salimans, 2022) evaluates the conditional and the unconditional
-model in one batched forward pass and extrapolates, ŷ = ŷ_∅ + w·(ŷ_c − ŷ_∅), with the null class
-∅ = ``num_class_embeds − 1`` of a class-conditional UNet. A guidance object expands the model's inputs
-(:meth:`~ClassifierFreeGuidance.expand_input`, :meth:`~ClassifierFreeGuidance.expand_conditions`),
-combines the outputs (:meth:`~ClassifierFreeGuidance.combine`) and states what it costs
-(``memory_factor``, ``evaluations``) and whether it needs class labels (``needs_labels``);
-:class:`~.denoiser.Denoiser` takes one, so sampling, inversion and anything else built on the denoiser
-guide alike. Another rule (autoguidance, a classifier) is another class with the same members.
-"""
-
-
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import ClassVar
-
-import torch
-
-
-@dataclass(frozen=True)
-class ClassifierFreeGuidance:
-    """ŷ = ŷ_∅ + w·(ŷ_c − ŷ_∅): the conditional half of the batch first, then the null class.
-
-    Attributes:
-        scale: the guidance weight w (w = 1 is no guidance: :func:`guidance_from_scale` gives None).
-        null_class: the class index of ∅ (a class-conditional UNet's last one); None for an
-            unconditional UNet, which :func:`~.inputs.check_conditioning` then refuses.
-    """
-
-    scale: float
-    null_class: int | None
-
-    needs_labels: ClassVar[bool] = True  # it guides towards given class labels
-    memory_factor: ClassVar[int] = 2  # the model's batch is twice the sample batch
-    evaluations: ClassVar[int] = 2  # model evaluations per sample and step (in one forward pass)
-
-    @property
-    def argument(self) -> str:
-        """The call argument that asked for this guidance, as error messages name it."""
-        return f"guidance_scale={self.scale!r}"
-
-    def expand_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The model input of both halves: the sample twice."""
-        return torch.cat([x, x])
-
-    def expand_conditions(self, conditions: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-sample model inputs of both halves: the labels, then the null class; any other input twice."""
-        expanded = {name: torch.cat([value, value]) for name, value in conditions.items()}
-        labels = conditions.get("class_labels")
-        if labels is not None:
-            expanded["class_labels"] = torch.cat([labels, torch.full_like(labels, self.null_class)])
-        return expanded
-
-    def combine(self, output: torch.Tensor) -> torch.Tensor:
-        """ŷ_∅ + w·(ŷ_c − ŷ_∅) from the output of the expanded batch."""
-        conditional, unconditional = output.chunk(2)
-        return unconditional + self.scale * (conditional - unconditional)
-
-
-def guidance_from_scale(guidance_scale: float, num_classes: int | None) -> ClassifierFreeGuidance | None:
-    """Classifier-free guidance of weight ``guidance_scale`` (checked to be a finite number), or None for w = 1."""
-    return None if guidance_scale == 1 else ClassifierFreeGuidance(guidance_scale, num_classes)
-
-
-# ============================================================================================
 # scratch_diffusion.pipelines.denoiser
 # ============================================================================================
 
@@ -3318,8 +4350,10 @@ points of each call, ``plan.calls[i].sampler`` and ``.model`` (a, b, λ), and fo
 ``("sample", "epsilon")`` returns x̂0 and ε̂ at the sampler's point, as inversion asks.
 
 One evaluation: the sample at the model's point of equal SNR (``scale_input``), cast to the model's
-dtype (and device, where one is given), the guidance rule around the model call
-(:mod:`.guidance`), the output back in the sample's dtype, read out as every target of the plan.
+dtype (and device, where one is given), the bound guidance rules around the model call at the model's
+point (:mod:`scratch_diffusion.guidance`, bound by :mod:`.guidance`), the output back in the sample's
+dtype, read out as every target of the plan. Every model call is counted (:attr:`Denoiser.counter`):
+a guided step that evaluates two halves in one batch counts two evaluations.
 
 :class:`UNetModel` is the one place the pipeline's UNet is called: the call ``unet(x, t, **conditions)``
 with its per-sample ``conditions`` (``class_labels`` today; a control residual or a second time input
@@ -3330,6 +4364,7 @@ would be further entries, which guidance expands along with the batch).
 from collections.abc import Mapping
 
 import torch
+
 
 
 
@@ -3350,8 +4385,9 @@ class Denoiser:
         model: the model callable (:class:`UNetModel`).
         plan: the run's model calls (:func:`~.cross_path.scheduler_model_calls`).
         conditions: per-sample model inputs (``class_labels``), for the sample batch.
-        guidance: a guidance rule (:class:`~.guidance.ClassifierFreeGuidance`), or None.
+        guidance: the run's bound guidance rules (:func:`~.guidance.bind_call_guidance`), or None.
         dtype: the model's dtype; device: where the model runs (None: where the sample is).
+        counter: counts the evaluations of every model (one of the sample batch's size is made if None).
     """
 
     def __init__(
@@ -3359,14 +4395,15 @@ class Denoiser:
         model: UNetModel,
         plan: ModelCalls,
         conditions: Mapping[str, torch.Tensor] | None = None,
-        guidance: ClassifierFreeGuidance | None = None,
+        guidance: GuidedEvaluation | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | None = None,
+        counter: EvaluationCounter | None = None,
     ):
         self.model, self.plan, self.guidance, self.dtype, self.device = model, plan, guidance, dtype, device
-        conditions = dict(conditions or {})
-        # expanded once per run, not per step
-        self.conditions = conditions if guidance is None else guidance.expand_conditions(conditions)
+        self.conditions = dict(conditions or {})
+        self.counter = counter if counter is not None else EvaluationCounter(1)
+        self.model_function = self.counter.counted("unet", lambda x, t, conditions: model(x, t, **conditions))
 
     @property
     def memory_factor(self) -> int:
@@ -3377,16 +4414,18 @@ class Denoiser:
         """Every target of the plan at sampler point i for the sample ``x`` there (no value is read back)."""
         call = self.plan.calls[i]
         x_model = call.scale_input(x)
-        return call.read(self.evaluate(x_model, self.plan.timesteps[i]), x_model)
+        return call.read(self.evaluate(x_model, self.plan.timesteps[i], call.model), x_model)
 
-    def evaluate(self, x_model: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        """The (guided) model output at ``x_model`` and the model's ``timestep``, in ``x_model``'s dtype and device."""
+    def evaluate(self, x_model: torch.Tensor, timestep: torch.Tensor, point=None) -> torch.Tensor:
+        """The (guided) model output at ``x_model`` and the model's ``timestep`` (at its path ``point``).
+
+        In ``x_model``'s dtype and device. Guidance needs the point (a, b, λ) of the call.
+        """
         model_input = x_model.to(device=self.device, dtype=self.dtype)
         if self.guidance is None:
-            output = self.model(model_input, timestep, **self.conditions)
+            output = self.model_function(model_input, timestep, self.conditions)
         else:
-            output = self.model(self.guidance.expand_input(model_input), timestep, **self.conditions)
-            output = self.guidance.combine(output)
+            output = self.guidance(self.model_function, model_input, timestep, point)
         return output.to(device=x_model.device, dtype=x_model.dtype)
 
 
@@ -3463,22 +4502,29 @@ def check_call_arguments(
 
 
 def check_conditioning(
-    class_labels: int | Sequence[int] | torch.Tensor | None, guidance: object | None, num_classes: int | None
+    class_labels: int | Sequence[int] | torch.Tensor | None,
+    rules: Sequence[object],
+    num_classes: int | None,
+    label_classes: int | None,
 ) -> None:
-    """Class labels only for a class-conditional UNet; a guidance rule that needs labels only towards given ones.
+    """Class labels only where something takes them; every rule that guides towards labels gets them.
 
-    ``guidance`` is the call's rule (``guidance.py``) or None; one whose ``needs_labels`` is False passes.
+    ``rules`` are the call's guidance rules (``guidance.call_rules``); ``label_classes`` how many classes labels
+    may name — the UNet's, or on an unconditional UNet a guiding classifier's (None: nothing takes labels).
     """
-    if num_classes is None and class_labels is not None:
+    if label_classes is None and class_labels is not None:
         raise ValueError(
             f"class_labels={class_labels!r} given, but the UNet is unconditional "
-            "(unet.config.num_class_embeds is None); allowed: class_labels=None."
+            "(unet.config.num_class_embeds is None) and no classifier guides it; allowed: class_labels=None "
+            "(or guidance=ClassifierGuidance(...) with a classifier)."
         )
-    if guidance is not None and guidance.needs_labels and class_labels is None:
-        reason = "the UNet is unconditional" if num_classes is None else "no class_labels were given"
-        raise ValueError(
-            f"{guidance.argument} needs class labels to guide towards, but {reason}; allowed: guidance_scale=1.0."
-        )
+    for rule in rules:
+        if rule.needs_labels and class_labels is None:
+            reason = "the UNet is unconditional" if num_classes is None else "no class_labels were given"
+            allowed = "guidance_scale=1.0" if rule.argument.startswith("guidance_scale") else "class_labels"
+            raise ValueError(
+                f"{rule.argument} needs class labels to guide towards, but {reason}; allowed: {allowed}."
+            )
 
 
 def check_callback_inputs(requested: Sequence[str], allowed: Sequence[str]) -> None:
@@ -3578,6 +4624,103 @@ def warn_if_not_finite(images: np.ndarray) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.guidance
+# ============================================================================================
+
+"""The pipeline's guidance: the rules of one call, checked against its components and bound before sampling.
+
+``guidance_scale`` keeps its meaning (plain classifier-free guidance, :class:`ClassifierFreeGuidance`); the
+``guidance`` argument takes any rule of :mod:`scratch_diffusion.guidance` or a list of them. Both together are
+one combining rule (classifier-free or autoguidance) and any gradient rules; the rules are bound to a
+:class:`~scratch_diffusion.guidance.GuidanceSetup` made from the pipeline — its parametrisation and training
+schedule, the ``guide_unet`` and ``classifier`` components, the VAE's decoder for loss guidance — so every
+check runs before the first model evaluation. No rule reaches into the sampling loop: the denoiser
+(:mod:`.denoiser`) calls the bound rules at each of its points.
+"""
+
+
+import functools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+
+
+class ScaleGuidance(ClassifierFreeGuidance):
+    """Classifier-free guidance asked for by ``guidance_scale`` (named so in error messages)."""
+
+    @property
+    def argument(self) -> str:
+        return f"guidance_scale={self.scale!r}"
+
+
+def call_rules(guidance_scale: float, guidance: Guidance | None) -> tuple[GuidanceRule, ...]:
+    """The rules of a call: classifier-free guidance for ``guidance_scale`` ≠ 1, then those of ``guidance``."""
+    rules = as_rules(guidance)
+    if guidance_scale == 1:
+        return rules
+    if rules and rules[0].combines:
+        raise ValueError(
+            f"guidance_scale={guidance_scale!r} asks for classifier-free guidance and guidance= holds "
+            f"{rules[0].argument}: pass one combining rule (guidance_scale=1.0, or no combining rule in guidance=)."
+        )
+    return (ScaleGuidance(guidance_scale), *rules)
+
+
+def label_classes(rules: Sequence[GuidanceRule], num_classes: int | None, components: dict) -> int | None:
+    """How many classes ``class_labels`` may name: the UNet's, else a guiding classifier's; None: no labels.
+
+    A classifier without a ``config`` (a bare callable) states no count: any index ≥ 0 is passed on to it.
+    """
+    if num_classes is not None:
+        return num_classes
+    for rule in rules:
+        if hasattr(rule, "resolve_classifier"):  # classifier guidance (ours, or the shipped copy's)
+            config = getattr(rule.resolve_classifier(components), "config", None)
+            classes = None if config is None else config.get("num_classes")
+            return torch.iinfo(torch.long).max if classes is None else int(classes)
+    return None
+
+
+def training_log_snr_range(pipe) -> tuple[float, float]:
+    """The λ the pipeline's UNet was trained on (the flow path covers every λ)."""
+    model_path = ModelPath.of_schedule(pipe.trained_parametrization, pipe.config.noise_schedule)
+    table = model_path.log_snr_table
+    return (-math.inf, math.inf) if table is None else (float(np.min(table)), float(np.max(table)))
+
+
+def bind_call_guidance(
+    pipe,
+    rules: Sequence[GuidanceRule],
+    labels: torch.Tensor | None,
+    model_labels: torch.Tensor | None,
+    batch_size: int,
+) -> tuple[GuidedEvaluation | None, EvaluationCounter]:
+    """The call's rules bound to the pipeline (every check, no model evaluation) and the run's evaluation counter."""
+    counter = EvaluationCounter(batch_size)
+    if not rules:
+        return None, counter
+    vae = pipe.vae
+    setup = GuidanceSetup(
+        parametrization=pipe.trained_parametrization,
+        sample_shape=sample_shape(pipe.unet, 1)[1:],
+        labels=labels,
+        model_conditions={} if model_labels is None else {"class_labels": model_labels},
+        null_class=pipe.num_classes,
+        noise_schedule=pipe.config.noise_schedule,
+        log_snr_range=training_log_snr_range(pipe),
+        components={name: getattr(pipe, name, None) for name in ("guide_unet", "classifier")},
+        decode=None if vae is None else functools.partial(decode_differentiably, vae),
+        decoded_shape=None if vae is None else decoded_shape(vae, sample_shape(pipe.unet, 1)[1:]),
+        counter=counter,
+    )
+    return GuidedEvaluation(rules, setup), counter
 
 
 # ============================================================================================
@@ -3713,8 +4856,8 @@ def invert_images(
     """``ScratchDiffusionPipeline.invert``: check everything, plan the model calls on a host grid, then invert."""
     batch_size = image_count(images)
     check_call_arguments(batch_size, num_inference_steps, None, 0.0, guidance_scale, "pt")
-    guidance = pipe.guidance(guidance_scale)
-    check_conditioning(class_labels, guidance, pipe.num_classes)
+    rules = call_rules(guidance_scale, None)
+    check_conditioning(class_labels, rules, pipe.num_classes, pipe.num_classes)
     check_invertible(pipe.scheduler)
     device = pipe._execution_device
     shape = sample_shape(pipe.unet, batch_size)
@@ -3725,11 +4868,11 @@ def invert_images(
         image_shape = (batch_size, *decoded_shape(vae, shape[1:]))
         x = images_to_samples(images, image_shape, device, needed_by="this pipeline's VAE")
         x = encode_to_latents(vae, x).to(device=device, dtype=torch.float32)
-    labels = pipe.prepare_class_labels(class_labels, batch_size, device)
+    labels, guided, counter = pipe.prepare_guidance(rules, class_labels, batch_size, device)
     pipe.scheduler.set_timesteps(num_inference_steps)  # a host grid: planning reads nothing back
     sampled = pipe.check_parametrization()
     levels = inversion_levels(pipe.scheduler, sampler_levels(pipe.scheduler, sampled.path), sampled.path)
-    denoiser = pipe.denoiser(sampled, ("sample", "epsilon"), labels, guidance, device, levels)
+    denoiser = pipe.denoiser(sampled, ("sample", "epsilon"), labels, guided, device, levels, counter)
     with pipe.progress_bar(total=len(levels) - 1) as bar:
         latents = invert_samples(x, levels, denoiser, bar.update)
     pipe.maybe_free_model_hooks()
@@ -3766,6 +4909,110 @@ class LatentSpaceMixin:
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images the pipeline outputs: the latent shape, decoded by the VAE if there is one."""
         return self.latent_shape if self.vae is None else decoded_shape(self.vae, self.latent_shape)
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.parametrization
+# ============================================================================================
+
+"""What a pipeline's UNet was trained to predict, and whether its scheduler can sample it.
+
+A parametrisation is a (noise path, prediction type) pair: ``vp`` with ``epsilon``, ``sample``
+or ``v_prediction`` (Ho et al., 2020; Salimans & Ho, 2022), or ``flow`` with ``flow_velocity``
+(Lipman et al., 2023). The pipeline records its UNet's, with the training ``noise_schedule``; a
+scheduler of another parametrisation samples it through the exact change of variables
+(``cross_path.py``), which needs that schedule.
+"""
+
+
+from collections.abc import Mapping
+
+
+
+def resolve_parametrization(scheduler: object, prediction_type: str | None, noise_path: str | None) -> Parametrization:
+    """The parametrisation a UNet was trained with: given explicitly, or that of its scheduler.
+
+    ``prediction_type`` alone fixes the path (``flow_velocity`` ⇒ ``flow``, otherwise ``vp``);
+    ``noise_path="flow"`` alone fixes ``flow_velocity``; ``noise_path="vp"`` alone takes the
+    scheduler's prediction type, which must then be a VP one.
+    """
+    if noise_path is not None and noise_path not in PREDICTION_TYPES_BY_PATH:
+        raise ValueError(f"noise_path={noise_path!r} is not supported; choose one of {list(PREDICTION_TYPES_BY_PATH)}.")
+    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"prediction_type={prediction_type!r} is not supported; choose one of {list(PREDICTION_TYPES)}."
+        )
+    if prediction_type is None:
+        if noise_path == "flow":
+            prediction_type = "flow_velocity"
+        else:
+            of_scheduler = parametrization_of(scheduler)
+            if noise_path is not None and of_scheduler.path != noise_path:
+                raise ValueError(
+                    f"noise_path={noise_path!r} but the scheduler samples the {of_scheduler.path!r} path; "
+                    f"pass prediction_type too (one of {list(PREDICTION_TYPES_BY_PATH[noise_path])})."
+                )
+            prediction_type = of_scheduler.prediction_type
+    if noise_path is None:
+        noise_path = "flow" if prediction_type == "flow_velocity" else "vp"
+    if prediction_type not in PREDICTION_TYPES_BY_PATH[noise_path]:
+        raise ValueError(
+            f"prediction_type={prediction_type!r} does not exist on the {noise_path!r} noise path; "
+            f"choose one of {list(PREDICTION_TYPES_BY_PATH[noise_path])}."
+        )
+    return Parametrization(noise_path, prediction_type)
+
+
+def check_scheduler_parametrization(
+    scheduler: object, trained: Parametrization, noise_schedule: Mapping | None
+) -> Parametrization:
+    """The parametrisation ``scheduler`` samples with; ``ValueError`` if it cannot sample the ``trained`` model.
+
+    The same parametrisation samples natively; any other one that ``noise_path.parametrization_of`` can
+    describe goes through the change of variables, which needs the model's ``noise_schedule``.
+    """
+    sampled = parametrization_of(scheduler)
+    if sampled != trained and noise_schedule is None:
+        raise ValueError(
+            f"{type(scheduler).__name__} samples the {sampled.path!r} path with "
+            f"prediction_type={sampled.prediction_type!r}, but the UNet was trained on the {trained.path!r} "
+            f"path to predict {trained.prediction_type!r}, and this pipeline does not record the training "
+            "noise_schedule the conversion needs. Pass noise_schedule=... (the training scheduler's "
+            "num_train_timesteps and β keys) or use a scheduler configured for "
+            f"(noise_path={trained.path!r}, prediction_type={trained.prediction_type!r})."
+        )
+    return sampled
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.postprocess
+# ============================================================================================
+
+"""From the sampler's last sample to what ``ScratchDiffusionPipeline.__call__`` returns.
+
+In pixel space the sample is the image in [−1, 1]; in a latent pipeline it is the VAE's scaled latent
+z and the image is ``decode_latents(vae, z)`` (``latents.py``). ``output_type="latent"`` returns the
+sample itself, in both cases, before any decoding or clamping.
+"""
+
+
+import torch
+from diffusers import DiffusionPipeline
+
+
+
+def samples_to_images(samples: torch.Tensor, output_type: str, vae=None):
+    """The final ``samples`` as ``output_type``: ``latent`` (unchanged), ``pt`` (B, C, H, W) in [0, 1],
+    ``np`` (B, H, W, C) float32 in [0, 1], or ``pil`` (a list of PIL images); decoded by ``vae`` when given."""
+    if output_type == "latent":
+        return samples
+    decoded = samples if vae is None else decode_latents(vae, samples)
+    images = (decoded / 2 + 0.5).clamp(0, 1)
+    if output_type == "pt":
+        return images
+    images = images.cpu().permute(0, 2, 3, 1).float().numpy()
+    warn_if_not_finite(images)  # on the host already: free to check (pil would hide NaN as black)
+    return DiffusionPipeline.numpy_to_pil(images) if output_type == "pil" else images
 
 
 # ============================================================================================
@@ -4166,107 +5413,62 @@ def load_pipeline(path: str | os.PathLike, trust_remote_code: bool = False) -> D
 
 
 # ============================================================================================
-# scratch_diffusion.pipelines.parametrization
+# scratch_diffusion.pipelines.saved_pipeline
 # ============================================================================================
 
-"""What a pipeline's UNet was trained to predict, and whether its scheduler can sample it.
-
-A parametrisation is a (noise path, prediction type) pair: ``vp`` with ``epsilon``, ``sample``
-or ``v_prediction`` (Ho et al., 2020; Salimans & Ho, 2022), or ``flow`` with ``flow_velocity``
-(Lipman et al., 2023). The pipeline records its UNet's, with the training ``noise_schedule``; a
-scheduler of another parametrisation samples it through the exact change of variables
-(``cross_path.py``), which needs that schedule.
-"""
+"""Saving and loading of ``ScratchDiffusionPipeline``: the shipped code it writes, the installed classes it loads."""
 
 
-from collections.abc import Mapping
+import json
+import os
 
-
-
-def resolve_parametrization(scheduler: object, prediction_type: str | None, noise_path: str | None) -> Parametrization:
-    """The parametrisation a UNet was trained with: given explicitly, or that of its scheduler.
-
-    ``prediction_type`` alone fixes the path (``flow_velocity`` ⇒ ``flow``, otherwise ``vp``);
-    ``noise_path="flow"`` alone fixes ``flow_velocity``; ``noise_path="vp"`` alone takes the
-    scheduler's prediction type, which must then be a VP one.
-    """
-    if noise_path is not None and noise_path not in PREDICTION_TYPES_BY_PATH:
-        raise ValueError(f"noise_path={noise_path!r} is not supported; choose one of {list(PREDICTION_TYPES_BY_PATH)}.")
-    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
-        raise ValueError(
-            f"prediction_type={prediction_type!r} is not supported; choose one of {list(PREDICTION_TYPES)}."
-        )
-    if prediction_type is None:
-        if noise_path == "flow":
-            prediction_type = "flow_velocity"
-        else:
-            of_scheduler = parametrization_of(scheduler)
-            if noise_path is not None and of_scheduler.path != noise_path:
-                raise ValueError(
-                    f"noise_path={noise_path!r} but the scheduler samples the {of_scheduler.path!r} path; "
-                    f"pass prediction_type too (one of {list(PREDICTION_TYPES_BY_PATH[noise_path])})."
-                )
-            prediction_type = of_scheduler.prediction_type
-    if noise_path is None:
-        noise_path = "flow" if prediction_type == "flow_velocity" else "vp"
-    if prediction_type not in PREDICTION_TYPES_BY_PATH[noise_path]:
-        raise ValueError(
-            f"prediction_type={prediction_type!r} does not exist on the {noise_path!r} noise path; "
-            f"choose one of {list(PREDICTION_TYPES_BY_PATH[noise_path])}."
-        )
-    return Parametrization(noise_path, prediction_type)
-
-
-def check_scheduler_parametrization(
-    scheduler: object, trained: Parametrization, noise_schedule: Mapping | None
-) -> Parametrization:
-    """The parametrisation ``scheduler`` samples with; ``ValueError`` if it cannot sample the ``trained`` model.
-
-    The same parametrisation samples natively; any other one that ``noise_path.parametrization_of`` can
-    describe goes through the change of variables, which needs the model's ``noise_schedule``.
-    """
-    sampled = parametrization_of(scheduler)
-    if sampled != trained and noise_schedule is None:
-        raise ValueError(
-            f"{type(scheduler).__name__} samples the {sampled.path!r} path with "
-            f"prediction_type={sampled.prediction_type!r}, but the UNet was trained on the {trained.path!r} "
-            f"path to predict {trained.prediction_type!r}, and this pipeline does not record the training "
-            "noise_schedule the conversion needs. Pass noise_schedule=... (the training scheduler's "
-            "num_train_timesteps and β keys) or use a scheduler configured for "
-            f"(noise_path={trained.path!r}, prediction_type={trained.prediction_type!r})."
-        )
-    return sampled
-
-
-# ============================================================================================
-# scratch_diffusion.pipelines.postprocess
-# ============================================================================================
-
-"""From the sampler's last sample to what ``ScratchDiffusionPipeline.__call__`` returns.
-
-In pixel space the sample is the image in [−1, 1]; in a latent pipeline it is the VAE's scaled latent
-z and the image is ``decode_latents(vae, z)`` (``latents.py``). ``output_type="latent"`` returns the
-sample itself, in both cases, before any decoding or clamping.
-"""
-
-
-import torch
 from diffusers import DiffusionPipeline
 
 
 
-def samples_to_images(samples: torch.Tensor, output_type: str, vae=None):
-    """The final ``samples`` as ``output_type``: ``latent`` (unchanged), ``pt`` (B, C, H, W) in [0, 1],
-    ``np`` (B, H, W, C) float32 in [0, 1], or ``pil`` (a list of PIL images); decoded by ``vae`` when given."""
-    if output_type == "latent":
-        return samples
-    decoded = samples if vae is None else decode_latents(vae, samples)
-    images = (decoded / 2 + 0.5).clamp(0, 1)
-    if output_type == "pt":
-        return images
-    images = images.cpu().permute(0, 2, 3, 1).float().numpy()
-    warn_if_not_finite(images)  # on the host already: free to check (pil would hide NaN as black)
-    return DiffusionPipeline.numpy_to_pil(images) if output_type == "pil" else images
+class SavedPipelineMixin:
+    """``save_pretrained`` writes ``model_index.json`` naming the shipped file; ``from_pretrained`` loads ours.
+
+    Mixed into a ``DiffusionPipeline`` subclass (before it in the bases), whose methods ``super()`` reaches.
+    """
+
+    def save_config(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
+        """Write ``model_index.json`` and the shipped code it names (see ``remote_code.py``).
+
+        ``save_pretrained`` calls this after saving the components and before any upload.
+        """
+        write_shipped_code(save_directory, type(self), self.components)
+        super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    def to_json_string(self) -> str:
+        """``model_index.json`` as saved: ``_class_name`` and our components point at the shipped file."""
+        index = shipped_model_index(json.loads(super().to_json_string()), type(self), self.components)
+        return json.dumps(index, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict:
+        # diffusers reads model_index.json through this hook both in `download` and in `load_config`.
+        return installed_model_index(super()._dict_from_json_file(json_file))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> DiffusionPipeline:
+        """Load a saved pipeline from a folder or Hub repo id with the installed classes.
+
+        No remote code is loaded or run: a scheduler saved as ``["scratch_diffusion", <class>]`` is
+        built from the installed class of that name; everything else (download and its validation,
+        the UNet and the optional VAE, dtype and device options) is diffusers' ``DiffusionPipeline.from_pretrained``.
+        Weights load only from safetensors files (``use_safetensors=True`` unless given), and the
+        folder is checked first (:func:`check_saved_folder`): a corrupt or truncated file raises
+        :class:`SavedPipelineError` naming it; keys this version does not know are warned about.
+        """
+        if running_from_bundle() or "scheduler" in kwargs:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        kwargs.setdefault("use_safetensors", True)  # weights are never unpickled (.bin files are refused)
+        name = str(pretrained_model_name_or_path)
+        folder = installed_folder(cls, name, kwargs)  # also sets kwargs["scheduler"] to an installed class of ours
+        pipeline = super().from_pretrained(folder, **kwargs)
+        pipeline.register_to_config(_name_or_path=name)
+        return pipeline
 
 
 # ============================================================================================
@@ -4283,9 +5485,11 @@ any scheduler that speaks diffusers' API: it scales the initial noise by ``init_
 calls ``scale_model_input`` every step, passes ``eta``/``generator`` only where ``step`` accepts
 them, and iterates ``scheduler.timesteps`` as given (second-order schedulers such as Heun repeat
 timesteps, one model evaluation per entry). The UNet is called through one denoiser
-(``denoiser.py``) that every use shares — sampling, inversion, the likelihood code — with
-classifier-free guidance (Ho & Salimans, 2022) as its guidance rule (``guidance.py``):
-ŷ = ŷ_∅ + w·(ŷ_c − ŷ_∅), with the null class ∅ = ``num_class_embeds − 1``.
+(``denoiser.py``) that every use shares — sampling, inversion, the likelihood code — with the call's
+guidance rules bound around it (``guidance.py``; the rules are ``scratch_diffusion.guidance``):
+``guidance_scale`` is classifier-free guidance (Ho & Salimans, 2022), ŷ = ŷ_∅ + w·(ŷ_c − ŷ_∅) with the
+null class ∅ = ``num_class_embeds − 1``; ``guidance=`` adds a guidance interval, autoguidance,
+classifier guidance (which steers an unconditional UNet) or loss guidance.
 
 The pipeline records what its UNet was trained to predict (``prediction_type``) on which noise
 path (``noise_path``) with which training schedule (``noise_schedule``) in ``model_index.json``.
@@ -4297,8 +5501,6 @@ backwards (``inversion.py``). Arguments are checked in ``inputs.py``, saved fold
 
 
 import inspect
-import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
@@ -4313,7 +5515,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 
 @declares_components
-class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
+class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPipeline):
     r"""Sample images from a ``UNet2DModel`` with any diffusers-style scheduler.
 
     Args:
@@ -4375,46 +5577,6 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         """The (path, prediction type) the UNet was trained with, as recorded in the config."""
         return Parametrization(self.config.noise_path, self.config.prediction_type)
 
-    # ---- saving and loading -----------------------------------------------------------------
-
-    def save_config(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
-        """Write ``model_index.json`` and the shipped code it names (see ``remote_code.py``).
-
-        ``save_pretrained`` calls this after saving the components and before any upload.
-        """
-        write_shipped_code(save_directory, type(self), self.components)
-        super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
-
-    def to_json_string(self) -> str:
-        """``model_index.json`` as saved: ``_class_name`` and our components point at the shipped file."""
-        index = shipped_model_index(json.loads(super().to_json_string()), type(self), self.components)
-        return json.dumps(index, indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict:
-        # diffusers reads model_index.json through this hook both in `download` and in `load_config`.
-        return installed_model_index(super()._dict_from_json_file(json_file))
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> ScratchDiffusionPipeline:
-        """Load a saved pipeline from a folder or Hub repo id with the installed classes.
-
-        No remote code is loaded or run: a scheduler saved as ``["scratch_diffusion", <class>]`` is
-        built from the installed class of that name; everything else (download and its validation,
-        the UNet and the optional VAE, dtype and device options) is diffusers' ``DiffusionPipeline.from_pretrained``.
-        Weights load only from safetensors files (``use_safetensors=True`` unless given), and the
-        folder is checked first (:func:`check_saved_folder`): a corrupt or truncated file raises
-        :class:`SavedPipelineError` naming it; keys this version does not know are warned about.
-        """
-        if running_from_bundle() or "scheduler" in kwargs:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        kwargs.setdefault("use_safetensors", True)  # weights are never unpickled (.bin files are refused)
-        name = str(pretrained_model_name_or_path)
-        folder = installed_folder(cls, name, kwargs)  # also sets kwargs["scheduler"] to an installed class of ours
-        pipeline = super().from_pretrained(folder, **kwargs)
-        pipeline.register_to_config(_name_or_path=name)
-        return pipeline
-
     # ---- input checks -----------------------------------------------------------------------
 
     @property
@@ -4432,9 +5594,25 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         """The scheduler's parametrisation; ``ValueError`` if it cannot sample the UNet (``parametrization.py``)."""
         return check_scheduler_parametrization(self.scheduler, self.trained_parametrization, self.config.noise_schedule)
 
-    def guidance(self, guidance_scale: float) -> ClassifierFreeGuidance | None:
-        """The guidance rule of a call: classifier-free guidance of weight ``guidance_scale``, None for w = 1."""
-        return guidance_from_scale(guidance_scale, self.num_classes)
+    @property
+    def evaluations(self) -> dict[str, float]:
+        """Model evaluations per image of the last call, by model: ``unet`` (a classifier-free guidance step
+        counts its two halves), ``guide_unet``, ``classifier`` (forward and backward), ``unet_backward``."""
+        return dict(getattr(self, "_evaluations", {}))
+
+    def prepare_guidance(
+        self, rules: Sequence[GuidanceRule], class_labels, batch_size: int, device: torch.device
+    ) -> tuple[torch.Tensor | None, GuidedEvaluation | None, EvaluationCounter]:
+        """The UNet's class labels, the call's rules bound to the pipeline (``guidance.py``) and the run's counter.
+
+        Labels are checked against the classes they name — the UNet's, or a guiding classifier's.
+        """
+        components = {name: getattr(self, name, None) for name in ("classifier",)}
+        classes = label_classes(rules, self.num_classes, components)
+        labels = None if class_labels is None else class_label_tensor(class_labels, batch_size, classes, device)
+        model_labels = self.prepare_class_labels(class_labels, batch_size, device)
+        guided, counter = bind_call_guidance(self, rules, labels, model_labels, batch_size)
+        return model_labels, guided, counter
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device, sampled: Parametrization) -> list:
         """Set the scheduler's timesteps for a run on ``device``; return their sampler points (a, b).
@@ -4453,9 +5631,10 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         sampled: Parametrization,
         targets: Sequence[str] | None,
         labels: torch.Tensor | None,
-        guidance: ClassifierFreeGuidance | None,
+        guidance: GuidedEvaluation | None,
         device: torch.device,
         levels: Sequence[tuple[float, float]] | None = None,
+        counter: EvaluationCounter | None = None,
     ) -> Denoiser:
         """The UNet as D(x, i) at the scheduler's current timesteps (or ``levels``), answering ``targets``.
 
@@ -4466,7 +5645,7 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
             self.scheduler, sampled, self.trained_parametrization, self.config.noise_schedule, targets, device, levels
         )
         conditions = {} if labels is None else {"class_labels": labels}
-        return Denoiser(UNetModel(self.unet), plan, conditions, guidance, dtype=self.unet.dtype)
+        return Denoiser(UNetModel(self.unet), plan, conditions, guidance, dtype=self.unet.dtype, counter=counter)
 
     def check_inputs(
         self,
@@ -4478,20 +5657,22 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         output_type: str,
         callback_on_step_end_tensor_inputs: Sequence[str],
         eta: float = 0.0,
-    ) -> tuple[Parametrization, ClassifierFreeGuidance | None]:
+        guidance: Guidance | None = None,
+    ) -> tuple[Parametrization, tuple[GuidanceRule, ...]]:
         """Validate the arguments of ``__call__`` (``inputs.py``); every error names the value and what is allowed.
 
-        Returns the scheduler's parametrisation and the call's guidance rule, each resolved once here.
+        Returns the scheduler's parametrisation and the call's guidance rules, each resolved once here.
         """
         check_call_arguments(batch_size, num_inference_steps, generator, eta, guidance_scale, output_type)
-        guidance = self.guidance(guidance_scale)
-        check_conditioning(class_labels, guidance, self.num_classes)
+        rules = call_rules(guidance_scale, guidance)
+        components = {"classifier": getattr(self, "classifier", None)}
+        check_conditioning(class_labels, rules, self.num_classes, label_classes(rules, self.num_classes, components))
         check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
         sampled = self.check_parametrization()
         if self.vae is not None:
             warn_if_scheduler_clips(self.scheduler)
-        self.check_memory(batch_size * (1 if guidance is None else guidance.memory_factor))
-        return sampled, guidance
+        self.check_memory(batch_size * max((rule.memory_factor for rule in rules), default=1))
+        return sampled, rules
 
     def check_memory(self, batch_size: int) -> None:
         """Refuse a batch whose sampling buffers alone exceed the free memory (``inputs.check_sampling_memory``)."""
@@ -4525,6 +5706,7 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         eta: float = 0.0,
         class_labels: int | Sequence[int] | torch.Tensor | None = None,
         guidance_scale: float = 1.0,
+        guidance: Guidance | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict]
@@ -4546,6 +5728,11 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
                 image, in [0, num_classes − 1]. ``None`` samples with the null class.
             guidance_scale: classifier-free guidance weight w; 1 disables guidance and skips the
                 unconditional half of the batch.
+            guidance: further guidance (``scratch_diffusion.guidance``): one rule or a list — at most one
+                combining rule (``ClassifierFreeGuidance`` with an interval, ``AutoGuidance``), first, then
+                ``ClassifierGuidance`` / ``LossGuidance``. With ``guidance_scale`` ≠ 1 no combining rule.
+                Classifier guidance lets ``class_labels`` steer an unconditional UNet. ``pipe.evaluations``
+                then reports what the call evaluated, per image.
             output_type: ``"pil"`` (list of PIL images), ``"np"`` (float array, shape
                 (batch_size, H, W, C), values in [0, 1]), ``"pt"`` (tensor, shape
                 (batch_size, C, H, W), values in [0, 1]) or ``"latent"``: the last sample as it
@@ -4570,7 +5757,7 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        sampled, guidance = self.check_inputs(
+        sampled, rules = self.check_inputs(
             batch_size,
             num_inference_steps,
             generator,
@@ -4579,9 +5766,10 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
             output_type,
             callback_on_step_end_tensor_inputs,
             eta,
+            guidance,
         )
         device = self._execution_device
-        labels = self.prepare_class_labels(class_labels, batch_size, device)
+        labels, guided, counter = self.prepare_guidance(rules, class_labels, batch_size, device)
 
         shape = sample_shape(self.unet, batch_size)
         if latents is None:
@@ -4590,7 +5778,7 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
             check_latents(latents, shape)
             latents = latents.to(device=device, dtype=self.unet.dtype)
         levels = self.set_timesteps(num_inference_steps, device, sampled)
-        denoiser = self.denoiser(sampled, None, labels, guidance, device, levels)
+        denoiser = self.denoiser(sampled, None, labels, guided, device, levels, counter)
         latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)
         self._num_timesteps = len(self.scheduler.timesteps)
         step_kwargs = self.step_kwargs(generator, eta)
@@ -4605,6 +5793,7 @@ class ScratchDiffusionPipeline(LatentSpaceMixin, DiffusionPipeline):
                 returned = callback_on_step_end(self, i, t, requested) or {}
                 latents = returned.get("latents", latents)
 
+        self._evaluations = counter.per_image()
         images = samples_to_images(latents, output_type, self.vae)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -14,23 +14,32 @@ Five steps, each with a progress bar:
 2. the trainer **saves** the pipeline, its model card and tensorboard logs in ``<output_dir>/pipeline``;
 3. **sample** with each sampler that reads the trained parametrisation (flow Euler and flow Heun
    for a flow model; DDPM and DDIM for a DDPM-family one) at several step counts, one requested
-   class per image (drawn like the data's labels), and with classifier-free guidance at several scales;
+   class per image (drawn like the data's labels), and with classifier-free guidance at several scales; then
+   train an autoguidance guide and compare CFG, interval CFG and autoguidance at equal model evaluations;
 4. **evaluate** every sample set with :mod:`scratch_diffusion.metrics` (Fréchet distance in a digits
    classifier's feature space, beside the real-vs-real baseline at the same sample size) and write
    ``metrics.json``, ``metrics.md`` and the figure ``demo.png`` (grids: one row per class; quality
    against steps);
 5. **print** where everything is, the best sampler beside the baseline, and how to load the pipeline.
 
-Sampling cost is kept in check in three stages:
+Sampling cost is kept in check in four stages:
 
 * ``sweep``: every sampler × step count at guidance ``--guidance_scale`` (default 1: the
   conditional model alone, one UNet evaluation per step), on ``--num_sweep_samples`` images;
 * ``guidance``: the sweep's best sampler/steps at each scale of ``--guidance_sweep`` (w > 1 runs
-  the conditional and null-class halves in one batch: twice the cost), same number of images;
-* ``final``: the ``--num_final`` best sweep settings again, on ``--eval_draws`` (3) independent draws of
-  ``--num_eval_samples`` images (1000: the Fréchet distance is noisy below that, and one draw of 1000 still
-  scatters by about ±0.2 in FD ratio), their FD averaged and its spread over draws reported. The reported
-  "best" comes from this stage.
+  the conditional and null-class halves in one batch: two UNet evaluations per step, and counted so),
+  same number of images;
+* ``final``: the ``--num_final`` best sweep settings of at most ``MAX_NFE`` (10) model evaluations per image,
+  again, on ``--eval_draws`` (3) independent draws of ``--num_eval_samples`` images (1000: the Fréchet distance
+  is noisy below that, and one draw of 1000 still scatters by about ±0.2 in FD ratio), their FD averaged and its
+  spread over draws reported. The reported "best" comes from this stage;
+* ``guidance rules`` (issue 21): an autoguidance guide is trained (``--guide_model``, ``--guide_steps``,
+  ``train.py --guide_for`` the pipeline), then the final best's sampler runs unguided, with full-range CFG,
+  interval CFG (``--guidance_interval``) and autoguidance, all at the evaluations per image of CFG at the
+  best's steps, each with the most steps that fit, on ``--num_rule_samples`` images.
+
+Every evaluation count is the pipeline's own (``pipe.evaluations``, read after each call): a classifier-free
+guidance step counts both halves, an autoguidance step one UNet and one guide evaluation.
 
 Every Fréchet distance is printed beside the real-vs-real baseline at the same sample size.
 
@@ -50,6 +59,10 @@ Modules (the names below are re-exported here):
 ``outputs``       replacing an earlier run's outputs, or checking what ``--reuse`` keeps
 ``training``      steps 1-2: the VAE, then ``run_training``; ``--train_minutes`` calibration
 ``sampling``      step 3: :class:`SampleSet`, the samplers, sampling and scoring a stage
+``rules``         the guidance rules as pipeline arguments (CFG, interval CFG, autoguidance, classifier)
+``guide``         the autoguidance guide: its training (``--guide_for``) and its cost per evaluation
+``equal_evaluations``  the guidance stage's settings at equal model evaluations per image
+``guidance_study``  the models and interleaved sampling of ``benchmarks/bench_guidance.py``
 ``quality``       ``QUALITY_BAR`` and the verdict
 ``report``        ``metrics.md`` and the documentation's demo table, from ``metrics.json``'s content
 ``figure``        ``demo.png``
@@ -74,13 +87,15 @@ from scratch_diffusion.demo.figure import GRID_COLUMNS, class_grid, save_figure
 from scratch_diffusion.demo.outputs import OUTPUT_FILES, prepare_output_dir
 from scratch_diffusion.demo.phases import load_command, run
 from scratch_diffusion.demo.quality import QUALITY_BAR, bar_text, guided_text, quality_verdict
-from scratch_diffusion.demo.report import metrics_markdown, readme_table, results_table
+from scratch_diffusion.demo.report import metrics_markdown, readme_table, results_table, row_evaluations, rules_text
+from scratch_diffusion.demo.rules import RULES, RULES_STAGE, guidance_arguments
 from scratch_diffusion.demo.sampling import (
     SampleSet,
     combine_draws,
     draw_images,
     evaluations_per_image,
     make_scheduler,
+    model_evaluations,
     pick_best,
     requested_labels,
     run_stage,
@@ -96,6 +111,8 @@ __all__ = [
     "QUALITY_BAR",
     "QUICK",
     "QUICK_UNET",
+    "RULES",
+    "RULES_STAGE",
     "SAMPLERS",
     "DemoConfig",
     "DemoError",
@@ -107,11 +124,13 @@ __all__ = [
     "combine_draws",
     "draw_images",
     "evaluations_per_image",
+    "guidance_arguments",
     "guided_text",
     "load_command",
     "main",
     "make_scheduler",
     "metrics_markdown",
+    "model_evaluations",
     "pick_best",
     "prepare_output_dir",
     "quality_verdict",
@@ -119,6 +138,8 @@ __all__ = [
     "requested_labels",
     "resolve_config",
     "results_table",
+    "row_evaluations",
+    "rules_text",
     "run",
     "run_stage",
     "save_figure",

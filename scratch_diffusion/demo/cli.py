@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from scratch_diffusion.demo.config import DEFAULTS, SPACES, DemoError, resolve_config, use_quick_unet
+from scratch_diffusion.demo.config import DEFAULTS, GUIDE_UNETS, SPACES, DemoError, resolve_config, use_quick_unet
 from scratch_diffusion.demo.phases import run
 
 
@@ -128,6 +128,46 @@ def build_parser() -> argparse.ArgumentParser:
         f"default {DEFAULTS['likelihood_images']}",
     )
     sample.add_argument("--sample_batch_size", type=int, default=250, help="images per pipeline call")
+
+    rules = p.add_argument_group(
+        "guidance stage: an autoguidance guide, then CFG, interval CFG and autoguidance at equal model evaluations"
+    )
+    rules.add_argument(
+        "--guide_model",
+        default=None,
+        help=f"the guide UNet: {', '.join(GUIDE_UNETS)}, a trainer preset (tiny, compact, …) or a JSON config; "
+        f"default {DEFAULTS['guide_model']} (--quick: the main model's)",
+    )
+    rules.add_argument("--guide_steps", type=int, default=None, help=f"default {DEFAULTS['guide_steps']}")
+    rules.add_argument(
+        "--guidance_interval",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("SIGMA_LO", "SIGMA_HI"),
+        help="interval CFG guides for noise levels σ = b/a in (SIGMA_LO, SIGMA_HI]; default "
+        + " ".join(map(str, DEFAULTS["guidance_interval"])),
+    )
+    rules.add_argument(
+        "--cfg_scales",
+        type=float,
+        nargs="+",
+        default=None,
+        help="w of full-range and interval CFG; default " + " ".join(map(str, DEFAULTS["cfg_scales"])),
+    )
+    rules.add_argument(
+        "--autoguidance_scales",
+        type=float,
+        nargs="+",
+        default=None,
+        help="w of autoguidance; default " + " ".join(map(str, DEFAULTS["autoguidance_scales"])),
+    )
+    rules.add_argument(
+        "--num_rule_samples",
+        type=int,
+        default=None,
+        help=f"images per guidance-stage setting, 0: no guidance stage; default {DEFAULTS['num_rule_samples']}",
+    )
     return p
 
 

@@ -11,6 +11,7 @@ import torch
 
 PIPELINE_SUBDIR = "pipeline"
 VAE_SUBDIR = "vae"
+GUIDE_SUBDIR = "guide"
 SPACES = ("latent", "pixel")
 # The sweep's samplers by the trained model's path: its own, DPM-Solver++ (2M) on that path, and one sampler of the
 # other path reached through the exact change of variables (scratch_diffusion.pipelines, "Any model, any sampler").
@@ -57,6 +58,32 @@ DEFAULTS = {
     # FD ratio (the same model scored 1.30-1.84× over four draws), so one draw cannot carry a 1.25× bar.
     "eval_draws": 3,
     "likelihood_images": 64,  # held-out digits whose bits/dim are measured (0: skip)
+    # The guidance stage (issue 21): an autoguidance guide — a smaller UNet of the same path, trained with --guide_for
+    # the demo's pipeline — then the final stage's best sampler with each rule at the same number of model evaluations
+    # per image (both CFG halves and every guide evaluation counted). Guide and interval: the best of
+    # benchmarks/bench_guidance.py --search (benchmarks/results/guidance_search.json, seed 0, n = 1000 × 2, flow Heun
+    # at 5 steps): guides trained for fewer steps (micro at 200-800 steps, compact at 200-800, tiny at 400-800) or
+    # longer (micro at 3200) all raised the FD ratio at every w ≥ 1.1, micro at the main model's 1600 steps left it
+    # unchanged (1.21-1.24× at w = 1.1-2 against 1.22× unguided); the interval (0.28, 2] (Heun's σ = 1 and 0.34
+    # points) reached 99.5 % class match at 1.46× against full CFG's 1.96× (w = 1.25) and (0.28, 5.42]'s 1.69×.
+    "guide_model": "micro",  # GUIDE_UNETS["micro"]: 0.16 M parameters, one evaluation ≈ 0.36× the compact UNet's
+    "guide_steps": 1600,
+    "guidance_interval": (0.28, 2.0),  # σ = b/a
+    "cfg_scales": (1.25, 1.5, 2.0),  # full-range and interval CFG
+    "autoguidance_scales": (1.25, 1.5, 2.0),
+    "num_rule_samples": 1000,  # images per guidance-stage setting (0: no guidance stage)
+}
+# Autoguidance guides named by --guide_model besides the trainer's presets: written to <output_dir>/guide_unet.json.
+GUIDE_UNETS = {
+    # two levels (8→4 on the 1×8×8 latents), no attention: 0.16 M parameters, one evaluation ≈ 0.36× compact's
+    "micro": {
+        "block_out_channels": [16, 32],
+        "layers_per_block": 1,
+        "down_block_types": ["DownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 8,
+        "add_attention": False,
+    },
 }
 # --quick: a toy UNet (two levels, no attention) and a handful of steps and samples, for tests.
 QUICK_UNET = {
@@ -79,6 +106,11 @@ QUICK = {
     "num_final": 1,
     "eval_draws": 2,
     "likelihood_images": 4,
+    "guide_model": None,  # the main model's (toy) architecture
+    "guide_steps": 6,
+    "cfg_scales": (2.0,),
+    "autoguidance_scales": (2.0,),
+    "num_rule_samples": 30,
 }
 
 
@@ -120,6 +152,12 @@ class DemoConfig:
     eval_draws: int
     likelihood_images: int
     sample_batch_size: int
+    guide_model: str | None  # None: the main model's architecture
+    guide_steps: int
+    guidance_interval: tuple[float, float]
+    cfg_scales: list[float]
+    autoguidance_scales: list[float]
+    num_rule_samples: int
 
     @property
     def pipeline_dir(self) -> Path:
@@ -133,6 +171,11 @@ class DemoConfig:
     @property
     def latent_cache_dir(self) -> Path:
         return self.output_dir / "latent-cache"
+
+    @property
+    def guide_dir(self) -> Path:
+        """Where the autoguidance guide is trained (the pipeline keeps it as ``pipeline/guide_unet``)."""
+        return self.output_dir / GUIDE_SUBDIR
 
 
 def resolve_config(args: argparse.Namespace) -> DemoConfig:
@@ -180,7 +223,14 @@ def resolve_config(args: argparse.Namespace) -> DemoConfig:
         eval_draws=pick("eval_draws"),
         likelihood_images=pick("likelihood_images"),
         sample_batch_size=args.sample_batch_size,
+        guide_model=pick("guide_model"),
+        guide_steps=pick("guide_steps"),
+        guidance_interval=tuple(pick("guidance_interval")),
+        cfg_scales=list(pick("cfg_scales")),
+        autoguidance_scales=list(pick("autoguidance_scales")),
+        num_rule_samples=pick("num_rule_samples"),
     )
+    low, high = config.guidance_interval
     checks = [
         (config.space in SPACES, f"--space must be one of {', '.join(SPACES)}, got {config.space!r}"),
         (config.vae_steps >= 1, f"--vae_steps must be ≥ 1, got {config.vae_steps}"),
@@ -197,6 +247,10 @@ def resolve_config(args: argparse.Namespace) -> DemoConfig:
         (0 <= config.class_dropout_prob < 1, "--class_dropout_prob must be in [0, 1)"),
         (config.class_dropout_prob > 0 or config.reuse, "--class_dropout_prob 0 trains no null class: no guidance"),
         (config.guidance_scale >= 0 and all(g >= 0 for g in config.guidance_sweep), "guidance scales must be ≥ 0"),
+        (config.guide_steps >= 1, f"--guide_steps must be ≥ 1, got {config.guide_steps}"),
+        (0 <= low < high, f"--guidance_interval must be two noise levels 0 ≤ σ_lo < σ_hi, got {low:g} {high:g}"),
+        (all(w > 0 for w in config.cfg_scales + config.autoguidance_scales), "guidance-stage scales must be > 0"),
+        (config.num_rule_samples not in range(1, 10), "--num_rule_samples must be 0 (no guidance stage) or ≥ 10"),
     ]
     for ok, message in checks:
         if not ok:

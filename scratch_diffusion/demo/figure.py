@@ -26,13 +26,21 @@ def class_grid(sample: SampleSet, num_classes: int, columns: int = GRID_COLUMNS,
 
 
 def save_figure(
-    sweep: list[SampleSet], guidance: list[SampleSet], final: list[SampleSet], path: Path, num_classes: int
+    sweep: list[SampleSet],
+    guidance: list[SampleSet],
+    final: list[SampleSet],
+    path: Path,
+    num_classes: int,
+    rules: list[SampleSet] | None = None,
 ) -> None:
     """The demo's figure (matplotlib, Agg).
 
     Rows of sample grids (one row of digits per class): one per sampler across the step counts, and
     one across guidance scales at the sweep's best sampler/steps. Below, FD / baseline and class
-    match against UNet evaluations per image, and both against the guidance scale.
+    match against model evaluations per image, and both against the guidance scale. With the guidance
+    stage's ``rules``, a last row: FD / baseline against class match for CFG, interval CFG and
+    autoguidance at equal model evaluations per image, beside the grids of the best interval CFG and
+    autoguidance settings.
     """
     import matplotlib
 
@@ -44,8 +52,10 @@ def save_figure(
     scales = sorted([pick_best(sweep), *guidance], key=lambda s: s.guidance_scale)
     cols = max(len(steps), len(scales), 4)
     panel_rows = len(samplers) + (1 if guidance else 0)
-    fig = plt.figure(figsize=(2.3 * cols, 2.95 * panel_rows + 3.4), dpi=100)
-    grid = fig.add_gridspec(panel_rows + 1, cols, height_ratios=[2.95] * panel_rows + [3.4])
+    rules = rules or []
+    plot_rows = 2 if rules else 1
+    fig = plt.figure(figsize=(2.3 * cols, 2.95 * panel_rows + 3.4 * plot_rows), dpi=100)
+    grid = fig.add_gridspec(panel_rows + plot_rows, cols, height_ratios=[2.95] * panel_rows + [3.4] * plot_rows)
 
     def panel(row: int, col: int, sample: SampleSet, title: str) -> None:
         ax = fig.add_subplot(grid[row, col])
@@ -66,14 +76,26 @@ def save_figure(
         for j, sample in enumerate(scales):
             panel(len(samplers), j, sample, f"{sample.sampler}, {sample.steps} st., w={sample.guidance_scale:g}")
 
+    plots = panel_rows
     plot_quality_vs_cost(
-        fig.add_subplot(grid[-1, : cols // 2]), fig.add_subplot(grid[-1, cols // 2 : 3 * cols // 4]), sweep, final
+        fig.add_subplot(grid[plots, : cols // 2]), fig.add_subplot(grid[plots, cols // 2 : 3 * cols // 4]), sweep, final
     )
-    ax_w = fig.add_subplot(grid[-1, 3 * cols // 4 :])
+    ax_w = fig.add_subplot(grid[plots, 3 * cols // 4 :])
     if guidance:
         plot_guidance(ax_w, scales)
     else:
         ax_w.axis("off")
+    if rules:
+        plot_rules(fig.add_subplot(grid[plots + 1, : cols // 2]), rules)
+        shown = [best_of(rules, rule) for rule in ("interval CFG", "autoguidance")]
+        for j, sample in enumerate(s for s in shown if s is not None):
+            ax = fig.add_subplot(grid[plots + 1, cols // 2 + j])
+            ax.imshow(class_grid(sample, num_classes), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            r = sample.results
+            ax.set_title(f"{sample.rule} w={sample.guidance_scale:g}, {sample.steps} st.\n"
+                         f"FD ×{r['fd_ratio']:.2f}, match {100 * r['class_match']:.0f} %", fontsize=7.5)  # fmt: skip
     for ax in fig.axes:
         ax.tick_params(labelsize=7)
     fig.tight_layout()
@@ -83,7 +105,7 @@ def save_figure(
 
 
 def plot_quality_vs_cost(ax_fd, ax_match, sweep: list[SampleSet], final: list[SampleSet]) -> None:
-    """FD / baseline (log-log) and class match against UNet evaluations per image, one line per sampler."""
+    """FD / baseline (log-log) and class match against model evaluations per image, one line per sampler."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     samplers = list(dict.fromkeys(s.sampler for s in sweep))
@@ -106,7 +128,7 @@ def plot_quality_vs_cost(ax_fd, ax_match, sweep: list[SampleSet], final: list[Sa
     ax_fd.axhline(QUALITY_BAR["fd_ratio_max"], color="k", lw=0.8, ls="--", label=f"bar ({fd_bar_text()})")
     for ax in (ax_fd, ax_match):
         ax.set_xscale("log")
-        ax.set_xlabel("UNet evaluations per image", fontsize=8)
+        ax.set_xlabel("model evaluations per image", fontsize=8)
     ax_fd.set_yscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")
     for axis in (ax_fd.xaxis, ax_fd.yaxis, ax_match.xaxis):
@@ -132,3 +154,33 @@ def plot_guidance(ax_w, scales: list[SampleSet]) -> None:
     ax_w2.set_ylabel("class match (%)", color="C2", fontsize=8)
     ax_w.set_xlabel("guidance scale w", fontsize=8)
     ax_w.set_title(f"guidance ({scales[0].sampler}, {scales[0].steps} st.)", fontsize=8.5)
+
+
+def best_of(sets: list[SampleSet], rule: str) -> SampleSet | None:
+    """The guided set of ``rule`` with the lowest FD ratio (None if there is none)."""
+    of_rule = [s for s in sets if s.rule == rule and s.guidance_scale != 1]
+    return min(of_rule, key=lambda s: s.results["fd_ratio"], default=None)
+
+
+def plot_rules(ax, rules: list[SampleSet]) -> None:
+    """FD / baseline against class match at equal model evaluations per image: one line per rule over w (labels: w),
+    the unguided set as a star."""
+    budget = max(s.nfe for s in rules)
+    for k, rule in enumerate(("CFG", "interval CFG", "autoguidance")):
+        rows = sorted((s for s in rules if s.rule == rule and s.guidance_scale != 1), key=lambda s: s.guidance_scale)
+        if not rows:
+            continue
+        x = [100 * s.results["class_match"] for s in rows]
+        y = [s.results["fd_ratio"] for s in rows]
+        ax.plot(x, y, "o-", color=f"C{k}", label=f"{rule}, {rows[0].steps} steps ({rows[0].nfe:g} evals)")
+        for s, xi, yi in zip(rows, x, y, strict=True):
+            ax.annotate(f"{s.guidance_scale:g}", (xi, yi), fontsize=6, xytext=(2, 3), textcoords="offset points")
+    for s in rules:
+        if s.rule == "CFG" and s.guidance_scale == 1:
+            ax.plot(100 * s.results["class_match"], s.results["fd_ratio"], "*", ms=10, color="k",
+                    label=f"unguided, {s.steps} steps ({s.nfe:g} evals)")  # fmt: skip
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xlabel("classified as requested (%)", fontsize=8)
+    ax.set_ylabel("FD / real baseline (same n)", fontsize=8)
+    ax.set_title(f"guidance at ≤ {budget:g} model evaluations per image (n={rules[0].n}; labels: w)", fontsize=8.5)
+    ax.legend(fontsize=6)

@@ -7,7 +7,7 @@ import shutil
 
 from scratch_diffusion.demo.config import DemoConfig, DemoError
 
-OUTPUT_FILES = ("metrics.json", "metrics.md", "demo.png", "training.json")  # beside pipeline/
+OUTPUT_FILES = ("metrics.json", "metrics.md", "demo.png", "training.json", "guide.json")  # beside pipeline/
 REPORT_FILES = OUTPUT_FILES[:3]  # rewritten by every run, --reuse included
 
 
@@ -22,6 +22,15 @@ def remove_vae_outputs(config: DemoConfig) -> None:
         shutil.rmtree(vae)
     if cache.is_dir() and all(f.name.startswith("latents-") for f in cache.iterdir()):
         shutil.rmtree(cache)
+
+
+def remove_guide_outputs(config: DemoConfig) -> None:
+    """Remove an earlier run's guide folder (refusing a folder that is not a pipeline: the trainer writes one)."""
+    guide = config.guide_dir
+    if guide.exists() and any(guide.iterdir()):
+        if not (guide / "model_index.json").is_file():
+            raise DemoError(f"{guide} exists and is not a guide written by the demo (no model_index.json); move it.")
+        shutil.rmtree(guide)
 
 
 def prepare_output_dir(config: DemoConfig) -> dict | None:
@@ -54,6 +63,7 @@ def prepare_output_dir(config: DemoConfig) -> dict | None:
         print(f"Replacing the earlier run in {out}: removing {pipeline} (pass --reuse to keep a trained model).")
         shutil.rmtree(pipeline)
     remove_vae_outputs(config)
+    remove_guide_outputs(config)
     for name in OUTPUT_FILES:
         if (out / name).is_file():
             (out / name).unlink()

@@ -8,18 +8,25 @@ import os
 import shlex
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from scratch_diffusion import metrics
 from scratch_diffusion.demo.config import SAMPLERS, DemoConfig, DemoError
+from scratch_diffusion.demo.equal_evaluations import (
+    RULES_STAGE,
+    equal_evaluation_sets,
+    guidance_budget,
+    rules_summary,
+)
 from scratch_diffusion.demo.figure import save_figure
+from scratch_diffusion.demo.guide import GUIDE_RECORD, guide_cost, guide_name, train_guide
 from scratch_diffusion.demo.likelihood import likelihood_text, measure_likelihood
 from scratch_diffusion.demo.outputs import prepare_output_dir
 from scratch_diffusion.demo.quality import bar_text, guided_text, quality_verdict
-from scratch_diffusion.demo.report import metrics_markdown
+from scratch_diffusion.demo.report import metrics_markdown, rules_text
 from scratch_diffusion.demo.sampling import MAX_NFE, SampleSet, eligible, pick_best, run_stage
 from scratch_diffusion.demo.training import train_model
 
@@ -36,19 +43,29 @@ def timed(phase_seconds: dict[str, float], phase: str) -> Iterator[None]:
 
 @dataclass
 class Stages:
-    """The three sampling stages' sample sets; ``best`` comes from the final stage."""
+    """The sampling stages' sample sets; ``best`` comes from the final stage. ``rules``: the guidance stage's sets
+    (every rule at equal model evaluations, :mod:`~scratch_diffusion.demo.equal_evaluations`), ``guidance_rules``
+    its summary (budget, guide, each rule's best)."""
 
     sweep: list[SampleSet]
     guidance: list[SampleSet]
     final: list[SampleSet]
+    rules: list[SampleSet] = field(default_factory=list)
+    guidance_rules: dict | None = None
 
     @property
     def everything(self) -> list[SampleSet]:
-        return self.sweep + self.guidance + self.final
+        return self.sweep + self.guidance + self.final + self.rules
 
     @property
     def best(self) -> SampleSet:
         return pick_best(self.final)
+
+    @property
+    def guided(self) -> list[SampleSet]:
+        """The classifier-free guided sets the quality bar's "guided ≥ 99 %" applies to (the guidance stage's rules
+        are compared in their own table)."""
+        return [s for s in self.sweep + self.guidance + self.final if s.guidance_scale > 1]
 
 
 def train_or_reuse(config: DemoConfig) -> dict | None:
@@ -71,12 +88,18 @@ def train_or_reuse(config: DemoConfig) -> dict | None:
     return record
 
 
-def load_pipeline_and_classifier(config: DemoConfig):
-    """The trained class-conditional pipeline on ``config.device`` and the metric's digits classifier."""
+def load_pipeline(pipeline_dir: Path, device: str):
+    """The saved pipeline on ``device``, its own progress bar off (the demo's bars count image × steps)."""
     from scratch_diffusion.pipelines import ScratchDiffusionPipeline
 
-    pipe = ScratchDiffusionPipeline.from_pretrained(str(config.pipeline_dir)).to(config.device)
-    pipe.set_progress_bar_config(disable=True)  # the demo's bars count every UNet evaluation instead
+    pipe = ScratchDiffusionPipeline.from_pretrained(str(pipeline_dir)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_pipeline_and_classifier(config: DemoConfig):
+    """The trained class-conditional pipeline on ``config.device`` and the metric's digits classifier."""
+    pipe = load_pipeline(config.pipeline_dir, config.device)
     if pipe.num_classes is None:
         raise DemoError(f"{config.pipeline_dir} holds an unconditional UNet; the demo needs a class-conditional one.")
     classifier = metrics.load_digits_classifier()
@@ -106,11 +129,55 @@ def sample_and_score(pipe, classifier, config: DemoConfig, phase_seconds: dict[s
     ranked = sorted(eligible(sweep), key=lambda s: s.results["fd_ratio"])[: config.num_final]
     final = [SampleSet(s.sampler, s.steps, w, config.num_eval_samples, "final", config.eval_draws) for s in ranked]
     draws = f" × {config.eval_draws} independent draws" if config.eval_draws > 1 else ""
-    print(f"      final: the best {len(final)} of the sweep at ≤ {MAX_NFE} UNet evaluations per image, "
-          f"{config.num_eval_samples} images{draws} each")  # fmt: skip
+    print(f"      final: the best {len(final)} of the sweep at ≤ {MAX_NFE} model evaluations per image (both "
+          f"halves of a guided step counted), {config.num_eval_samples} images{draws} each")  # fmt: skip
     with timed(phase_seconds, "final"):
         run_stage(pipe, final, config, classifier, "final")
     return Stages(sweep, guidance, final)
+
+
+def guide_or_reuse(config: DemoConfig) -> dict:
+    """The autoguidance guide: trained into ``config.guide_dir`` and attached to the pipeline as ``guide_unet``, or
+    with ``--reuse`` the earlier one (if the pipeline has one); its record is written to ``guide.json``."""
+    record_path = config.output_dir / GUIDE_RECORD
+    if config.reuse and (config.pipeline_dir / "guide_unet").is_dir() and record_path.is_file():
+        record = json.loads(record_path.read_text())
+        print(f"      guide: reusing the pipeline's guide_unet ({record['model']}, {record['steps']} steps; --reuse)")
+        return record
+    print(f"      guide: training a {guide_name(config)} UNet for {config.guide_steps} steps "
+          f"(--guide_for {config.pipeline_dir})")  # fmt: skip
+    record = train_guide(config)
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def guidance_rules_stage(pipe, classifier, config: DemoConfig, stages: Stages, phase_seconds: dict) -> object:
+    """The guidance stage: train the guide, then the final stage's best sampler with unguided sampling, full-range
+    CFG, interval CFG and autoguidance at equal model evaluations per image; returns the pipeline (with its guide).
+    """
+    if config.num_rule_samples == 0:
+        print("      guidance stage skipped (--num_rule_samples 0)")
+        return pipe
+    with timed(phase_seconds, "guide"):
+        guide = guide_or_reuse(config)
+        pipe = load_pipeline(config.pipeline_dir, config.device)
+        guide["cost"] = guide_cost(pipe, min(config.sample_batch_size, 250))
+    cost = guide["cost"]
+    print(f"      guide: {cost['guide_parameters'] / 1e6:.2f} M parameters (UNet {cost['unet_parameters'] / 1e6:.2f} "
+          f"M); one guide evaluation takes {cost['guide_to_unet_time']:.2f}× a UNet evaluation "
+          f"({cost['guide_ms']:.0f} vs {cost['unet_ms']:.0f} ms for {cost['batch_size']} images)")  # fmt: skip
+    best = stages.best
+    with timed(phase_seconds, RULES_STAGE):
+        budget = guidance_budget(pipe, best.sampler, best.steps)
+        rules = equal_evaluation_sets(pipe, config, best.sampler, budget)
+        print(f"[3/6] Sampling ({RULES_STAGE}): {best.sampler} at {budget:g} model evaluations per image "
+              f"(CFG at the best's {best.steps} steps), {config.num_rule_samples} images each: unguided, CFG, "
+              f"interval CFG (σ = b/a ∈ ({config.guidance_interval[0]:g}, {config.guidance_interval[1]:g}]) and "
+              "autoguidance")  # fmt: skip
+        run_stage(pipe, rules, config, classifier, RULES_STAGE)
+    stages.rules = rules
+    stages.guidance_rules = rules_summary(rules, budget, guide)
+    return pipe
 
 
 def likelihood_of(pipe, config: DemoConfig) -> dict | None:
@@ -151,7 +218,8 @@ def build_report(
         "results": [s.row() for s in everything],
         "best": stages.best.row(),
         "sampling_seconds": sum(s.seconds for s in everything),
-        "quality_bar": quality_verdict(stages.best, [s for s in everything if s.guidance_scale > 1]),
+        "quality_bar": quality_verdict(stages.best, stages.guided),
+        "guidance_rules": stages.guidance_rules,
         "likelihood": likelihood,
     }
 
@@ -161,7 +229,7 @@ def write_outputs(config: DemoConfig, report: dict, stages: Stages, num_classes:
     print("[5/6] Writing metrics.json, metrics.md and demo.png")
     (config.output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (config.output_dir / "metrics.md").write_text(metrics_markdown(report))
-    save_figure(stages.sweep, stages.guidance, stages.final, config.output_dir / "demo.png", num_classes)
+    save_figure(stages.sweep, stages.guidance, stages.final, config.output_dir / "demo.png", num_classes, stages.rules)
 
 
 def load_command(pipeline_dir: Path, steps: int, guidance_scale: float) -> str:
@@ -188,7 +256,7 @@ def print_summary(config: DemoConfig, report: dict, best: SampleSet) -> None:
     print("[6/6] Summary")
     print(f"  outputs:   {config.output_dir}/  (pipeline/ with README.md model card and logs/, "
           f"metrics.json, metrics.md, demo.png)")  # fmt: skip
-    print(f"  best:      {best.name} ({best.nfe} UNet evaluations per image): FD {r['fd']:.2f} vs real-data "
+    print(f"  best:      {best.name} ({best.nfe} model evaluations per image): FD {r['fd']:.2f} vs real-data "
           f"baseline {r['fd_real_baseline']:.2f} ± {r['fd_real_baseline_std']:.2f} (×{r['fd_ratio']:.2f}, n={best.n}"
           f"{draws_text(r)}); noise {r['fd_noise_ceiling']:.0f}")  # fmt: skip
     print(f"             KID {r['kid']:.1f} ± {r['kid_std']:.1f} vs real {r['kid_real_baseline']:.1f} ± "
@@ -197,6 +265,8 @@ def print_summary(config: DemoConfig, report: dict, best: SampleSet) -> None:
     print(f"             classified as the requested class: {100 * r['class_match']:.1f} %{guided_text(verdict)} "
           f"(classifier accuracy on real digits {100 * r['classifier_accuracy']:.1f} %)")  # fmt: skip
     print(f"  quality bar ({bar_text(verdict)}): {'met' if verdict['met'] else 'NOT met'}")
+    if report.get("guidance_rules"):
+        print(f"  guidance:  {rules_text(report['guidance_rules'])}")
     if report["likelihood"] is not None:
         print(f"  bits/dim:  {likelihood_text(report['likelihood'])}")
     print(f"  tensorboard --logdir {config.pipeline_dir / 'logs'}")
@@ -222,7 +292,7 @@ def busy_machine_note(load: float | None, threads: int) -> str | None:
 def run(config: DemoConfig) -> dict:
     """Steps 1-6; returns ``metrics.json``'s content.
 
-    ``phase_seconds``: train, load, sweep, guidance, final, likelihood.
+    ``phase_seconds``: train, load, sweep, guidance, final, guide, guidance rules, likelihood.
     """
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -237,6 +307,7 @@ def run(config: DemoConfig) -> dict:
     with timed(phase_seconds, "load"):
         pipe, classifier = load_pipeline_and_classifier(config)
     stages = sample_and_score(pipe, classifier, config, phase_seconds)
+    pipe = guidance_rules_stage(pipe, classifier, config, stages, phase_seconds)
     with timed(phase_seconds, "likelihood"):
         likelihood = likelihood_of(pipe, config)
     report = build_report(config, record, pipe, classifier, stages, likelihood)

@@ -13,6 +13,7 @@ from typing import NamedTuple
 from scratch_diffusion import metrics
 from scratch_diffusion.demo.likelihood import likelihood_text
 from scratch_diffusion.demo.quality import bar_text, guided_text
+from scratch_diffusion.demo.rules import DENOISERS, RULES_STAGE, interval_text, rule_text
 
 
 class Column(NamedTuple):
@@ -28,8 +29,38 @@ def _column(header: str, cell: Callable[[dict], str], right: bool = True) -> Col
 STAGE = _column("stage", lambda r: r["stage"], right=False)
 SAMPLER = _column("sampler", lambda r: r["sampler"], right=False)
 STEPS = _column("steps", lambda r: f"{r['steps']}")
-NFE = _column("UNet evals", lambda r: f"{r['nfe']}")
-GUIDANCE = _column("guidance", lambda r: f"{r['guidance_scale']:g}")
+
+
+def row_evaluations(r: dict) -> dict[str, float]:
+    """A row's model evaluations per image by model, as the pipeline counted them.
+
+    Rows written before the counts were read from the pipeline (no ``evaluations`` key) recorded one evaluation per
+    sampler step even for a classifier-free guided step; theirs are corrected here: both halves, 2·nfe at w ≠ 1.
+    """
+    if "evaluations" in r:
+        return r["evaluations"]
+    return {"unet": r["nfe"] * (2 if r["guidance_scale"] != 1 else 1)}
+
+
+def evaluations_cell(r: dict) -> str:
+    """``"18"``; with a guide ``"18 (9 + 9 guide)"``."""
+    evaluations = row_evaluations(r)
+    total = sum(count for model, count in evaluations.items() if model in DENOISERS)
+    if "guide_unet" not in evaluations:
+        return f"{total:g}"
+    return f"{total:g} ({evaluations.get('unet', 0):g} + {evaluations['guide_unet']:g} guide)"
+
+
+def guidance_cell(r: dict) -> str:
+    """``"1.5"`` (plain classifier-free guidance), or the rule: ``"interval CFG w=1.5, σ ∈ (0.28, 5.42]"``."""
+    rule = r.get("rule", "CFG")
+    if rule == "CFG":
+        return f"{r['guidance_scale']:g}"
+    return rule_text(rule, r["guidance_scale"], r.get("interval"))
+
+
+NFE = _column("UNet evals", evaluations_cell)
+GUIDANCE = _column("guidance", guidance_cell)
 
 
 def _spread(r: dict) -> str:
@@ -40,7 +71,7 @@ def _spread(r: dict) -> str:
 N = _column("n", lambda r: f"{r['n']}" + (f" × {r['draws']}" if r.get("draws", 1) > 1 else ""))
 FD = _column("FD ↓", lambda r: f"{r['fd']:.2f}")
 FD_RATIO = _column("FD / baseline", lambda r: f"{r['fd_ratio']:.2f}×" + _spread(r))
-CLASS_MATCH = _column("class match", lambda r: f"{100 * r['class_match']:.1f} %")
+CLASS_MATCH = _column("class match", lambda r: "–" if r["class_match"] is None else f"{100 * r['class_match']:.1f} %")
 CONFIDENT = _column("confident", lambda r: f"{100 * r['confident_fraction']:.1f} %")
 SECONDS = _column("sampling s", lambda r: f"{r['seconds']:.1f}")
 KID = _column(
@@ -123,6 +154,7 @@ def metrics_markdown(report: dict) -> str:
             "",
             best_sentence(report),
             "",
+            *([rules_paragraph(report["guidance_rules"]), ""] if report.get("guidance_rules") else []),
             *([f"Bits/dim: {likelihood_text(report['likelihood'])}.", ""] if report.get("likelihood") else []),
             metrics.markdown_summary(best, title=f"Best: {name}"),
             "",
@@ -145,7 +177,11 @@ def readme_table(report: dict) -> str:
         + f", {settings['num_sweep_samples']} in the sweep; "
         "baseline = the same distance between real digit sets of the same size):"
     )
-    guided = sorted(100 * row["class_match"] for row in report["results"] if row["guidance_scale"] > 1)
+    guided = sorted(
+        100 * row["class_match"]
+        for row in report["results"]
+        if row["guidance_scale"] > 1 and row.get("rule", "CFG") == "CFG" and row["stage"] != RULES_STAGE
+    )
     lowest, highest = (f"{guided[0]:.1f}", f"{guided[-1]:.1f}") if guided else ("", "")
     guided_range = f", {lowest if lowest == highest else f'{lowest}–{highest}'} % with guidance" if guided else ""
     verdict_line = (
@@ -155,5 +191,47 @@ def readme_table(report: dict) -> str:
         f"{guided_range}."
     )
     table = results_table(report["results"], best, README_COLUMNS, README_BOLD)
+    rules = [rules_paragraph(report["guidance_rules"])] if report.get("guidance_rules") else []
     likelihood = [f"Bits/dim: {likelihood_text(report['likelihood'])}."] if report.get("likelihood") else []
-    return "\n\n".join([caption, table, verdict_line, *likelihood])
+    return "\n\n".join([caption, table, verdict_line, *rules, *likelihood])
+
+
+def _best_text(rule: str, best: dict | None) -> str:
+    """``"interval CFG w=1.5, σ ∈ (0.28, 5.42], 6 steps: 1.21× at 99.3 % class match"``."""
+    if best is None:
+        return f"{rule}: –"
+    name = "unguided" if rule == "unguided" else ("CFG " if rule == "CFG" else "") + best["setting"]
+    match = "" if best["class_match"] is None else f" at {100 * best['class_match']:.1f} % class match"
+    return f"{name}, {best['steps']} steps: {best['fd_ratio']:.2f}×{match}"
+
+
+def rules_text(summary: dict) -> str:
+    """One line: the budget and each rule's lowest FD ratio with its class match."""
+    best = summary["best"]
+    parts = [_best_text(rule, best.get(rule)) for rule in ("unguided", "CFG", "interval CFG", "autoguidance")]
+    return f"at {summary['budget']:g} model evaluations per image ({summary['sampler']}): " + "; ".join(parts)
+
+
+def rules_paragraph(summary: dict) -> str:
+    """The guidance stage in words: the budget, the interval, the guide and its cost, each rule's best."""
+    guide, interval = summary.get("guide") or {}, summary.get("interval")
+    cost = guide.get("cost")
+    guide_words = ""
+    if guide:
+        guide_words = (
+            f" The autoguidance guide is a {guide['model']} UNet trained for {guide['steps']} steps "
+            f"({guide['seconds']:.0f} s) with `--guide_for` the pipeline"
+            + (
+                f"; {cost['guide_parameters'] / 1e6:.2f} M parameters against the UNet's "
+                f"{cost['unet_parameters'] / 1e6:.2f} M, one of its evaluations takes "
+                f"{cost['guide_to_unet_time']:.2f}× a UNet evaluation"
+                if cost
+                else ""
+            )
+            + "."
+        )
+    where = f" Interval CFG guides for {interval_text(interval)} only." if interval else ""
+    return (
+        f"Guidance at equal cost (stage `{RULES_STAGE}`): every rule {rules_text(summary)} (lowest FD ratio of each "
+        "rule; both halves of a CFG step and every guide evaluation counted)." + where + guide_words
+    )

@@ -13,19 +13,33 @@ from tqdm.auto import tqdm
 
 from scratch_diffusion import metrics
 from scratch_diffusion.demo.config import DemoConfig
+from scratch_diffusion.demo.rules import DENOISERS, guidance_arguments, labels_for_call, rule_text
 
 
 @dataclass
 class SampleSet:
-    """One sampler × steps × guidance setting, its images and its scores."""
+    """One sampler × steps × guidance setting, its images and its scores.
+
+    ``rule`` says how ``guidance_scale`` guides (:data:`~scratch_diffusion.demo.rules.RULES`): plain
+    classifier-free guidance (``"CFG"``, w = 1: the conditional model alone), CFG only for σ = b/a in
+    ``interval``, autoguidance with the pipeline's ``guide_unet``, or classifier guidance with its ``classifier``.
+    ``evaluations`` are the pipeline's own counts (``pipe.evaluations``) per image and model, read after each call:
+    a classifier-free guidance step counts both halves (two UNet evaluations, though they share a batch), an
+    autoguidance step one ``unet`` and one ``guide_unet`` evaluation. ``nfe`` is their total over the networks that
+    denoise (:func:`model_evaluations`: the UNet and the guide; a guiding classifier's forward and backward are
+    listed in ``evaluations`` only).
+    """
 
     sampler: str
     steps: int
     guidance_scale: float
     n: int
-    stage: str  # "sweep", "guidance" or "final"
+    stage: str  # "sweep", "guidance", "final" or "guidance rules"
     draws: int = 1  # independent draws of n images, scored separately and averaged (see combine_draws)
-    nfe: int = 0  # UNet evaluations per image (a guided evaluation runs both halves in one batch)
+    rule: str = "CFG"
+    interval: tuple[float, float] | None = None  # (σ_lo, σ_hi) of an interval rule
+    nfe: float = 0  # model evaluations per image, every half and network counted (filled in by sampling)
+    evaluations: dict[str, float] = field(default_factory=dict)  # per image and model, from pipe.evaluations
     seconds: float = 0.0
     images: torch.Tensor | None = field(default=None, repr=False)  # (n, 1, 16, 16) in [-1, 1]
     labels: torch.Tensor | None = field(default=None, repr=False)
@@ -33,11 +47,26 @@ class SampleSet:
 
     @property
     def name(self) -> str:
-        return f"{self.sampler}, {self.steps} steps, w={self.guidance_scale:g}"
+        return f"{self.sampler}, {self.steps} steps, {rule_text(self.rule, self.guidance_scale, self.interval)}"
 
     def row(self) -> dict:
         keep = {k: v for k, v in asdict(self).items() if k not in ("images", "labels", "results")}
+        if self.interval is not None:
+            keep["interval"] = list(self.interval)
         return {**keep, **self.results}
+
+    def call_arguments(self) -> dict:
+        """The pipeline call's guidance arguments of this setting (:func:`.rules.guidance_arguments`)."""
+        return guidance_arguments(self.rule, self.guidance_scale, self.interval)
+
+
+def model_evaluations(evaluations: dict[str, float]) -> int | float:
+    """Evaluations per image of the denoising networks (``unet`` + ``guide_unet``) in ``pipe.evaluations``.
+
+    An integer when whole (it always is for the demo's calls), so tables print 18, not 18.0.
+    """
+    total = sum(count for model, count in evaluations.items() if model in DENOISERS)
+    return int(total) if float(total).is_integer() else total
 
 
 @contextlib.contextmanager
@@ -104,6 +133,11 @@ def _make_scheduler(sampler: str, saved_config, path: str):
 
 
 def evaluations_per_image(scheduler, steps: int) -> int:
+    """Sampler steps per image at ``steps``: the scheduler's timesteps, one UNet evaluation each when unguided.
+
+    The progress bars count these (one tick per image and step); what a setting evaluated, guidance's extra
+    evaluations included, is read from ``pipe.evaluations`` instead (:attr:`SampleSet.evaluations`).
+    """
     scheduler.set_timesteps(steps)
     return len(scheduler.timesteps)
 
@@ -136,29 +170,39 @@ def requested_labels(n: int, seed: int) -> torch.Tensor:
 DRAW_SEED_STRIDE = 1_000_003
 
 
-def draw_images(pipe, sample: SampleSet, seed: int, batch_size: int, bar: tqdm) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sample.n`` images and their requested labels; the same seed gives every setting the same labels and noise."""
-    labels = requested_labels(sample.n, seed)
+def draw_images(
+    pipe, sample: SampleSet, seed: int, batch_size: int, bar: tqdm | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
+    """``sample.n`` images, their requested labels and the evaluations per image the pipeline counted.
+
+    The same seed gives every setting the same labels and noise. Labels are None where the model is not asked for
+    a class (an unconditional model without classifier guidance). The counts are ``pipe.evaluations`` of each call,
+    weighted by its images.
+    """
+    labels = requested_labels(sample.n, seed) if labels_for_call(pipe, sample.rule) else None
     generator = torch.Generator(device=pipe.device).manual_seed(seed)
-    chunks = []
+    chunks, evaluated = [], {}
     for begin in range(0, sample.n, batch_size):
         size = min(batch_size, sample.n - begin)
 
         def advance(_pipe, _i, _t, _tensors, size=size):
-            bar.update(size)
+            if bar is not None:
+                bar.update(size)
             return {}
 
         output = pipe(
             batch_size=size,
             num_inference_steps=sample.steps,
             generator=generator,
-            class_labels=labels[begin : begin + size].tolist(),
-            guidance_scale=sample.guidance_scale,
+            class_labels=None if labels is None else labels[begin : begin + size].tolist(),
             output_type="np",
             callback_on_step_end=advance,
+            **sample.call_arguments(),
         )
         chunks.append(metrics.images_from_numpy(output.images))
-    return torch.cat(chunks), labels
+        for model, count in pipe.evaluations.items():
+            evaluated[model] = evaluated.get(model, 0.0) + count * size
+    return torch.cat(chunks), labels, {model: total / sample.n for model, total in evaluated.items()}
 
 
 def combine_draws(draws: list[dict]) -> dict:
@@ -183,25 +227,37 @@ def combine_draws(draws: list[dict]) -> dict:
     return combined
 
 
-def score_set(pipe, sample: SampleSet, seed: int, batch_size: int, classifier, bar: tqdm) -> None:
-    """Sample and score ``sample.draws`` draws; sets ``images``/``labels`` (first draw), ``seconds``, ``results``."""
+def use_sampler(pipe, sampler: str) -> None:
+    """Give ``pipe`` the scheduler of ``sampler`` (:func:`make_scheduler` from its own scheduler's config)."""
     latent = getattr(pipe, "vae", None) is not None
-    pipe.scheduler = make_scheduler(sample.sampler, pipe.scheduler.config, pipe.trained_parametrization.path, latent)
-    sample.nfe = evaluations_per_image(pipe.scheduler, sample.steps)
+    pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config, pipe.trained_parametrization.path, latent)
+
+
+def record_evaluations(sample: SampleSet, evaluations: dict[str, float]) -> None:
+    """Set ``sample.evaluations`` (as counted) and ``sample.nfe`` (:func:`model_evaluations`)."""
+    sample.evaluations = {model: int(c) if float(c).is_integer() else c for model, c in evaluations.items()}
+    sample.nfe = model_evaluations(evaluations)
+
+
+def score_set(pipe, sample: SampleSet, seed: int, batch_size: int, classifier, bar: tqdm | None = None) -> None:
+    """Sample and score ``sample.draws`` draws; sets ``images``/``labels`` (first draw), ``evaluations``/``nfe``
+    (as the pipeline counted them), ``seconds`` and ``results``."""
+    use_sampler(pipe, sample.sampler)
     results = []
     start = time.perf_counter()
     for k in range(sample.draws):
         draw_seed = seed + k * DRAW_SEED_STRIDE
-        images, labels = draw_images(pipe, sample, draw_seed, batch_size, bar)
+        images, labels, evaluations = draw_images(pipe, sample, draw_seed, batch_size, bar)
         if k == 0:
             sample.images, sample.labels = images, labels
+            record_evaluations(sample, evaluations)
         results.append(metrics.evaluate_samples(images, labels, classifier=classifier, seed=draw_seed))
     sample.seconds = time.perf_counter() - start
     sample.results = combine_draws(results)
 
 
 def run_stage(pipe, samples: list[SampleSet], config: DemoConfig, classifier, desc: str) -> None:
-    """Sample and score ``samples``; one progress bar counting image × UNet evaluations."""
+    """Sample and score ``samples``; one progress bar counting image × sampler steps."""
     path = pipe.trained_parametrization.path
     total = sum(
         s.n * s.draws * evaluations_per_image(make_scheduler(s.sampler, pipe.scheduler.config, path), s.steps)
@@ -214,19 +270,33 @@ def run_stage(pipe, samples: list[SampleSet], config: DemoConfig, classifier, de
             r = sample.results
             spread = f" ± {r['fd_ratio_std_over_draws']:.2f} over {r['draws']} draws" if r["draws"] > 1 else ""
             bar.write(
-                f"      {sample.name} (n={sample.n}): FD {r['fd']:.2f} vs real {r['fd_real_baseline']:.2f} "
-                f"(×{r['fd_ratio']:.2f}{spread}), KID {r['kid']:.0f} vs real {r['kid_real_baseline']:.0f}, "
-                f"class match {100 * r['class_match']:.1f} %, {sample.seconds:.0f} s"
+                f"      {sample.name} (n={sample.n}, {evaluations_text(sample.evaluations)}): FD {r['fd']:.2f} "
+                f"vs real {r['fd_real_baseline']:.2f} (×{r['fd_ratio']:.2f}{spread}), KID {r['kid']:.0f} vs real "
+                f"{r['kid_real_baseline']:.0f}, {match_text(r)}, {sample.seconds:.0f} s"
             )
 
 
+def evaluations_text(evaluations: dict[str, float]) -> str:
+    """``"18 UNet evaluations per image"``, ``"9 UNet + 9 guide evaluations per image"``."""
+    names = {"unet": "UNet", "guide_unet": "guide", "classifier": "classifier (forward + backward)"}
+    parts = [f"{count:g} {names.get(model, model)}" for model, count in evaluations.items()]
+    return " + ".join(parts) + " evaluations per image"
+
+
+def match_text(r: dict) -> str:
+    """``"class match 98.5 %"``, or ``"no class asked"`` for an unconditional model's unguided samples."""
+    return "no class asked" if r.get("class_match") is None else f"class match {100 * r['class_match']:.1f} %"
+
+
 # The quality target is met at few steps: the final stage and the reported best choose among the settings of at
-# most this many UNet evaluations per image (flow Heun at 10 steps costs 19 and is only shown in the sweep).
+# most this many model evaluations per image, every evaluation counted: flow Heun at 10 steps costs 19 and is only
+# shown in the sweep; a guided setting counts both halves of each classifier-free guidance step (Heun at 5 steps
+# with w ≠ 1 costs 18, so with --guidance_scale ≠ 1 only 5-step first-order settings compete).
 MAX_NFE = 10
 
 
 def eligible(samples: list[SampleSet]) -> list[SampleSet]:
-    """The settings of at most :data:`MAX_NFE` UNet evaluations per image (all of them if none is that cheap)."""
+    """The settings of at most :data:`MAX_NFE` model evaluations per image (all of them if none is that cheap)."""
     cheap = [s for s in samples if s.nfe <= MAX_NFE]
     return cheap or samples
 

@@ -80,12 +80,17 @@ def latent_flags(config: DemoConfig) -> list[str]:
     return ["--vae_name_or_path", str(config.vae_dir), "--latent_cache_dir", str(config.latent_cache_dir)]
 
 
-def training_argv(config: DemoConfig, max_train_steps: int, output_dir: Path | None = None) -> list[str]:
-    """The ``training/train.py`` command line of the demo model (into ``output_dir``, default the pipeline folder)."""
+def training_argv(
+    config: DemoConfig, max_train_steps: int, output_dir: Path | None = None, class_conditional: bool = True
+) -> list[str]:
+    """The ``training/train.py`` command line of the demo model (into ``output_dir``, default the pipeline folder).
+
+    ``class_conditional=False``: the same recipe without classes (no ``--class_conditional``, no null-class dropout).
+    """
+    conditioning = ["--class_conditional", "--class_dropout_prob", str(config.class_dropout_prob)]
     argv = [
         "--output_dir", str(output_dir if output_dir is not None else config.pipeline_dir),
-        "--class_conditional",
-        "--class_dropout_prob", str(config.class_dropout_prob),
+        *(conditioning if class_conditional else []),
         "--digits_split", config.digits_split,
         "--objective", config.objective,
         "--model_config_name_or_path", config.model,

@@ -11,10 +11,13 @@ without a trained model. The modules depend one way on each other and on the cor
   are from the mixture and the floor exact samples reach;
 * ``denoiser`` (← ``mixture``, ``statistics``): :class:`ExactDenoiser`, the mixture as the model a
   scheduler expects, :func:`sample_with` and :func:`error_table`;
+* ``classifier`` (← ``mixture``, ``denoiser``): :class:`ExactClassifier`, the noise-aware classifier of a labelled
+  mixture, and :func:`class_mixture`, its class-conditional distribution (exact classifier guidance);
 * ``ode_reference`` (← ``mixture``, ``denoiser``): :func:`probability_flow_endpoint`, the exact ODE
   solution, and :func:`ode_endpoint_error`, a deterministic sampler's discretisation error.
 """
 
+from .classifier import ExactClassifier, class_mixture
 from .denoiser import ExactDenoiser, error_table, sample_with
 from .mixture import GaussianMixture, mixture_log_density
 from .ode_reference import (
@@ -29,8 +32,10 @@ from .statistics import mixture_error, sampling_noise
 __all__ = [
     "REFERENCE_STEPS",
     "EndpointAccuracy",
+    "ExactClassifier",
     "ExactDenoiser",
     "GaussianMixture",
+    "class_mixture",
     "error_table",
     "mixture_error",
     "mixture_log_density",

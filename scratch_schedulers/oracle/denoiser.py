@@ -98,8 +98,9 @@ def sample_with(
     *,
     noise: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float32,
+    model: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Samples ``mixture`` with ``scheduler`` driven by the exact denoiser.
+    """Samples ``mixture`` with ``scheduler`` driven by the exact denoiser (or by ``model``).
 
     Runs ``set_timesteps(num_inference_steps)``, starts from ``init_noise_sigma · N(0, I)``
     (``1.0`` where the scheduler has no ``init_noise_sigma``, as in flow matching) and calls
@@ -115,10 +116,13 @@ def sample_with(
         noise: Initial standard normal noise of shape ``(n_samples, d)``, to use instead of
             drawing it from ``seed`` (it is still multiplied by ``init_noise_sigma``).
         dtype: Dtype of the sampling loop.
+        model: A model callable ``(sample, timestep) -> model_output`` in the scheduler's
+            parametrisation to use instead of ``ExactDenoiser(mixture, scheduler)`` (e.g. a guided
+            exact denoiser); ``mixture`` then only gives the dimension.
 
     Returns:
         ``(samples, nfe)``: the final samples, shape ``(n_samples, d)``, and the number of model
-        evaluations.
+        evaluations (calls of the model in this loop).
     """
     scheduler.set_timesteps(num_inference_steps)
     generator = torch.Generator().manual_seed(seed)
@@ -128,13 +132,15 @@ def sample_with(
     elif noise.shape != (n_samples, mixture.dim):
         raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {(n_samples, mixture.dim)}")
     x = noise.to(dtype) * init_noise_sigma
-    model = ExactDenoiser(mixture, scheduler)
+    model = model if model is not None else ExactDenoiser(mixture, scheduler)
     step_kwargs = {"generator": generator} if _accepts(scheduler.step, "generator") else {}
     scale = getattr(scheduler, "scale_model_input", None)
+    nfe = 0
     for t in scheduler.timesteps:
         model_input = scale(x, t) if scale is not None else x
         x = scheduler.step(model(model_input, t), t, x, **step_kwargs).prev_sample
-    return x, model.nfe
+        nfe += 1
+    return x, nfe
 
 
 def error_table(

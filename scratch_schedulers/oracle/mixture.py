@@ -40,6 +40,11 @@ def mixture_log_density(mixture: GaussianMixture, x: torch.Tensor, a: float = 1.
         a: Signal scale of the path point (1 for the data).
         b: Noise scale of the path point (0 for the data).
     """
+    return torch.logsumexp(component_log_densities(mixture, x, a, b), dim=-1)
+
+
+def component_log_densities(mixture: GaussianMixture, x: torch.Tensor, a: float = 1.0, b: float = 0.0) -> torch.Tensor:
+    """``log w_k N(x; a μ_k, (a² s_k² + b²) I)`` for every component k: float64, shape ``(..., K)``, differentiable."""
     x = torch.as_tensor(x).to(torch.float64)
     if x.ndim == 0 or x.shape[-1] != mixture.dim:
         raise ValueError(f"expected points with last dimension {mixture.dim}, got shape {tuple(x.shape)}")
@@ -48,7 +53,7 @@ def mixture_log_density(mixture: GaussianMixture, x: torch.Tensor, a: float = 1.
         raise ValueError(f"a={a} and b={b} cannot both be zero.")
     sq_dist = (x[..., None, :] - float(a) * mixture.means).square().sum(-1)  # (..., K)
     log_norm = mixture.weights.log() - 0.5 * mixture.dim * torch.log(2.0 * math.pi * variances)
-    return torch.logsumexp(log_norm - 0.5 * sq_dist / variances, dim=-1)
+    return log_norm - 0.5 * sq_dist / variances
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ def test_pixel_demo_has_no_vae_and_measures_bits_per_dim(quick_pixel_run):
     table = (out / "metrics.md").read_text()
     assert "Bits/dim: ODE (Heun" in table and "bits/dim (n=4 held-out digits" in table
     report = json.loads((out / "metrics.json").read_text())
-    _, _, _, likelihood = demo.readme_table(report).split("\n\n")
+    _, _, _, _, likelihood = demo.readme_table(report).split("\n\n")
     ode, bound = report["likelihood"]["ode"], report["likelihood"]["bound"]
     assert likelihood.startswith("Bits/dim: ODE (Heun ")
     assert f"{ode['bits_per_dim']:.3f} ± {ode['stderr']:.3f}" in likelihood
@@ -155,10 +155,10 @@ def test_metrics_json_table_and_figure(quick_run):
     }
     heun = {row["steps"]: row["nfe"] for row in sweep if row["sampler"] == "flow Heun"}
     assert all(nfe == 2 * steps - 1 for steps, nfe in heun.items())
+    sizes = {"sweep": "num_sweep_samples", "guidance": "num_sweep_samples", "final": "num_eval_samples",
+             "guidance rules": "num_rule_samples"}  # fmt: skip
     for row in report["results"]:
-        assert row["n"] == (
-            demo.QUICK["num_sweep_samples"] if row["stage"] in ("sweep", "guidance") else demo.QUICK["num_eval_samples"]
-        )
+        assert row["n"] == demo.QUICK[sizes[row["stage"]]]
         for key in ("fd", "fd_real_baseline", "fd_real_baseline_std", "fd_noise_ceiling", "fd_ratio", "class_match"):
             assert isinstance(row[key], float), key
         assert row["n_baseline"] == row["n"] and row["baseline_draws"] == 10
@@ -169,7 +169,15 @@ def test_metrics_json_table_and_figure(quick_run):
         assert row["fd_ratio"] == pytest.approx(row["fd"] / row["fd_real_baseline"])
         assert 0 < row["fd_real_baseline_std"] < row["fd_real_baseline"] < row["fd_noise_ceiling"]
         assert 0 <= row["class_match"] <= 1 and 0 <= row["confident_fraction"] <= 1
-        assert row["nfe"] == (2 * row["steps"] - 1 if row["sampler"] == "flow Heun" else row["steps"])
+        assert row["nfe"] == sum(row["evaluations"].values())  # the UNet's and the guide's, as the pipeline counted
+        steps = _sampler_steps(row)
+        if row["rule"] == "CFG":  # both halves of a guided step count, though they share a batch
+            assert row["evaluations"] == {"unet": steps * (2 if row["guidance_scale"] != 1 else 1)}
+        elif row["rule"] == "autoguidance":
+            assert row["evaluations"] == {"unet": steps, "guide_unet": steps}
+        else:  # interval CFG: the unconditional half only inside the interval
+            assert row["rule"] == "interval CFG" and row["evaluations"].keys() == {"unet"}
+            assert steps <= row["nfe"] <= 2 * steps
         assert row["seconds"] > 0
     assert report["sampling_seconds"] == pytest.approx(sum(row["seconds"] for row in report["results"]))
     final = [row for row in report["results"] if row["stage"] == "final"]
@@ -177,7 +185,9 @@ def test_metrics_json_table_and_figure(quick_run):
     guided = [row for row in report["results"] if row["stage"] == "guidance"]
     assert {row["guidance_scale"] for row in guided} == set(demo.QUICK["guidance_sweep"])
     assert report["best"] == min(final, key=lambda row: row["fd_ratio"])
-    assert report["phase_seconds"].keys() == {"train", "load", "sweep", "guidance", "final", "likelihood"}
+    assert report["phase_seconds"].keys() == {
+        "train", "load", "sweep", "guidance", "final", "guide", "guidance rules", "likelihood"
+    }  # fmt: skip
     assert all(seconds > 0 for seconds in report["phase_seconds"].values())
     assert sum(report["phase_seconds"].values()) <= report["seconds_total"]
     assert training["images_per_second"] > 0 and report["settings"]["max_train_steps"] == training["steps"]
@@ -208,6 +218,53 @@ def test_metrics_json_table_and_figure(quick_run):
         image.verify()
     with Image.open(out / "demo.png") as image:
         assert image.format == "PNG" and min(image.size) > 200
+
+
+def _sampler_steps(row: dict) -> int:
+    """The sampler's timesteps at the row's steps: one UNet evaluation each when unguided (Heun: 2n − 1)."""
+    return 2 * row["steps"] - 1 if row["sampler"] in ("flow Heun", "flow Heun (flow path)") else row["steps"]
+
+
+def test_guidance_stage_compares_the_rules_at_equal_evaluations(quick_run):
+    """The guide is trained and attached; every rule runs the final best's sampler within CFG's budget, each with
+    the most steps that fit (nothing computed: the counts are the pipeline's)."""
+    from scratch_diffusion.guidance import AutoGuidance
+    from scratch_diffusion.pipelines import ScratchDiffusionPipeline
+
+    out, printed = quick_run
+    report = json.loads((out / "metrics.json").read_text())
+    rules = [row for row in report["results"] if row["stage"] == "guidance rules"]
+    best, summary = report["best"], report["guidance_rules"]
+    assert summary["budget"] == 2 * best["nfe"] and summary["sampler"] == best["sampler"]
+    assert {row["sampler"] for row in rules} == {best["sampler"]}
+    assert [(row["rule"], row["guidance_scale"]) for row in rules] == [
+        ("CFG", 1.0),
+        *(("CFG", w) for w in demo.QUICK["cfg_scales"]),
+        *(("interval CFG", w) for w in demo.QUICK["cfg_scales"]),
+        *(("autoguidance", w) for w in demo.QUICK["autoguidance_scales"]),
+    ]
+    interval = list(demo.DEFAULTS["guidance_interval"])
+    assert [row["interval"] for row in rules] == [interval if row["rule"] == "interval CFG" else None for row in rules]
+    assert all(row["nfe"] <= summary["budget"] for row in rules)
+    full_cfg = [row for row in rules if row["rule"] in ("CFG", "autoguidance") and row["guidance_scale"] != 1]
+    assert all(row["steps"] == best["steps"] and row["nfe"] == summary["budget"] for row in full_cfg)
+    unguided = rules[0]
+    one_more = dict(unguided, steps=unguided["steps"] + 1)
+    assert _sampler_steps(unguided) <= summary["budget"] < _sampler_steps(one_more)  # the most steps that fit
+    for rule in ("CFG", "interval CFG", "autoguidance"):
+        assert summary["best"][rule]["fd_ratio"] == min(
+            row["fd_ratio"] for row in rules if row["rule"] == rule and row["guidance_scale"] != 1
+        )
+
+    guide = json.loads((out / "guide.json").read_text())
+    assert guide["steps"] == demo.QUICK["guide_steps"] and "--guide_for" in guide["argv"]
+    assert summary["guide"]["cost"]["guide_to_unet_time"] > 0 and summary["guide"]["steps"] == guide["steps"]
+    pipe = ScratchDiffusionPipeline.from_pretrained(str(out / "pipeline"))
+    assert pipe.guide_unet is not None  # saved into the pipeline by the trainer's --guide_for
+    pipe(batch_size=2, num_inference_steps=2, class_labels=[1, 2], guidance=AutoGuidance(2.0), output_type="latent")
+    assert pipe.evaluations == {"unet": pipe.num_timesteps, "guide_unet": pipe.num_timesteps}
+    assert f"guidance:  at {summary['budget']:g} model evaluations per image ({best['sampler']}): unguided" in printed
+    assert demo.rules_text(summary) in (out / "metrics.md").read_text()
 
 
 def test_summary_names_outputs_best_and_load_command(quick_run):
@@ -250,7 +307,8 @@ def test_readme_table_command_prints_the_table_of_metrics_json(quick_run, tmp_pa
     command = [sys.executable, "-m", "scratch_diffusion.demo.readme_table", str(out / "metrics.json")]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     assert done.stdout == demo.readme_table(report) + "\n"
-    caption, table, verdict = done.stdout.strip().split("\n\n")  # a latent run: no bits/dim line
+    caption, table, verdict, rules = done.stdout.strip().split("\n\n")  # a latent run: no bits/dim line
+    assert rules.startswith("Guidance at equal cost") and demo.rules_text(report["guidance_rules"]) in rules
     vae, steps, minutes = report["training"]["vae"], report["training"]["steps"], report["training"]["seconds"] / 60
     assert caption.startswith(f"Measured here (a tiny VAE ({vae['steps']} steps in {vae['seconds'] / 60:.1f} min; ")
     assert f"then {steps} training steps in {minutes:.1f} min on its 1×8×8 latents; whole demo " in caption
@@ -280,17 +338,21 @@ def test_rerun_with_reuse_says_so_and_without_replaces(quick_run):
         assert demo.main([*common, "--reuse"]) == 0
     assert f"Reusing the trained pipeline at {out / 'pipeline'}" in printed.getvalue()
     assert "digits classifier loaded from cache" in printed.getvalue()  # trained by the first run
+    assert "guide: reusing the pipeline's guide_unet" in printed.getvalue()
     assert weights.stat().st_mtime_ns == before
     report = json.loads((out / "metrics.json").read_text())
     assert report["reused_pipeline"] is True and report["training"]["steps"] == demo.QUICK["max_train_steps"]
 
     vae_weights = out / "vae" / "diffusion_pytorch_model.safetensors"
     vae_before = vae_weights.stat().st_mtime_ns
+    guide_weights = out / "guide" / "unet" / "diffusion_pytorch_model.safetensors"
+    guide_before = guide_weights.stat().st_mtime_ns
     with _capture() as printed:
         assert demo.main(common) == 0
     assert f"Replacing the earlier run in {out}" in printed.getvalue()
     assert json.loads((out / "metrics.json").read_text())["reused_pipeline"] is False
     assert vae_weights.stat().st_mtime_ns != vae_before  # the VAE is trained again too
+    assert guide_weights.stat().st_mtime_ns != guide_before  # and the guide
     assert len(list((out / "latent-cache").iterdir())) == 1  # the earlier run's latents were removed
 
 

@@ -10,6 +10,7 @@ evaluation during training ask it rather than testing ``--objective``:
 ``fill_defaults``        its defaults that depend on other arguments
 ``validate``             its checks (:class:`ConfigError`); another objective's arguments are refused for it
 ``from_args``            the objective, with its training noise scheduler (``scheduler``)
+``noised``               one draw (t, ε, x_t) of its training distribution (the loss's, a classifier's)
 ``loss``                 the scalar loss of one batch
 ``describe`` / ``tag``   the model card's text and tag; ``unused_arguments``: what did not apply to a run
 ``sampling_scheduler``   the scheduler the saved pipeline samples with
@@ -67,6 +68,14 @@ class Objective:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Objective:
         """The objective and its training noise scheduler from the (validated) command line."""
+        raise NotImplementedError
+
+    def noised(self, x0: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One draw of the training distribution for the batch ``x0``: ``(t, ε, x_t)``, x_t = a_t·x0 + b_t·ε.
+
+        ``t`` (B,) is the model timestep (the UNet's convention); every draw comes from ``generator``. The loss
+        draws here, and so does any model trained on the same path and times (a noise-aware classifier).
+        """
         raise NotImplementedError
 
     def loss(self, model_fn: ModelFn, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

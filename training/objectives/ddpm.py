@@ -95,12 +95,16 @@ class DDPMObjective(Objective):
         )
         return cls(scheduler, args.prediction_type, args.snr_gamma)
 
-    def loss(self, model_fn: ModelFn, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Scalar loss of one batch ``x0`` (B, C, H, W); every draw comes from ``generator``."""
+    def noised(self, x0: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """t ~ U{0..T−1}, then ε ~ N(0, I); x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε (the scheduler's ``add_noise``)."""
         batch, device = x0.shape[0], x0.device
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (batch,), generator=generator, device=device)
         noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
-        x_t = self.scheduler.add_noise(x0, noise, t)
+        return t, noise, self.scheduler.add_noise(x0, noise, t)
+
+    def loss(self, model_fn: ModelFn, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Scalar loss of one batch ``x0`` (B, C, H, W); every draw comes from ``generator``."""
+        t, noise, x_t = self.noised(x0, generator)
         if self.prediction_type == "epsilon":
             target = noise
         elif self.prediction_type == "v_prediction":
@@ -109,7 +113,7 @@ class DDPMObjective(Objective):
             target = x0
         losses = per_example_mse(model_fn(x_t, t), target)
         if self.snr_gamma is not None:
-            alpha_bar = self.scheduler.alphas_cumprod.to(device)[t]
+            alpha_bar = self.scheduler.alphas_cumprod.to(x0.device)[t]
             losses = losses * min_snr_weights(alpha_bar, self.snr_gamma, self.prediction_type)
         return losses.mean()
 

@@ -83,11 +83,15 @@ class FlowMatchingObjective(Objective):
             raise ValueError(f"weighting_scheme={self.weighting_scheme!r}; choose one of {list(WEIGHTING_SCHEMES)}.")
         return shift_sigmas(u, self.scheduler.config.shift)
 
-    def loss(self, model_fn: ModelFn, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Scalar loss of one batch ``x0`` (B, C, H, W); every draw comes from ``generator``."""
+    def noised(self, x0: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """σ (:meth:`sample_sigmas`), t = σ·T, then ε ~ N(0, I); x_t = (1 − σ)·x0 + σ·ε (``add_noise``)."""
         t = self.sample_sigmas(x0.shape[0], generator) * self.scheduler.config.num_train_timesteps
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        x_t = self.scheduler.add_noise(x0, noise, t)
+        return t, noise, self.scheduler.add_noise(x0, noise, t)
+
+    def loss(self, model_fn: ModelFn, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Scalar loss of one batch ``x0`` (B, C, H, W); every draw comes from ``generator``."""
+        t, noise, x_t = self.noised(x0, generator)
         target = self.scheduler.get_velocity(x0, noise, t)
         return per_example_mse(model_fn(x_t, t), target).mean()
 
