@@ -213,3 +213,24 @@ def test_a_guide_and_a_classifier_load_and_guide_with_diffusers_alone(tmp_path):
         assert pipe.evaluations == {"unet": 2, "guide_unet": 2, "classifier": 2}, pipe.evaluations
     """
     run_python(code, tmp_path, package_installed=False, env=subprocess_env(tmp_path / "hf"))
+
+
+def test_a_classifier_of_other_classes_or_another_path_is_refused_before_any_evaluation():
+    from scratch_diffusion.guidance import NoisyClassifier
+
+    unet = tiny_unet()
+    four_classes = NoisyClassifier.from_unet_config(unet.config, 4, "vp", None, block_out_channels=(8, 16))
+    plain = pipeline()
+    counter = CallCounter(plain.unet)
+    with pytest.raises(ValueError, match=r"class_labels=7 out of range; allowed: integers in \[0, 3\]"):
+        plain(class_labels=7, guidance=ClassifierGuidance(1.0, four_classes))
+    flow_classifier = NoisyClassifier.from_unet_config(unet.config, 4, "flow", None, block_out_channels=(8, 16))
+    with pytest.raises(ValueError, match="trained on the 'flow' path, the model on 'vp'"):
+        plain(class_labels=1, guidance=ClassifierGuidance(1.0, flow_classifier))
+    conditional = pipeline(unet_overrides={"num_class_embeds": 6})  # 5 classes and the null class
+    conditional_counter = CallCounter(conditional.unet)
+    with pytest.raises(ValueError, match="the classifier knows 4 classes, the class-conditional model 5"):
+        conditional(class_labels=1, guidance=ClassifierGuidance(1.0, four_classes))
+    with pytest.raises(ValueError, match="the classifier knows 4 classes, the class-conditional UNet 5"):
+        ScratchDiffusionPipeline(unet=conditional.unet, scheduler=ScratchDDIMScheduler(), classifier=four_classes)
+    assert counter.calls == [] and conditional_counter.calls == []
