@@ -45,7 +45,7 @@ ACCURACY_PLOT = ROOT / "benchmarks" / "results" / "guidance_classifier_accuracy.
 GRID = {"cfg_scales": [1.25, 1.5, 2.0], "autoguidance_scales": [1.25, 1.5, 2.0, 3.0],
         "classifier_scales": [3.0, 4.0, 5.0]}  # fmt: skip
 QUICK_GRID = {"cfg_scales": [2.0], "autoguidance_scales": [2.0], "classifier_scales": [2.0]}
-# --search (on one seed's conditional model): autoguidance guides (GUIDE_UNETS name or preset, steps) and CFG intervals
+# --search (on one seed's conditional model): autoguidance guides (trainer preset, steps) and CFG intervals
 # of σ = b/a; the demo's defaults are the best of these (flow Heun at 5 steps evaluates at σ = ∞, 3, 1, 0.34, 0.001)
 GUIDE_CANDIDATES = (("micro", 200), ("micro", 400), ("micro", 800), ("compact", 200), ("compact", 400), ("tiny", 400))
 INTERVAL_CANDIDATES = ((0.28, 5.42), (0.5, 5.42), (0.28, 2.0), (2.0, 5.42))

@@ -18,7 +18,7 @@ from Python. The loop lives in ``trainer``; everything else in the modules here:
 ``monitoring``       :class:`TrainingSummary`, the buffered loss log, non-finite-loss checks
 ``optimization``     AdamW and the EMA weights
 ``data``             datasets → uint8 tensors decoded once, the epoch-seeded sampler, augmentation
-``models``           ``UNet2DModel`` presets (tiny / small / base) or a JSON config
+``models``           ``UNet2DModel`` presets (micro / tiny / compact / small / base) or a JSON config
 ``init_from``        ``--init_from``: a run started from a saved pipeline's UNet (or a saved VAE)
 ``objectives``       one module per objective (ddpm, flow): arguments, checks, loss, card text, sampler
 ``checkpoints``      atomic ``accelerate.save_state`` checkpoints, rotation and resume

@@ -16,6 +16,16 @@ import os
 from diffusers import UNet2DModel
 
 PRESETS: dict[str, dict] = {
+    # ~0.16 M parameters, two levels, no attention: autoguidance's guide for the demo's compact UNet on 1×8×8 latents
+    # (one evaluation ≈ 0.37× compact's; the best guide measured, benchmarks/bench_guidance.py --search).
+    "micro": {
+        "block_out_channels": (16, 32),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "UpBlock2D"),
+        "norm_num_groups": 8,
+        "add_attention": False,
+    },
     # ~0.7 M parameters: smoke tests and quick CPU runs at 16×16.
     "tiny": {
         "block_out_channels": (32, 64),

@@ -6,8 +6,9 @@ import argparse
 import os
 import sys
 
-from scratch_diffusion.demo.config import DEFAULTS, GUIDE_UNETS, SPACES, DemoError, resolve_config, use_quick_unet
+from scratch_diffusion.demo.config import DEFAULTS, SPACES, DemoError, resolve_config, use_quick_unet
 from scratch_diffusion.demo.phases import run
+from scratch_diffusion.training.models import PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--model",
         default=None,
-        help=f"UNet preset (tiny, compact, small, base) or JSON config; default {DEFAULTS['model']}",
+        help=f"UNet preset ({', '.join(PRESETS)}) or JSON config; default {DEFAULTS['model']}",
     )
     length = train.add_mutually_exclusive_group()
     length.add_argument(
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_argument(
         "--guide_model",
         default=None,
-        help=f"the guide UNet: {', '.join(GUIDE_UNETS)}, a trainer preset (tiny, compact, …) or a JSON config; "
+        help="the guide UNet: a trainer preset (micro, tiny, compact, …) or a JSON config; "
         f"default {DEFAULTS['guide_model']} (--quick: the main model's)",
     )
     rules.add_argument("--guide_steps", type=int, default=None, help=f"default {DEFAULTS['guide_steps']}")

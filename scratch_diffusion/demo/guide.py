@@ -1,7 +1,7 @@
 """The demo's autoguidance guide (Karras et al., 2024): a bad version of the model itself, and what it costs.
 
 The guide is the demo model's recipe (``training_argv``: same data, path, time distribution, VAE latents and
-seed) with a smaller UNet (``--guide_model``, default :data:`~scratch_diffusion.demo.config.GUIDE_UNETS` ``micro``)
+seed) with a smaller UNet (``--guide_model``, default the trainer's ``micro`` preset)
 trained for fewer steps (``--guide_steps``), in this process through ``run_training`` with ``--guide_for`` the
 demo's pipeline: the trainer saves its EMA weights into that pipeline as ``guide_unet`` (``attach_component``), so
 ``AutoGuidance(w)`` finds it and every loading story loads it. Its own pipeline folder (``<output_dir>/guide``) is
@@ -16,7 +16,6 @@ show.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shlex
 import statistics
 import time
@@ -24,27 +23,21 @@ from pathlib import Path
 
 import torch
 
-from scratch_diffusion.demo.config import GUIDE_UNETS, DemoConfig
+from scratch_diffusion.demo.config import DemoConfig
 from scratch_diffusion.demo.training import training_argv
 from scratch_diffusion.training import run_training
 
 GUIDE_RECORD = "guide.json"  # beside the pipeline: what --reuse reads back
 
 
-def guide_model_argument(config: DemoConfig, folder: Path) -> str:
-    """``--model_config_name_or_path`` of the guide: a :data:`GUIDE_UNETS` entry is written to ``folder`` as JSON."""
-    if config.guide_model is None:
-        return config.model
-    if config.guide_model in GUIDE_UNETS:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"guide_unet_{config.guide_model}.json"
-        path.write_text(json.dumps(GUIDE_UNETS[config.guide_model]))
-        return str(path)
-    return config.guide_model
+def guide_model_argument(config: DemoConfig) -> str:
+    """``--model_config_name_or_path`` of the guide: ``--guide_model`` (a trainer preset or a JSON config), else the
+    model's own."""
+    return config.model if config.guide_model is None else config.guide_model
 
 
 def guide_name(config: DemoConfig) -> str:
-    """The guide's UNet as printed: its preset or :data:`GUIDE_UNETS` name, or its JSON file's stem."""
+    """The guide's UNet as printed: its preset name, or its JSON file's stem."""
     model = config.guide_model or config.model
     return Path(model).stem if model.endswith(".json") else model
 
@@ -55,7 +48,7 @@ def guide_argv(
     """``train.py``'s command line of the guide of ``pipeline_dir``: the demo recipe, the guide's UNet and steps,
     the cheapest outputs (no tensorboard, a one-image final sample) and ``--guide_for pipeline_dir`` (None: the
     guide stays in its own pipeline folder only)."""
-    model = guide_model_argument(config, output_dir.parent)
+    model = guide_model_argument(config)
     argv = training_argv(dataclasses.replace(config, model=model), config.guide_steps, output_dir, class_conditional)
     cheap = ["--logger", "none", "--eval_batch_size", "1", "--ddpm_num_inference_steps", "1"]
     return [*argv, *cheap, *(["--guide_for", str(pipeline_dir)] if pipeline_dir is not None else [])]

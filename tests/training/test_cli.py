@@ -41,7 +41,7 @@ def _fails(argv: list[str], message: str, capsys) -> None:
         (["--train_data_dir", "{tmp}/empty"], "holds no images"),
         (["--dataset_name", "./no/such/dataset"], "no such local path"),
         (["--dataset_name", "a", "--train_data_dir", "{tmp}/empty"], "not both"),
-        (["--model_config_name_or_path", "huge"], "neither a preset (tiny, compact, small, base)"),
+        (["--model_config_name_or_path", "huge"], "neither a preset (micro, tiny, compact, small, base)"),
         (["--train_data_dir", "{tmp}", "--digits_split", "train"], "--digits_split 'train' applies to the built-in"),
         (["--model_config_name_or_path", "{tmp}/not_json.txt"], "not a readable JSON file"),
         (["--model_config_name_or_path", "small", "--resolution", "18"], "cannot be downsampled by the UNet"),
