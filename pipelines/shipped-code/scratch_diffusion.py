@@ -1203,6 +1203,15 @@ def guide_function(guide: object, setup: GuidanceSetup) -> tuple[ModelFunction, 
     return call, classes is not None
 
 
+def check_classifier_classes(classes: int, model_classes: int | None, model: str) -> None:
+    """A class-conditional ``model`` (``model_classes`` real classes; None: unconditional) and its classifier agree."""
+    if model_classes is not None and classes != model_classes:
+        raise ValueError(
+            f"the classifier knows {classes} classes, the class-conditional {model} {model_classes}; "
+            f"allowed: a classifier of the {model}'s classes."
+        )
+
+
 def classifier_function(
     classifier: object, setup: GuidanceSetup
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -1216,11 +1225,7 @@ def classifier_function(
     check_same_path("classifier", config, setup)
     classes = config.get("num_classes")
     if classes is not None:
-        if setup.null_class is not None and classes != setup.null_class:
-            raise ValueError(
-                f"the classifier knows {classes} classes, the class-conditional model {setup.null_class}; "
-                "allowed: a classifier of the model's classes."
-            )
+        check_classifier_classes(classes, setup.null_class, "model")
         if setup.labels is not None and setup.labels.device.type == "cpu" and bool((setup.labels >= classes).any()):
             raise ValueError(
                 f"class labels {setup.labels.tolist()} name classes the classifier does not know; allowed: "
@@ -1251,12 +1256,9 @@ def check_guide_fits_unet(guide: object, unet_config: Mapping) -> None:
 def check_classifier_fits_unet(classifier: object, unet_config: Mapping) -> None:
     """The ``classifier`` component sees the UNet's samples and, for a conditional UNet, knows its classes."""
     check_same_space("classifier", classifier.config, unet_sample_shape(unet_config))
-    num_classes = unet_config.get("num_class_embeds")
-    if num_classes is not None and classifier.config.get("num_classes") not in (None, num_classes - 1):
-        raise ValueError(
-            f"the classifier knows {classifier.config['num_classes']} classes, the class-conditional UNet "
-            f"{num_classes - 1}; allowed: a classifier of the UNet's classes."
-        )
+    num_class_embeds, classes = unet_config.get("num_class_embeds"), classifier.config.get("num_classes")
+    if classes is not None:
+        check_classifier_classes(classes, None if num_class_embeds is None else num_class_embeds - 1, "UNet")
 
 
 # ============================================================================================
