@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from diffusers import AutoencoderKL, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from scratch_diffusion.control.controlnet import ControlNet2DModel, check_controlnet_fits_unet
 from scratch_diffusion.guidance.models import check_classifier_fits_unet, check_guide_fits_unet
 from scratch_diffusion.guidance.noisy_classifier import NoisyClassifier
 from scratch_schedulers import (
@@ -155,5 +156,14 @@ register_component(Component("guide_unet", UNet2DModel, fits=check_guide_fits_un
 register_component(
     Component(
         "classifier", NoisyClassifier, ours={"NoisyClassifier": NoisyClassifier}, fits=check_classifier_fits_unet
+    )
+)
+# ControlNet (Zhang et al., 2023): residuals for the UNet's skips and mid block from a control image.
+register_component(
+    Component(
+        "controlnet",
+        ControlNet2DModel,
+        ours={"ControlNet2DModel": ControlNet2DModel},
+        fits=check_controlnet_fits_unet,
     )
 )

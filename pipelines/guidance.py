@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -74,7 +74,7 @@ def bind_call_guidance(
     pipe,
     rules: Sequence[GuidanceRule],
     labels: torch.Tensor | None,
-    model_labels: torch.Tensor | None,
+    conditions: Mapping[str, torch.Tensor],
     batch_size: int,
 ) -> tuple[GuidedEvaluation | None, EvaluationCounter]:
     """The call's rules bound to the pipeline (every check, no model evaluation) and the run's evaluation counter."""
@@ -86,7 +86,7 @@ def bind_call_guidance(
         parametrization=pipe.trained_parametrization,
         sample_shape=sample_shape(pipe.unet, 1)[1:],
         labels=labels,
-        model_conditions={} if model_labels is None else {"class_labels": model_labels},
+        model_conditions=dict(conditions),
         null_class=pipe.num_classes,
         noise_schedule=pipe.config.noise_schedule,
         log_snr_range=training_log_snr_range(pipe),

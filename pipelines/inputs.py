@@ -88,9 +88,7 @@ def check_conditioning(
         if rule.needs_labels and class_labels is None:
             reason = "the UNet is unconditional" if num_classes is None else "no class_labels were given"
             allowed = "guidance_scale=1.0" if rule.argument.startswith("guidance_scale") else "class_labels"
-            raise ValueError(
-                f"{rule.argument} needs class labels to guide towards, but {reason}; allowed: {allowed}."
-            )
+            raise ValueError(f"{rule.argument} needs class labels to guide towards, but {reason}; allowed: {allowed}.")
 
 
 def check_callback_inputs(requested: Sequence[str], allowed: Sequence[str]) -> None:
@@ -190,3 +188,19 @@ def warn_if_not_finite(images: np.ndarray) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def check_strength(strength: float) -> None:
+    """Image-to-image and inpainting ``strength``: a real number in [0, 1] (0 keeps the input, 1 starts from noise)."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 <= strength <= 1:
+        raise ValueError(
+            f"strength={strength!r} is not allowed; pass a number in [0, 1] (0 returns the input, 1 starts from pure "
+            "noise)."
+        )
+
+
+def check_resampling(jump_length: int, jump_n_sample: int) -> None:
+    """RePaint's jump length j and resample count r (Lugmayr et al., 2022): integers ≥ 1 (r = 1: no resampling)."""
+    for name, value in (("jump_length", jump_length), ("jump_n_sample", jump_n_sample)):
+        if not _is_positive_int(value):
+            raise ValueError(f"{name}={value!r} is not allowed; pass an integer ≥ 1.")

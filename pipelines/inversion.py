@@ -68,6 +68,14 @@ def images_to_samples(
     Accepted: a (B, C, H, W) tensor in [0, 1] (``output_type="pt"``), a (B, H, W, C) array in
     [0, 1] (``"np"``), or PIL images (``"pil"``: one or a list, 8-bit).
     """
+    return images_to_unit_range(images, shape, device, needed_by) * 2 - 1
+
+
+def images_to_unit_range(
+    images: ImageInput, shape: Sequence[int], device: torch.device, needed_by: str = "this UNet"
+) -> torch.Tensor:
+    """Images as :func:`images_to_samples` takes them, as a float32 (B, C, H, W) tensor in [0, 1] on ``device``
+    (the values as given: editing pastes them back exactly)."""
     if is_pil_image(images):
         images = [images]
     if isinstance(images, (list, tuple)) and images and all(is_pil_image(image) for image in images):
@@ -88,7 +96,7 @@ def images_to_samples(
     low, high = images.aminmax()  # one read-back, before any model evaluation
     if not (torch.isfinite(low) and torch.isfinite(high) and low >= -1e-3 and high <= 1 + 1e-3):
         raise ValueError(f"images must lie in [0, 1] (as output_type 'pt'/'np' gives them); got [{low:g}, {high:g}].")
-    return images * 2 - 1
+    return images
 
 
 def inversion_levels(scheduler: object, levels: Sequence[tuple[float, float]], path: str) -> list[tuple[float, float]]:
@@ -146,11 +154,11 @@ def invert_images(
         image_shape = (batch_size, *decoded_shape(vae, shape[1:]))
         x = images_to_samples(images, image_shape, device, needed_by="this pipeline's VAE")
         x = encode_to_latents(vae, x).to(device=device, dtype=torch.float32)
-    labels, guided, counter = pipe.prepare_guidance(rules, class_labels, batch_size, device)
+    conditions, guided, counter = pipe.prepare_guidance(rules, class_labels, batch_size, device)
     pipe.scheduler.set_timesteps(num_inference_steps)  # a host grid: planning reads nothing back
     sampled = pipe.check_parametrization()
     levels = inversion_levels(pipe.scheduler, sampler_levels(pipe.scheduler, sampled.path), sampled.path)
-    denoiser = pipe.denoiser(sampled, ("sample", "epsilon"), labels, guided, device, levels, counter)
+    denoiser = pipe.denoiser(sampled, ("sample", "epsilon"), conditions, guided, device, levels, counter)
     with pipe.progress_bar(total=len(levels) - 1) as bar:
         latents = invert_samples(x, levels, denoiser, bar.update)
     pipe.maybe_free_model_hooks()

@@ -18,8 +18,10 @@ The pipeline records what its UNet was trained to predict (``prediction_type``) 
 path (``noise_path``) with which training schedule (``noise_schedule``) in ``model_index.json``.
 A scheduler of another path or parametrisation samples it through the exact change of variables
 (``cross_path.py``); :meth:`ScratchDiffusionPipeline.invert` runs the deterministic sampler
-backwards (``inversion.py``). Arguments are checked in ``inputs.py``, saved folders in
-``saved_format.py``, outputs made in ``postprocess.py``; the saved format is described in ``remote_code.py``.
+backwards (``inversion.py``); ``img2img`` (SDEdit) and ``inpaint`` (replacement + RePaint) edit images
+(``editing.py``). Every sampling method runs one loop (``sampling_loop.py``). Arguments are checked in
+``inputs.py``, saved folders in ``saved_format.py``, outputs made in ``postprocess.py``; the saved format is
+described in ``remote_code.py``.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ from scratch_diffusion.guidance.setup import EvaluationCounter
 from scratch_schedulers import Parametrization
 
 from .components import COMPONENTS, declares_components, optional_components
+from .control import Control, ControlledUNetModel, model_conditions, prepare_control
 from .cross_path import ModelPath, noise_schedule_of, sampler_levels, scheduler_model_calls
 from .denoiser import Denoiser, UNetModel
+from .editing import EditingMixin
 from .guidance import bind_call_guidance, call_rules, label_classes
 from .inputs import (
     check_call_arguments,
@@ -56,13 +60,14 @@ from .latent_pipeline_support import LatentSpaceMixin
 from .latents import warn_if_scheduler_clips
 from .parametrization import check_scheduler_parametrization, resolve_parametrization
 from .postprocess import samples_to_images
+from .sampling_loop import SamplingLoop
 from .saved_pipeline import SavedPipelineMixin
 
 __all__ = ["ScratchDiffusionPipeline"]
 
 
 @declares_components
-class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPipeline):
+class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, EditingMixin, DiffusionPipeline):
     r"""Sample images from a ``UNet2DModel`` with any diffusers-style scheduler.
 
     Args:
@@ -144,22 +149,29 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPi
     @property
     def evaluations(self) -> dict[str, float]:
         """Model evaluations per image of the last call, by model: ``unet`` (a classifier-free guidance step
-        counts its two halves), ``guide_unet``, ``classifier`` (forward and backward), ``unet_backward``."""
+        counts its two halves), ``guide_unet``, ``classifier`` (forward and backward), ``unet_backward``,
+        ``controlnet`` (with a control image)."""
         return dict(getattr(self, "_evaluations", {}))
 
     def prepare_guidance(
-        self, rules: Sequence[GuidanceRule], class_labels, batch_size: int, device: torch.device
-    ) -> tuple[torch.Tensor | None, GuidedEvaluation | None, EvaluationCounter]:
-        """The UNet's class labels, the call's rules bound to the pipeline (``guidance.py``) and the run's counter.
+        self,
+        rules: Sequence[GuidanceRule],
+        class_labels,
+        batch_size: int,
+        device: torch.device,
+        control: Control | None = None,
+    ) -> tuple[dict[str, torch.Tensor], GuidedEvaluation | None, EvaluationCounter]:
+        """The UNet's per-sample inputs, the call's rules bound to the pipeline (``guidance.py``) and the run's counter.
 
-        Labels are checked against the classes they name — the UNet's, or a guiding classifier's.
+        The inputs are the class labels of a class-conditional UNet and a ``control`` (``control.py``): its image
+        and scale. Labels are checked against the classes they name — the UNet's, or a guiding classifier's.
         """
         components = {name: getattr(self, name, None) for name in ("classifier",)}
         classes = label_classes(rules, self.num_classes, components)
         labels = None if class_labels is None else class_label_tensor(class_labels, batch_size, classes, device)
-        model_labels = self.prepare_class_labels(class_labels, batch_size, device)
-        guided, counter = bind_call_guidance(self, rules, labels, model_labels, batch_size)
-        return model_labels, guided, counter
+        conditions = model_conditions(self.prepare_class_labels(class_labels, batch_size, device), control)
+        guided, counter = bind_call_guidance(self, rules, labels, conditions, batch_size)
+        return conditions, guided, counter
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device, sampled: Parametrization) -> list:
         """Set the scheduler's timesteps for a run on ``device``; return their sampler points (a, b).
@@ -177,7 +189,7 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPi
         self,
         sampled: Parametrization,
         targets: Sequence[str] | None,
-        labels: torch.Tensor | None,
+        conditions: Mapping[str, torch.Tensor],
         guidance: GuidedEvaluation | None,
         device: torch.device,
         levels: Sequence[tuple[float, float]] | None = None,
@@ -187,12 +199,17 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPi
 
         ``sampled`` is the scheduler's parametrisation (:meth:`check_parametrization`, resolved once per call);
         ``targets`` None asks for it, natively where it is the UNet's own (``cross_path.scheduler_model_calls``).
+        ``conditions``: the UNet's per-sample inputs (:meth:`prepare_guidance`); with a control image the UNet is
+        evaluated with the control network's residuals (``control.py``).
         """
         plan = scheduler_model_calls(
             self.scheduler, sampled, self.trained_parametrization, self.config.noise_schedule, targets, device, levels
         )
-        conditions = {} if labels is None else {"class_labels": labels}
-        return Denoiser(UNetModel(self.unet), plan, conditions, guidance, dtype=self.unet.dtype, counter=counter)
+        counter = counter if counter is not None else EvaluationCounter(1)
+        model = UNetModel(self.unet)
+        if "control_image" in conditions:
+            model = ControlledUNetModel(self.unet, self.controlnet, counter)
+        return Denoiser(model, plan, conditions, guidance, dtype=self.unet.dtype, counter=counter)
 
     def check_inputs(
         self,
@@ -262,6 +279,8 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPi
         | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         latents: torch.Tensor | None = None,
+        control_image: ImageInput | None = None,
+        controlnet_conditioning_scale: float = 1.0,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images.
 
@@ -294,6 +313,10 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPi
             latents: the initial noise instead of drawing it, a float tensor of shape
                 (batch_size, *latent_shape) (e.g. from :meth:`invert`); scaled by ``init_noise_sigma``
                 as drawn noise is, and cast to the UNet's device and dtype.
+            control_image: with a ``controlnet`` component, the control (Zhang et al., 2023) in [0, 1] at the images'
+                size (the network's ``conditioning_channels``; ``control.py``), as ``invert`` takes images: one for
+                all images or one per image. Classifier-free guidance evaluates both halves with it.
+            controlnet_conditioning_scale: the factor of the control network's residuals (0 = the UNet alone).
 
         Returns:
             ``ImagePipelineOutput(images=...)``, or ``(images,)`` if ``return_dict`` is False.
@@ -316,7 +339,8 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPi
             guidance,
         )
         device = self._execution_device
-        labels, guided, counter = self.prepare_guidance(rules, class_labels, batch_size, device)
+        control = prepare_control(self, control_image, controlnet_conditioning_scale, batch_size, device)
+        conditions, guided, counter = self.prepare_guidance(rules, class_labels, batch_size, device, control)
 
         shape = sample_shape(self.unet, batch_size)
         if latents is None:
@@ -325,21 +349,12 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPi
             check_latents(latents, shape)
             latents = latents.to(device=device, dtype=self.unet.dtype)
         levels = self.set_timesteps(num_inference_steps, device, sampled)
-        denoiser = self.denoiser(sampled, None, labels, guided, device, levels, counter)
+        denoiser = self.denoiser(sampled, None, conditions, guided, device, levels, counter)
         latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)
         self._num_timesteps = len(self.scheduler.timesteps)
         step_kwargs = self.step_kwargs(generator, eta)
-        scale_model_input = getattr(self.scheduler, "scale_model_input", lambda sample, timestep: sample)
-
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_output = denoiser(scale_model_input(latents, t), i)[0]
-            latents = self.scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
-            if callback_on_step_end is not None:
-                tensors = {"latents": latents, "model_output": model_output}
-                requested = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
-                returned = callback_on_step_end(self, i, t, requested) or {}
-                latents = returned.get("latents", latents)
-
+        loop = SamplingLoop(self, denoiser, step_kwargs, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        latents = loop.sample(latents, range(self._num_timesteps))
         self._evaluations = counter.per_image()
         images = samples_to_images(latents, output_type, self.vae)
         self.maybe_free_model_hooks()
@@ -378,4 +393,3 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPi
                 any model evaluation.
         """
         return invert_images(self, images, num_inference_steps, class_labels, guidance_scale)
-

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from diffusers import DDPMPipeline, DDPMScheduler
 
-from scratch_diffusion import ScratchDiffusionPipeline, ScratchFlowMatchScheduler
+from scratch_diffusion import ControlNet2DModel, ScratchDiffusionPipeline, ScratchFlowMatchScheduler
 
 from .pipelines.helpers import run_python, subprocess_env, tiny_unet
 from .pipelines.hub_server import LoopbackHub
@@ -42,7 +42,10 @@ def save_stand_ins(folder: Path) -> dict[str, Path]:
     unet = tiny_unet(num_class_embeds=11, in_channels=1, out_channels=1)
     guide = tiny_unet(seed=1, num_class_embeds=11, in_channels=1, out_channels=1)  # the demo saves a guide_unet
     scheduler = ScratchFlowMatchScheduler(solver="heun")
-    ScratchDiffusionPipeline(unet=unet, scheduler=scheduler, guide_unet=guide).save_pretrained(demo)
+    controlnet = ControlNet2DModel.from_unet(unet)  # the demo attaches a low-resolution control network
+    ScratchDiffusionPipeline(unet=unet, scheduler=scheduler, guide_unet=guide, controlnet=controlnet).save_pretrained(
+        demo
+    )
     stock = folder / "hub" / "ddpm-cifar10-32"
     DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler()).save_pretrained(stock)
     return {HUB_IDS[0]: stock}

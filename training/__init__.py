@@ -28,6 +28,7 @@ from Python. The loop lives in ``trainer``; everything else in the modules here:
 ``hub``              ``HfApi.create_repo`` + ``upload_folder``
 ``vae``              ``train_vae.py``: an ``AutoencoderKL`` trained from scratch
 ``classifier``       ``train_classifier.py``: a noise-aware classifier p_φ(y | x_t) for classifier guidance
+``controlnet``       ``train_controlnet.py``: a ControlNet for a saved pipeline's frozen UNet
 ===================  ==========================================================================
 """
 

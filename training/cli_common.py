@@ -1,4 +1,4 @@
-"""Argument groups and checks shared by the trainers' command lines (``train.py``, ``train_vae.py``).
+"""Argument groups and checks shared by the trainers' command lines (``train.py``, ``train_vae.py``, …).
 
 Each ``add_*_arguments`` adds one argument group; each ``validate_*`` raises :class:`ConfigError` with the
 offending value and the allowed ones. A trainer composes them with its own model arguments.
@@ -107,6 +107,35 @@ def add_hub_arguments(p: argparse.ArgumentParser) -> None:
     hub.add_argument("--hub_token", help="token (default: HF_TOKEN or the logged-in token); never logged")
     hub.add_argument("--hub_private_repo", action="store_true", help="create the repo private")
     hub.add_argument("--license", default="apache-2.0", help="license in the model card metadata")
+
+
+def add_held_out_arguments(
+    group: argparse._ArgumentGroup, share: float, max_default: int, examples: str = "images", held_out: str = ""
+) -> None:
+    """``--num_validation_images`` and ``--eval_steps`` of a trainer evaluated on a seeded held-out split.
+
+    The split is ``vae.metrics.split_validation`` of ``validation_size(--num_validation_images, …, share,
+    max_default)``; ``loop.evaluation_due`` reads ``--eval_steps`` and ``loop.finish_run`` evaluates at the end.
+    ``examples`` names what is held out, ``held_out`` (default: ``examples``) says it more precisely.
+    """
+    group.add_argument(
+        "--num_validation_images",
+        type=int,
+        help=f"{held_out or examples} held out of training (seeded) and evaluated on; 0: evaluate on training "
+        f"{examples}; unset: {share * 100:g} %% of the data, at most {max_default}",
+    )
+    group.add_argument(
+        "--eval_steps", type=int, help="also evaluate every N optimizer steps (unset or 0: at the end only)"
+    )
+
+
+def validate_held_out_args(args: argparse.Namespace) -> None:
+    """The arguments of :func:`add_held_out_arguments`: unset or ≥ 0."""
+    _check(
+        args.num_validation_images is None or args.num_validation_images >= 0,
+        f"--num_validation_images must be ≥ 0, got {args.num_validation_images}.",
+    )
+    _check(args.eval_steps is None or args.eval_steps >= 0, f"--eval_steps must be ≥ 0, got {args.eval_steps}.")
 
 
 def fill_data_defaults(args: argparse.Namespace) -> None:

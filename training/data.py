@@ -185,7 +185,7 @@ def load_training_data(args) -> TrainingData:
     """The dataset named by the command line, or the built-in digits; raises :class:`DataError`."""
     if args.dataset_name is None and args.train_data_dir is None:
         return load_digits(args.resolution, args.class_conditional, getattr(args, "digits_split", "all"))
-    hf_dataset, name = _load_hf_dataset(args)
+    hf_dataset, name = load_hf_dataset(args)
     columns = hf_dataset.column_names
     if args.image_column not in columns:
         raise DataError(f"--image_column {args.image_column!r} is not a column of {name}; columns: {columns}.")
@@ -254,7 +254,9 @@ def load_digits(resolution: int, with_labels: bool, split: str = "all") -> Train
     return TrainingData(TensorImageDataset(images, labels), 1, 10 if with_labels else None, names, description, None)
 
 
-def _load_hf_dataset(args):
+def load_hf_dataset(args):
+    """(the ``datasets.Dataset`` of ``--train_data_dir`` or ``--dataset_name``, its name for messages): the
+    train split of an image folder, a folder saved with ``save_to_disk`` or a Hub dataset; raises :class:`DataError`."""
     import datasets
 
     try:

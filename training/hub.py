@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import sys
@@ -28,6 +29,7 @@ from huggingface_hub import HfApi
 
 from scratch_diffusion.pipelines.components import COMPONENTS, listed_components
 
+logger = logging.getLogger(__name__)
 # Never uploaded: training state (large, and specific to this machine) and half-written files.
 IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "*.tmp", "*.tmp/**"]
 # What a finished run leaves in --output_dir (README.md, the model card, is written last).
@@ -118,6 +120,18 @@ def upload_output(folder: str, repo_id: str, token: str | None, commit_message: 
             f"`{push_command(folder, repo_id)}` (the token comes from --hub_token, HF_TOKEN or `hf auth login`)."
         ) from None
     return getattr(info, "commit_url", str(info))
+
+
+def push_after_training(accelerator, args, repo_id: str | None, commit_message: str) -> None:
+    """A trainer's last step: with the repo of :func:`create_repo_before_training` (``--push_to_hub``), upload
+    ``--output_dir``, complete by now, from the main process and log the commit's URL; without one, nothing.
+
+    Raises :class:`HubError` if the upload fails (the local output stays complete; the message says how to re-push).
+    """
+    if repo_id is None or not accelerator.is_main_process:
+        return
+    url = upload_output(args.output_dir, repo_id, args.hub_token, commit_message)
+    logger.info(f"Pushed {args.output_dir} to {url}")
 
 
 def is_model_output(folder: str) -> bool:

@@ -1,32 +1,34 @@
-"""What every trainer's loop is built on: the accelerate state, the launch check, the run's length, its batches
-and the optimizer update.
+"""What every trainer's loop is built on: the accelerate state, the launch check, the run's length, its batches,
+the optimizer update and the loop's end.
 
-``trainer.py`` (the UNet), ``classifier/trainer.py`` (the noise-aware classifier) and ``vae/trainer.py`` (the
-AutoencoderKL) run: :func:`make_accelerator`, :func:`check_launch`, … prepare (:func:`prepare_model` for one
-model) …, :func:`run_length`, … resume …, then ``for epoch, index, batch in
-resumed_batches(...)``, one optimizer update per ``accumulate`` cycle, done by :class:`OptimizerUpdates`.
-Lengths count optimizer updates.
+``trainer.py`` (the UNet), ``classifier/trainer.py`` (the noise-aware classifier), ``vae/trainer.py`` (the
+AutoencoderKL) and ``controlnet/trainer.py`` run: :func:`start_run` (:func:`make_accelerator`,
+:func:`check_launch`), … prepare (:func:`prepare_model` for one model) …, :func:`run_length`, … resume …, then
+``for epoch, index, batch in resumed_batches(...)``, one optimizer update per ``accumulate`` cycle, done by
+:class:`OptimizerUpdates`. A trainer with a held-out evaluation evaluates when :func:`evaluation_due` and ends
+with :func:`finish_run`. Lengths count optimizer updates.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from . import checkpoints
 from .data import updates_per_epoch
 from .errors import ConfigError
-from .monitoring import MetricsLog, StepTimer, nonfinite_anywhere
+from .monitoring import MetricsLog, StepTimer, TrainingSummary, nonfinite_anywhere
 from .optimization import make_ema, make_lr_scheduler, make_optimizer
 
 logger = get_logger(__name__)
@@ -70,6 +72,19 @@ def check_launch(accelerator: Accelerator, script: str) -> None:
             "GPU, launch with ACCELERATE_USE_CPU=1 (e.g. ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
             f"--num_processes 2 {script} ...)."
         )
+
+
+def start_run(args, script: str) -> Accelerator:
+    """A run's first step: its ``Accelerator`` (:func:`make_accelerator`), the launch checked (:func:`check_launch`;
+    ``script`` names the training script), this package's progress messages at INFO on the main process (the
+    libraries', and the other processes', stay at WARNING), and every RNG seeded with ``--seed`` — for the initial
+    weights only: every later draw is counter-based (``randomness.py``)."""
+    accelerator = make_accelerator(args)
+    check_launch(accelerator, script)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("scratch_diffusion").setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
+    set_seed(args.seed)
+    return accelerator
 
 
 class RunLength(NamedTuple):
@@ -161,7 +176,8 @@ class OptimizerUpdates:
     skipped the step for an fp16 overflow), the EMA follows the weights (not after a skipped update), the
     step counter, progress bar, throughput timer and loss log move on, and every ``--checkpointing_steps`` the
     log is flushed (a non-finite loss stops the run before its state is saved) and a checkpoint written.
-    A skipped update still counts, so the data and the LR stay on the step. Use it as a context manager:
+    A skipped update still counts, so the data and the LR stay on the step. Use it as a context manager around
+    the loop: leaving it normally flushes the loss log (so a diverged final state is never saved either), and
     the progress bar closes on every way out, so error messages start on their own line.
     """
 
@@ -192,8 +208,12 @@ class OptimizerUpdates:
     def __enter__(self) -> OptimizerUpdates:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.bar.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            if exc_type is None:
+                self.metrics.flush()  # may raise NonFiniteLossError
+        finally:
+            self.bar.close()
 
     @property
     def global_step(self) -> int:
@@ -258,3 +278,36 @@ class OptimizerUpdates:
             self.metrics.flush()
             checkpoints.save_checkpoint(self.accelerator, self.args.output_dir, step, self.args.checkpoints_total_limit)
         return True
+
+
+class TimedEvaluator(Protocol):
+    """A trainer's evaluation as the loop calls it: on every process (the main one evaluates, the others wait at
+    a barrier), summing the wall and CPU time it takes, so the throughput leaves it out."""
+
+    seconds: float
+    cpu_seconds: float
+
+    def __call__(self, accelerator: Accelerator, model: torch.nn.Module, ema, step: int) -> None: ...
+
+
+def evaluation_due(args, updates: OptimizerUpdates) -> bool:
+    """After an update: ``--eval_steps`` N asks for an evaluation now — every N-th update but the last, whose
+    evaluation :func:`finish_run` runs. Unset or 0: none during training."""
+    return bool(args.eval_steps) and updates.global_step % args.eval_steps == 0 and not updates.done
+
+
+def finish_run(
+    accelerator: Accelerator, args, updates: OptimizerUpdates, evaluator: TimedEvaluator, model: torch.nn.Module, ema
+) -> TrainingSummary:
+    """After the loop (its ``with updates`` block left): the run's summary, the evaluations' time taken off, with
+    its throughput logged; then the final evaluation (of the EMA weights) and all processes at a barrier.
+
+    The main process then saves ``optimization.keep_ema_weights(ema, accelerator.unwrap_model(model))``.
+    """
+    summary = updates.timer.summary(args.output_dir, evaluator.seconds, evaluator.cpu_seconds)
+    logger.info(f"{summary.images_per_second:.1f} images/s (first step and evaluations excluded).",
+                main_process_only=True)  # fmt: skip
+    evaluator(accelerator, model, ema, updates.global_step)
+    accelerator.wait_for_everyone()
+    return summary
+

@@ -66,3 +66,12 @@ def ema_weights(ema: EMAModel | None, model: torch.nn.Module):
         yield model
     finally:
         ema.restore(model.parameters())
+
+
+def keep_ema_weights(ema: EMAModel | None, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (the trained module itself, out of accelerate's wrapper) with the EMA weights copied into it for
+    good, as a run's output; unchanged with ``--no-use_ema`` (``ema`` None). :func:`ema_weights` swaps them in for
+    a while instead."""
+    if ema is not None:
+        ema.copy_to(model.parameters())
+    return model

@@ -13,14 +13,12 @@ Exact resume: every random draw is seeded by (``--seed``, epoch, batch, process)
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from functools import partial
 
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 
 from scratch_diffusion.pipelines.denoiser import UNetModel
 
@@ -30,7 +28,7 @@ from .data import augment, drop_labels, load_training_data, make_dataloader
 from .evaluation import TrainingEvaluation, private_randomness
 from .init_from import check_unet_fits, load_unet_from_pipeline
 from .latent_data import latent_input, prepare_latent_training
-from .loop import Optimized, OptimizerUpdates, check_launch, make_accelerator, prepare_model, resumed_batches
+from .loop import Optimized, OptimizerUpdates, prepare_model, resumed_batches, start_run
 from .model_card import (
     build_model_card,
     card_hyperparameters,
@@ -40,7 +38,7 @@ from .model_card import (
 from .models import build_unet
 from .monitoring import TrainingSummary
 from .objectives import make_objective
-from .optimization import ema_weights
+from .optimization import ema_weights, keep_ema_weights
 from .randomness import seeded_generator
 
 logger = get_logger(__name__)
@@ -77,12 +75,7 @@ def run_training(argv: Sequence[str]) -> TrainingSummary:
 
 def train(args) -> TrainingSummary:
     """Run training as the (validated) command line says; returns when the output is saved."""
-    accelerator = make_accelerator(args)
-    check_launch(accelerator, "training/train.py")
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    level = logging.INFO if accelerator.is_main_process else logging.WARNING
-    logging.getLogger("scratch_diffusion").setLevel(level)  # our progress messages; libraries stay at WARNING
-    set_seed(args.seed)  # the UNet's initial weights; every later draw is counter-based
+    accelerator = start_run(args, "training/train.py")  # --seed: the UNet's initial weights
 
     # ---- data ------------------------------------------------------------------------------------
     with accelerator.main_process_first():
@@ -157,7 +150,6 @@ def train(args) -> TrainingSummary:
                 evaluation(accelerator, unet, ema, global_step)
             if updates.done:
                 break
-        updates.metrics.flush()
     global_step = updates.global_step
     timer = updates.timer
     summary = timer.summary(args.output_dir, evaluation.seconds, evaluation.cpu_seconds)
@@ -175,10 +167,8 @@ def train(args) -> TrainingSummary:
     # ---- outputs: pipeline with EMA weights, sample grid, model card -----------------------------------
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        model = accelerator.unwrap_model(unet)
+        model = keep_ema_weights(ema, accelerator.unwrap_model(unet))
         model.eval()
-        if ema is not None:
-            ema.copy_to(model.parameters())
         pipeline = export.build_pipeline(model, sampling_scheduler, vae=vae)
         try:
             export.save_pipeline(pipeline, args.output_dir)
@@ -219,7 +209,5 @@ def train(args) -> TrainingSummary:
     accelerator.end_training()
 
     # ---- Hub -----------------------------------------------------------------------------------------
-    if repo_id is not None and accelerator.is_main_process:
-        url = hub.upload_output(args.output_dir, repo_id, args.hub_token, f"Training finished at step {global_step}")
-        logger.info(f"Pushed {args.output_dir} to {url}", main_process_only=True)
+    hub.push_after_training(accelerator, args, repo_id, f"Training finished at step {global_step}")
     return summary

@@ -13,6 +13,8 @@ is not used. Sections, in dependency order (imports between them removed):
     scratch_diffusion.guidance.combination
     scratch_diffusion.guidance.gradient
     scratch_diffusion.guidance.compose
+    scratch_diffusion.control.conditioning_encoder
+    scratch_diffusion.control.controlnet
     scratch_schedulers.model_path
     scratch_diffusion.guidance.noisy_classifier
     scratch_schedulers.scheduling_common
@@ -25,14 +27,24 @@ is not used. Sections, in dependency order (imports between them removed):
     scratch_schedulers.scheduling_flow_match
     scratch_diffusion.pipelines.latents
     scratch_diffusion.pipelines.components
+    scratch_diffusion.control.residuals
     scratch_diffusion.pipelines.cross_path
     scratch_diffusion.pipelines.denoiser
     scratch_diffusion.pipelines.inputs
     scratch_diffusion.pipelines.guidance
     scratch_diffusion.pipelines.inversion
+    scratch_diffusion.pipelines.control
+    scratch_diffusion.pipelines.edit_images
+    scratch_diffusion.pipelines.edit_levels
+    scratch_diffusion.pipelines.sampling_loop
+    scratch_diffusion.pipelines.edit_run
+    scratch_diffusion.pipelines.postprocess
+    scratch_diffusion.pipelines.img2img
+    scratch_diffusion.pipelines.repaint
+    scratch_diffusion.pipelines.inpainting
+    scratch_diffusion.pipelines.editing
     scratch_diffusion.pipelines.latent_pipeline_support
     scratch_diffusion.pipelines.parametrization
-    scratch_diffusion.pipelines.postprocess
     scratch_diffusion.pipelines.remote_code
     scratch_diffusion.pipelines.saved_format
     scratch_diffusion.pipelines.loading
@@ -1431,11 +1443,10 @@ class AutoGuidance:
         if self.interval is not None:
             self.interval.check(setup)
         function, takes_labels = guide_function(guide, setup)
-        conditions = (
-            dict(setup.model_conditions)
-            if takes_labels
-            else {k: v for k, v in setup.model_conditions.items() if k != "class_labels"}
-        )
+        # the guide is a plain UNet: it takes the class labels at most, never the main model's other inputs
+        # (a control image goes to the main model's control network only)
+        labels = setup.model_conditions.get("class_labels")
+        conditions = {"class_labels": labels} if takes_labels and labels is not None else {}
         return BoundAutoGuidance(self, setup.counter.counted("guide_unet", function), conditions, setup)
 
 
@@ -1830,6 +1841,381 @@ def guided_model(
     """
     components = {"guide_unet": guide_unet, "classifier": classifier, "null_class": null_class}
     return GuidedModel(model, scheduler, guidance, class_labels, conditional, components)
+
+
+# ============================================================================================
+# scratch_diffusion.control.conditioning_encoder
+# ============================================================================================
+
+"""ControlNet's conditioning encoder E: a control image at pixel resolution → features on the UNet's first grid.
+
+Zhang, Rao & Agrawala (2023, §3.2) encode a 512×512 control image to Stable Diffusion's 64×64 latent grid with
+"a tiny network E(·) of four convolution layers" with stride 2. Here the sample may be pixels (the control image
+has the sample's size, ``downscale_factor`` 1) or a VAE's latents (the control image is ``downscale_factor`` =
+the VAE's scale factor times larger), so the number of stride-2 convolutions is log2(downscale_factor). The last
+convolution is zero-initialised: at initialisation E(c) = 0 and the control network's stream equals the UNet's.
+"""
+
+
+import torch
+from torch import nn
+
+
+def is_power_of_two(value: object) -> bool:
+    """Whether ``value`` is an integer 2^k, k ≥ 0 (bools excluded)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1 and value & (value - 1) == 0
+
+
+class ConditioningEncoder(nn.Module):
+    """E: (B, C_c, f·H, f·W) → (B, C_out, H, W) with 3×3 convolutions and SiLU, the last one zero-initialised.
+
+    Layers: a 3×3 conv to ``widths[0]``; one 3×3 conv to each further width, the first log2(f) of them with
+    stride 2; further stride-2 convs at ``widths[-1]`` while the factor needs more halvings; then the zero conv to
+    ``out_channels``. A stride-2 conv with padding 1 halves an even side exactly.
+
+    Args:
+        conditioning_channels: C_c, the control image's channels.
+        out_channels: C_out, the channels of the UNet's ``conv_in`` output the features are added to.
+        downscale_factor: f, a power of 2: the control image is f times the sample's height and width.
+        widths: the encoder's hidden widths (at least one).
+    """
+
+    def __init__(self, conditioning_channels: int, out_channels: int, downscale_factor: int, widths: tuple[int, ...]):
+        super().__init__()
+        halvings = downscale_factor.bit_length() - 1
+        plan = [*widths[1:], *[widths[-1]] * max(0, halvings - (len(widths) - 1))]
+        layers: list[nn.Module] = [nn.Conv2d(conditioning_channels, widths[0], kernel_size=3, padding=1), nn.SiLU()]
+        width = widths[0]
+        for index, next_width in enumerate(plan):
+            stride = 2 if index < halvings else 1
+            layers += [nn.Conv2d(width, next_width, kernel_size=3, padding=1, stride=stride), nn.SiLU()]
+            width = next_width
+        self.layers = nn.Sequential(*layers)
+        self.conv_out = nn.Conv2d(width, out_channels, kernel_size=3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)  # the paper's zero convolution: E(c) = 0 at initialisation
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, control_image: torch.Tensor) -> torch.Tensor:
+        """Features (B, C_out, H, W) of ``control_image`` (B, C_c, f·H, f·W)."""
+        return self.conv_out(self.layers(control_image))
+
+
+# ============================================================================================
+# scratch_diffusion.control.controlnet
+# ============================================================================================
+
+"""A control network for a frozen ``UNet2DModel`` (ControlNet: Zhang, Rao & Agrawala, 2023).
+
+The network is a trainable copy of the UNet's encoder — ``conv_in``, the time (and class) embedding, the down
+blocks and the mid block — whose input is the noisy sample plus the encoded control image,
+h₀ = conv_in(x_t) + E(c) (``conditioning_encoder.py``). Every tensor the UNet keeps for a skip connection (conv_in's
+output and each resnet / downsampler output of the down blocks, the ``down_block_res_samples`` of
+``UNet2DModel.forward``) and the mid block's output pass through a zero-initialised 1×1 convolution Z; the results,
+times ``conditioning_scale``, are the residuals ``ControlledUNet`` adds to the frozen UNet's skips and mid block:
+y_c = F(x; Θ) + Z(F(x + Z(c; Θ_z1); Θ_c); Θ_z2) (the paper's Eq. 2). At initialisation every Z is zero, so the
+residuals are exactly zero and the controlled UNet's output is the UNet's bit for bit.
+
+The copied parts are not rebuilt here: ``__init__`` builds a ``UNet2DModel`` from the copied config keys
+(:data:`COPIED_UNET_KEYS`) and keeps its modules, so they are diffusers' own blocks with diffusers' construction.
+"""
+
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from diffusers import ModelMixin, UNet2DModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.utils import BaseOutput
+from torch import nn
+
+
+# The UNet2DModel config keys that define the copied path (everything but the up path and out_channels).
+COPIED_UNET_KEYS = (
+    "sample_size", "in_channels", "center_input_sample", "time_embedding_type", "time_embedding_dim", "freq_shift",
+    "flip_sin_to_cos", "down_block_types", "mid_block_type", "block_out_channels", "layers_per_block",
+    "mid_block_scale_factor", "downsample_padding", "downsample_type", "dropout", "act_fn", "attention_head_dim",
+    "norm_num_groups", "attn_norm_num_groups", "norm_eps", "resnet_time_scale_shift", "add_attention",
+    "class_embed_type", "num_class_embeds", "num_train_timesteps",
+)  # fmt: skip
+# The UNet2DModel modules the control network copies (weights included, by ``from_unet``).
+COPIED_UNET_MODULES = ("conv_in", "time_proj", "time_embedding", "class_embedding", "down_blocks", "mid_block")
+# Down blocks whose skip tensors are one per resnet plus one after the downsampler (UNet2DModel's 2-D blocks).
+CONTROL_DOWN_BLOCK_TYPES = (
+    "DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D", "SkipDownBlock2D", "AttnSkipDownBlock2D",
+)  # fmt: skip
+UNET_CONFIG_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(UNet2DModel.__init__).parameters.items()
+    if name != "self"
+}
+
+
+@dataclass
+class ControlNet2DOutput(BaseOutput):
+    """The residuals of :class:`ControlNet2DModel`, already scaled by ``conditioning_scale``.
+
+    Args:
+        down_block_res_samples: one per skip tensor of ``UNet2DModel.forward``, in the order it collects them.
+        mid_block_res_sample: added to the mid block's output.
+    """
+
+    down_block_res_samples: tuple[torch.Tensor, ...]
+    mid_block_res_sample: torch.Tensor
+
+
+def zero_conv(channels: int) -> nn.Conv2d:
+    """A 1×1 convolution with zero weight and bias (the paper's zero convolution Z)."""
+    conv = nn.Conv2d(channels, channels, kernel_size=1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def check_control_image(
+    control_image: object, sample_shape: tuple[int, ...], conditioning_channels: int, downscale_factor: int
+) -> None:
+    """``control_image`` is a tensor (B, C_c, f·H, f·W) for a sample (B, C, H, W); raises naming both shapes."""
+    if not isinstance(control_image, torch.Tensor):
+        raise TypeError(f"controlnet_cond of type {type(control_image).__name__} is not allowed; pass a tensor.")
+    batch, _, height, width = sample_shape
+    needed = (batch, conditioning_channels, height * downscale_factor, width * downscale_factor)
+    if tuple(control_image.shape) != needed:
+        raise ValueError(
+            f"controlnet_cond of shape {tuple(control_image.shape)} is not allowed with a sample of shape "
+            f"{tuple(sample_shape)}; the control network needs {needed}: the sample's batch, "
+            f"conditioning_channels={conditioning_channels} and conditioning_downscale_factor={downscale_factor} "
+            "times the sample's height and width."
+        )
+
+
+def _as_saved(value: object) -> object:
+    """A config value with tuples as lists (a saved config reads back lists)."""
+    return [_as_saved(item) for item in value] if isinstance(value, (list, tuple)) else value
+
+
+def check_controlnet_fits_unet(controlnet: object, unet_config: Mapping) -> None:
+    """The ``controlnet`` component was made from a UNet of ``unet_config`` (pipeline row check).
+
+    Raises:
+        ValueError: naming the first of :data:`COPIED_UNET_KEYS` that differs.
+    """
+    config = controlnet.config
+    for key in COPIED_UNET_KEYS:
+        made_from = _as_saved(config.get(key, UNET_CONFIG_DEFAULTS[key]))
+        unet_value = _as_saved(unet_config.get(key, UNET_CONFIG_DEFAULTS[key]))
+        if made_from != unet_value:
+            raise ValueError(
+                f"the control network was made from a UNet with {key}={made_from!r}, but this UNet has "
+                f"{key}={unet_value!r}; allowed: ControlNet2DModel.from_unet(unet) of this UNet (equal {key})."
+            )
+
+
+class ControlNet2DModel(ModelMixin, ConfigMixin):
+    """Residuals for a frozen ``UNet2DModel``'s skips and mid block from a control image (module docstring).
+
+    Args:
+        sample_size … num_train_timesteps: as ``UNet2DModel``'s (:data:`COPIED_UNET_KEYS`; the same defaults);
+            ``down_block_types`` from :data:`CONTROL_DOWN_BLOCK_TYPES`.
+        conditioning_channels: the control image's channels.
+        conditioning_downscale_factor: a power of 2; the control image is that many times the sample's height and
+            width (1 for pixel pipelines, the VAE scale factor for latent ones).
+        conditioning_embedding_channels: the conditioning encoder's hidden widths.
+    """
+
+    _supports_gradient_checkpointing = True
+    _skip_layerwise_casting_patterns: ClassVar[list[str]] = ["norm"]
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int | tuple[int, int] | None = None,
+        in_channels: int = 3,
+        center_input_sample: bool = False,
+        time_embedding_type: str = "positional",
+        time_embedding_dim: int | None = None,
+        freq_shift: int = 0,
+        flip_sin_to_cos: bool = True,
+        down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        mid_block_type: str | None = "UNetMidBlock2D",
+        block_out_channels: tuple[int, ...] = (224, 448, 672, 896),
+        layers_per_block: int = 2,
+        mid_block_scale_factor: float = 1,
+        downsample_padding: int = 1,
+        downsample_type: str = "conv",
+        dropout: float = 0.0,
+        act_fn: str = "silu",
+        attention_head_dim: int | None = 8,
+        norm_num_groups: int = 32,
+        attn_norm_num_groups: int | None = None,
+        norm_eps: float = 1e-5,
+        resnet_time_scale_shift: str = "default",
+        add_attention: bool = True,
+        class_embed_type: str | None = None,
+        num_class_embeds: int | None = None,
+        num_train_timesteps: int | None = None,
+        conditioning_channels: int = 3,
+        conditioning_downscale_factor: int = 1,
+        conditioning_embedding_channels: tuple[int, ...] = (16, 32),
+    ):
+        super().__init__()
+        arguments = locals()
+        unet_config = {key: arguments[key] for key in COPIED_UNET_KEYS}
+        checks = (
+            (all(kind in CONTROL_DOWN_BLOCK_TYPES for kind in down_block_types),
+             f"down_block_types={list(down_block_types)}", f"types from {list(CONTROL_DOWN_BLOCK_TYPES)}"),
+            (isinstance(conditioning_channels, int) and conditioning_channels >= 1,
+             f"conditioning_channels={conditioning_channels!r}", "an integer ≥ 1"),
+            (is_power_of_two(conditioning_downscale_factor),
+             f"conditioning_downscale_factor={conditioning_downscale_factor!r}", "a power of 2 (1, 2, 4, 8, …)"),
+            (len(conditioning_embedding_channels) >= 1
+             and all(isinstance(w, int) and w >= 1 for w in conditioning_embedding_channels),
+             f"conditioning_embedding_channels={list(conditioning_embedding_channels)}",
+             "one or more positive integer widths"),
+        )  # fmt: skip
+        for holds, value, allowed in checks:
+            if not holds:
+                raise ValueError(f"{value} is not allowed; pass {allowed}.")
+        # diffusers builds the copied path; the up path it also builds (one plain block per level) is dropped.
+        unet = UNet2DModel(**unet_config, up_block_types=("UpBlock2D",) * len(down_block_types))
+        self.conv_in = unet.conv_in
+        self.time_proj = unet.time_proj
+        self.time_embedding = unet.time_embedding
+        self.class_embedding = unet.class_embedding
+        self.down_blocks = unet.down_blocks
+        self.mid_block = unet.mid_block
+        self.conditioning_encoder = ConditioningEncoder(
+            conditioning_channels, block_out_channels[0], conditioning_downscale_factor,
+            tuple(conditioning_embedding_channels),
+        )  # fmt: skip
+        skip_channels = [block_out_channels[0]]
+        for block in self.down_blocks:  # one skip per resnet, one after the downsampler (CONTROL_DOWN_BLOCK_TYPES)
+            count = len(block.resnets) + (block.downsamplers is not None)
+            skip_channels += [block.resnets[-1].out_channels] * count
+        self.down_zero_convs = nn.ModuleList(zero_conv(channels) for channels in skip_channels)
+        self.mid_zero_conv = zero_conv(block_out_channels[-1])
+
+    def embedding(
+        self, sample: torch.Tensor, timestep: torch.Tensor | float | int, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The time (plus class) embedding the blocks receive, computed as ``UNet2DModel.forward`` does.
+
+        A Python number becomes an integer tensor (as the UNet does); a 0-d or 1-element timestep is broadcast to
+        the batch.
+        """
+        if not torch.is_tensor(timestep):
+            timesteps = torch.tensor([timestep], dtype=torch.long, device=sample.device)
+        else:
+            timesteps = timestep.reshape(-1).to(sample.device) if timestep.ndim == 0 else timestep
+        if timesteps.ndim != 1 or len(timesteps) not in (1, sample.shape[0]):
+            raise ValueError(
+                f"timestep of shape {tuple(timesteps.shape)} is not allowed for a batch of {sample.shape[0]}; "
+                "pass a scalar or one timestep per example."
+            )
+        timesteps = timesteps.expand(sample.shape[0])
+        # the projection has no weights and answers float32; the embedding may run in another dtype
+        emb = self.time_embedding(self.time_proj(timesteps).to(dtype=self.dtype))
+        if self.class_embedding is None:
+            if class_labels is not None:
+                raise ValueError(
+                    "class_labels are not allowed: this control network (like its UNet) is unconditional "
+                    "(class_embed_type=None, num_class_embeds=None); pass class_labels=None."
+                )
+            return emb
+        if class_labels is None:
+            raise ValueError("class_labels=None is not allowed: this control network's UNet is class-conditional.")
+        if self.config.class_embed_type == "timestep":
+            class_labels = self.time_proj(class_labels)
+        return emb + self.class_embedding(class_labels).to(dtype=self.dtype)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        controlnet_cond: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        conditioning_scale: float | torch.Tensor = 1.0,
+        return_dict: bool = True,
+    ) -> ControlNet2DOutput | tuple:
+        """The scaled residuals for the UNet's skips and mid block.
+
+        Args:
+            sample: the noisy sample (B, C, H, W) the UNet is given.
+            timestep: the UNet's timestep (a number, a 0-d tensor or one per example).
+            controlnet_cond: the control image (B, conditioning_channels, f·H, f·W) in [0, 1], cast to the
+                network's dtype.
+            class_labels: the UNet's class labels (a class-conditional UNet's network needs them).
+            conditioning_scale: multiplies every residual: a number, or a tensor (B,) of one scale per example.
+            return_dict: a :class:`ControlNet2DOutput`, else the tuple ``(down_block_res_samples, mid)``.
+        """
+        check_control_image(
+            controlnet_cond, tuple(sample.shape), self.config.conditioning_channels,
+            self.config.conditioning_downscale_factor,
+        )  # fmt: skip
+        if isinstance(conditioning_scale, torch.Tensor) and conditioning_scale.ndim == 1:
+            if len(conditioning_scale) != sample.shape[0]:
+                raise ValueError(
+                    f"conditioning_scale of shape {tuple(conditioning_scale.shape)} is not allowed for a batch of "
+                    f"{sample.shape[0]}; pass a number or one scale per example."
+                )
+            conditioning_scale = conditioning_scale[:, None, None, None]
+        if self.config.center_input_sample:
+            sample = 2 * sample - 1.0
+        emb = self.embedding(sample, timestep, class_labels)
+        skip_sample = sample
+        hidden = self.conv_in(sample) + self.conditioning_encoder(controlnet_cond.to(self.dtype))
+        skips = [hidden]
+        for block in self.down_blocks:
+            if hasattr(block, "skip_conv"):  # NCSN++'s skip blocks also carry the downsampled input
+                hidden, states, skip_sample = block(hidden_states=hidden, temb=emb, skip_sample=skip_sample)
+            else:
+                hidden, states = block(hidden_states=hidden, temb=emb)
+            skips += states
+        if self.mid_block is not None:
+            hidden = self.mid_block(hidden, emb)
+        down = tuple(conv(skip) * conditioning_scale for conv, skip in zip(self.down_zero_convs, skips, strict=True))
+        mid = self.mid_zero_conv(hidden) * conditioning_scale
+        if not return_dict:
+            return down, mid
+        return ControlNet2DOutput(down_block_res_samples=down, mid_block_res_sample=mid)
+
+    @classmethod
+    def from_unet(
+        cls,
+        unet: UNet2DModel,
+        conditioning_channels: int | None = None,
+        conditioning_downscale_factor: int = 1,
+        conditioning_embedding_channels: tuple[int, ...] = (16, 32),
+        load_weights_from_unet: bool = True,
+    ) -> ControlNet2DModel:
+        """A control network for ``unet``: its copied path's config, and (by default) its weights copied exactly.
+
+        Args:
+            unet: the frozen UNet.
+            conditioning_channels: the control image's channels (None: the UNet's ``in_channels``, right for a pixel
+                pipeline; pass the image's channels for a latent one).
+            conditioning_downscale_factor: 1 for a pixel pipeline, the VAE scale factor for a latent one.
+            conditioning_embedding_channels: the conditioning encoder's widths.
+            load_weights_from_unet: copy the UNet's weights into the copied modules (else diffusers' fresh init).
+
+        Returns:
+            A float32 network on the UNet's device (a trainable copy, whatever the UNet's dtype).
+        """
+        config = {key: unet.config.get(key, UNET_CONFIG_DEFAULTS[key]) for key in COPIED_UNET_KEYS}
+        controlnet = cls(
+            **config,
+            conditioning_channels=unet.config.in_channels if conditioning_channels is None else conditioning_channels,
+            conditioning_downscale_factor=conditioning_downscale_factor,
+            conditioning_embedding_channels=tuple(conditioning_embedding_channels),
+        )
+        if load_weights_from_unet:
+            for name in COPIED_UNET_MODULES:
+                source = getattr(unet, name)
+                if source is not None:
+                    getattr(controlnet, name).load_state_dict(source.state_dict())
+        return controlnet.to(unet.device)
 
 
 # ============================================================================================
@@ -4142,6 +4528,168 @@ register_component(
         "classifier", NoisyClassifier, ours={"NoisyClassifier": NoisyClassifier}, fits=check_classifier_fits_unet
     )
 )
+# ControlNet (Zhang et al., 2023): residuals for the UNet's skips and mid block from a control image.
+register_component(
+    Component(
+        "controlnet",
+        ControlNet2DModel,
+        ours={"ControlNet2DModel": ControlNet2DModel},
+        fits=check_controlnet_fits_unet,
+    )
+)
+
+
+# ============================================================================================
+# scratch_diffusion.control.residuals
+# ============================================================================================
+
+"""A control network's residuals added to a plain diffusers ``UNet2DModel`` for one call, by module hooks.
+
+``UNet2DModel.forward`` accepts no extra residuals. Rather than a subclass with a copy of its forward, the
+residuals go in through hooks installed for the duration of one call and removed in a ``finally``:
+
+- each up block gets a forward pre-hook that replaces its ``res_hidden_states_tuple`` by skip + residual. The UNet
+  hands up block i the *last* ``len(resnets)`` of the skips still unused (``UNet2DModel.forward``, step 5), so the
+  residuals are split the same way: the last ``len(up_blocks[0].resnets)`` to the first up block, and so on;
+- the mid block gets a forward hook adding the mid residual to its output (a UNet without a mid block: the first
+  up block's input, which is what the mid block's output would have been).
+
+So the saved UNet stays a plain ``UNet2DModel`` (every loading story loads it with diffusers' own class), and no
+copy of diffusers' forward can drift from the installed one. The hooks live on the UNet's modules while the call
+runs: do not call the same UNet from another thread meanwhile.
+"""
+
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from diffusers import UNet2DModel
+from torch.utils.hooks import RemovableHandle
+
+
+
+def _add_to_skips(up_index: int, residuals: tuple[torch.Tensor, ...]):
+    """A forward pre-hook (with kwargs) for up block ``up_index``: its skips plus ``residuals``, in order."""
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        positional = "res_hidden_states_tuple" not in kwargs
+        skips = args[1] if positional else kwargs["res_hidden_states_tuple"]
+        shapes = [tuple(skip.shape) for skip in skips]
+        if shapes != [tuple(residual.shape) for residual in residuals]:
+            raise ValueError(
+                f"up block {up_index} receives skips of shapes {shapes}, but the control network's residuals for it "
+                f"have shapes {[tuple(r.shape) for r in residuals]}; pass residuals of a network made from this UNet."
+            )
+        added = tuple(skip + residual.to(skip.dtype) for skip, residual in zip(skips, residuals, strict=True))
+        if positional:
+            return (args[0], added, *args[2:]), kwargs
+        return args, {**kwargs, "res_hidden_states_tuple": added}
+
+    return hook
+
+
+def _add_to_output(residual: torch.Tensor):
+    """A forward hook adding ``residual`` to a module's output tensor."""
+
+    def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output + residual.to(output.dtype)
+
+    return hook
+
+
+def _add_to_input(residual: torch.Tensor):
+    """A forward pre-hook (with kwargs) adding ``residual`` to a block's ``hidden_states`` (its first input)."""
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if "hidden_states" in kwargs:
+            hidden = kwargs["hidden_states"]
+            return args, {**kwargs, "hidden_states": hidden + residual.to(hidden.dtype)}
+        return (args[0] + residual.to(args[0].dtype), *args[1:]), kwargs
+
+    return hook
+
+
+@contextmanager
+def residuals_added(
+    unet: UNet2DModel, down_block_res_samples: Sequence[torch.Tensor], mid_block_res_sample: torch.Tensor
+) -> Iterator[UNet2DModel]:
+    """Within the block, calling ``unet`` adds the residuals to its skips and mid block (module docstring).
+
+    Raises:
+        ValueError: before installing anything, if the number of residuals is not the number of skips the up
+            blocks consume; during the call, if a residual's shape is not its skip's.
+    """
+    consumed = [len(block.resnets) for block in unet.up_blocks]
+    if len(down_block_res_samples) != sum(consumed):
+        raise ValueError(
+            f"{len(down_block_res_samples)} down block residuals are not allowed for this UNet: its up blocks "
+            f"consume {sum(consumed)} skips ({consumed} per block); pass a control network's residuals made from it."
+        )
+    remaining = tuple(down_block_res_samples)
+    handles: list[RemovableHandle] = []
+    try:
+        for up_index, (block, count) in enumerate(zip(unet.up_blocks, consumed, strict=True)):
+            mine, remaining = remaining[-count:], remaining[:-count]
+            handles.append(block.register_forward_pre_hook(_add_to_skips(up_index, mine), with_kwargs=True))
+        if unet.mid_block is not None:
+            handles.append(unet.mid_block.register_forward_hook(_add_to_output(mid_block_res_sample)))
+        else:
+            hook = _add_to_input(mid_block_res_sample)
+            handles.append(unet.up_blocks[0].register_forward_pre_hook(hook, with_kwargs=True))
+        yield unet
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class ControlledUNet:
+    """A frozen ``UNet2DModel`` steered by a :class:`ControlNet2DModel`: ``(x_t, t, control_image) -> UNet output``.
+
+    Each call runs the control network, then the plain ``unet`` within :func:`residuals_added`. Gradients reach
+    the control network through the frozen UNet (whose parameters may have ``requires_grad=False``).
+
+    Args:
+        unet: the UNet (unchanged; nothing stays installed on it between calls).
+        controlnet: a control network made from it (checked: :func:`check_controlnet_fits_unet`).
+    """
+
+    def __init__(self, unet: UNet2DModel, controlnet: ControlNet2DModel):
+        check_controlnet_fits_unet(controlnet, unet.config)
+        self.unet = unet
+        self.controlnet = controlnet
+
+    @property
+    def config(self):
+        """The UNet's config (what code reading ``unet.config`` expects)."""
+        return self.unet.config
+
+    def __call__(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        control_image: torch.Tensor,
+        conditioning_scale: float | torch.Tensor = 1.0,
+        **unet_kwargs,
+    ):
+        """``unet(sample, timestep, **unet_kwargs)`` with the control network's residuals added.
+
+        Args:
+            sample, timestep: as the UNet takes them.
+            control_image: (B, conditioning_channels, f·H, f·W) in [0, 1] (checked before any evaluation).
+            conditioning_scale: multiplies the residuals (0: the plain UNet's output); a number or one per example.
+            unet_kwargs: the UNet's other keywords (``class_labels`` also goes to the control network,
+                ``return_dict``).
+
+        Returns:
+            What the UNet returns (a ``UNet2DOutput``, or a tuple with ``return_dict=False``).
+        """
+        residuals = self.controlnet(
+            sample, timestep, control_image, class_labels=unet_kwargs.get("class_labels"),
+            conditioning_scale=conditioning_scale,
+        )  # fmt: skip
+        with residuals_added(self.unet, residuals.down_block_res_samples, residuals.mid_block_res_sample):
+            return self.unet(sample, timestep, **unet_kwargs)
 
 
 # ============================================================================================
@@ -4524,9 +5072,7 @@ def check_conditioning(
         if rule.needs_labels and class_labels is None:
             reason = "the UNet is unconditional" if num_classes is None else "no class_labels were given"
             allowed = "guidance_scale=1.0" if rule.argument.startswith("guidance_scale") else "class_labels"
-            raise ValueError(
-                f"{rule.argument} needs class labels to guide towards, but {reason}; allowed: {allowed}."
-            )
+            raise ValueError(f"{rule.argument} needs class labels to guide towards, but {reason}; allowed: {allowed}.")
 
 
 def check_callback_inputs(requested: Sequence[str], allowed: Sequence[str]) -> None:
@@ -4628,6 +5174,22 @@ def warn_if_not_finite(images: np.ndarray) -> None:
         )
 
 
+def check_strength(strength: float) -> None:
+    """Image-to-image and inpainting ``strength``: a real number in [0, 1] (0 keeps the input, 1 starts from noise)."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 <= strength <= 1:
+        raise ValueError(
+            f"strength={strength!r} is not allowed; pass a number in [0, 1] (0 returns the input, 1 starts from pure "
+            "noise)."
+        )
+
+
+def check_resampling(jump_length: int, jump_n_sample: int) -> None:
+    """RePaint's jump length j and resample count r (Lugmayr et al., 2022): integers ≥ 1 (r = 1: no resampling)."""
+    for name, value in (("jump_length", jump_length), ("jump_n_sample", jump_n_sample)):
+        if not _is_positive_int(value):
+            raise ValueError(f"{name}={value!r} is not allowed; pass an integer ≥ 1.")
+
+
 # ============================================================================================
 # scratch_diffusion.pipelines.guidance
 # ============================================================================================
@@ -4646,7 +5208,7 @@ check runs before the first model evaluation. No rule reaches into the sampling 
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -4701,7 +5263,7 @@ def bind_call_guidance(
     pipe,
     rules: Sequence[GuidanceRule],
     labels: torch.Tensor | None,
-    model_labels: torch.Tensor | None,
+    conditions: Mapping[str, torch.Tensor],
     batch_size: int,
 ) -> tuple[GuidedEvaluation | None, EvaluationCounter]:
     """The call's rules bound to the pipeline (every check, no model evaluation) and the run's evaluation counter."""
@@ -4713,7 +5275,7 @@ def bind_call_guidance(
         parametrization=pipe.trained_parametrization,
         sample_shape=sample_shape(pipe.unet, 1)[1:],
         labels=labels,
-        model_conditions={} if model_labels is None else {"class_labels": model_labels},
+        model_conditions=dict(conditions),
         null_class=pipe.num_classes,
         noise_schedule=pipe.config.noise_schedule,
         log_snr_range=training_log_snr_range(pipe),
@@ -4792,6 +5354,14 @@ def images_to_samples(
     Accepted: a (B, C, H, W) tensor in [0, 1] (``output_type="pt"``), a (B, H, W, C) array in
     [0, 1] (``"np"``), or PIL images (``"pil"``: one or a list, 8-bit).
     """
+    return images_to_unit_range(images, shape, device, needed_by) * 2 - 1
+
+
+def images_to_unit_range(
+    images: ImageInput, shape: Sequence[int], device: torch.device, needed_by: str = "this UNet"
+) -> torch.Tensor:
+    """Images as :func:`images_to_samples` takes them, as a float32 (B, C, H, W) tensor in [0, 1] on ``device``
+    (the values as given: editing pastes them back exactly)."""
     if is_pil_image(images):
         images = [images]
     if isinstance(images, (list, tuple)) and images and all(is_pil_image(image) for image in images):
@@ -4812,7 +5382,7 @@ def images_to_samples(
     low, high = images.aminmax()  # one read-back, before any model evaluation
     if not (torch.isfinite(low) and torch.isfinite(high) and low >= -1e-3 and high <= 1 + 1e-3):
         raise ValueError(f"images must lie in [0, 1] (as output_type 'pt'/'np' gives them); got [{low:g}, {high:g}].")
-    return images * 2 - 1
+    return images
 
 
 def inversion_levels(scheduler: object, levels: Sequence[tuple[float, float]], path: str) -> list[tuple[float, float]]:
@@ -4870,15 +5440,1106 @@ def invert_images(
         image_shape = (batch_size, *decoded_shape(vae, shape[1:]))
         x = images_to_samples(images, image_shape, device, needed_by="this pipeline's VAE")
         x = encode_to_latents(vae, x).to(device=device, dtype=torch.float32)
-    labels, guided, counter = pipe.prepare_guidance(rules, class_labels, batch_size, device)
+    conditions, guided, counter = pipe.prepare_guidance(rules, class_labels, batch_size, device)
     pipe.scheduler.set_timesteps(num_inference_steps)  # a host grid: planning reads nothing back
     sampled = pipe.check_parametrization()
     levels = inversion_levels(pipe.scheduler, sampler_levels(pipe.scheduler, sampled.path), sampled.path)
-    denoiser = pipe.denoiser(sampled, ("sample", "epsilon"), labels, guided, device, levels, counter)
+    denoiser = pipe.denoiser(sampled, ("sample", "epsilon"), conditions, guided, device, levels, counter)
     with pipe.progress_bar(total=len(levels) - 1) as bar:
         latents = invert_samples(x, levels, denoiser, bar.update)
     pipe.maybe_free_model_hooks()
     return latents
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.control
+# ============================================================================================
+
+"""A control image for the pipeline's optional ``controlnet`` component (Zhang et al., 2023).
+
+``pipe(..., control_image=c, controlnet_conditioning_scale=s)`` — and the same keywords on ``img2img`` and
+``inpaint`` — evaluates the UNet as ``ControlledUNet(unet, controlnet)``: the control network reads the sample and
+the control image and its residuals, times s, are added to the frozen UNet's skip connections and mid block
+(:mod:`scratch_diffusion.control`). The control image is one more per-sample input of the UNet call, next to the
+class labels, so classifier-free guidance evaluates both halves with it (diffusers' ControlNet pipelines do the
+same; a network trained with control dropout also knows the empty control). Autoguidance's guide is a plain UNet
+and never sees it. ``pipe.evaluations["controlnet"]`` counts the control network's evaluations beside the UNet's.
+
+The image is checked before any model evaluation: it needs a ``controlnet`` component, the network's
+``conditioning_channels``, ``conditioning_downscale_factor`` times the UNet's sample size (the images' size:
+``training/train_controlnet.py`` sets the factor to a latent pipeline's VAE scale factor, 1 without a VAE) and
+values in [0, 1].
+"""
+
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+
+
+@dataclass(frozen=True)
+class Control:
+    """One call's control: the image (B, C_c, H_c, W_c) in [0, 1] on the device and the residuals' scale."""
+
+    image: torch.Tensor
+    scale: float
+
+
+def prepare_control(
+    pipe, control_image: ImageInput | None, scale: float, batch_size: int, device: torch.device
+) -> Control | None:
+    """``control_image`` checked against the pipeline's control network, as a :class:`Control`; None without one.
+
+    Accepted as images everywhere in the pipeline: a (B, C, H, W) tensor in [0, 1], a (B, H, W, C) array in [0, 1]
+    or PIL images; a batch of 1 serves every image. Raises ``ValueError`` naming the value and what is allowed.
+    """
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"controlnet_conditioning_scale={scale!r} is not allowed; pass a finite number.")
+    controlnet = getattr(pipe, "controlnet", None)
+    if control_image is None:
+        return None
+    if controlnet is None:
+        raise ValueError(
+            "control_image was given, but this pipeline has no controlnet component; load one with "
+            "ControlNet2DModel.from_pretrained(...) and pass controlnet=... (training/train_controlnet.py trains one)."
+        )
+    config = controlnet.config
+    factor = int(config.conditioning_downscale_factor)
+    height, width = pipe.unet.config.sample_size, pipe.unet.config.sample_size
+    if isinstance(pipe.unet.config.sample_size, (tuple, list)):
+        height, width = pipe.unet.config.sample_size
+    channels = int(config.conditioning_channels)
+    count = image_count(control_image)
+    if count not in (1, batch_size):
+        raise ValueError(f"control_image holds {count} images; pass 1 or one per image ({batch_size}).")
+    shape = (count, channels, height * factor, width * factor)
+    image = images_to_unit_range(control_image, shape, device, needed_by="this pipeline's control network")
+    if count != batch_size:
+        image = image.expand(batch_size, -1, -1, -1)
+    return Control(image.to(dtype=controlnet.dtype), float(scale))
+
+
+def model_conditions(labels: torch.Tensor | None, control: Control | None) -> dict[str, torch.Tensor]:
+    """The UNet call's per-sample inputs: ``class_labels`` and, with a control, ``control_image`` and
+    ``conditioning_scale`` (one scale per sample, so guidance expands it with the batch)."""
+    conditions = {} if labels is None else {"class_labels": labels}
+    if control is not None:
+        batch_size = control.image.shape[0]
+        scale = torch.full((batch_size,), control.scale, dtype=control.image.dtype, device=control.image.device)
+        conditions.update(control_image=control.image, conditioning_scale=scale)
+    return conditions
+
+
+class ControlledUNetModel(UNetModel):
+    """The UNet with the control network's residuals: ``model(x, t, control_image=c, conditioning_scale=s, ...)``.
+
+    Each call counts one evaluation of the control network per row (``pipe.evaluations["controlnet"]``).
+    """
+
+    def __init__(self, unet: torch.nn.Module, controlnet: torch.nn.Module, counter: EvaluationCounter):
+        super().__init__(unet)
+        self.controlled = ControlledUNet(unet, controlnet)
+        self.count = counter.counted("controlnet", lambda x: x)
+
+    def __call__(self, x: torch.Tensor, timestep: torch.Tensor, **conditions: torch.Tensor) -> torch.Tensor:
+        control_image = conditions.pop("control_image")
+        return self.controlled(self.count(x), timestep, control_image, **conditions).sample
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.edit_images
+# ============================================================================================
+
+"""Images and masks into the editing methods and out again, in [0, 1] image space so given pixels return exactly.
+
+Inputs come as the pipeline outputs them (``"pt"`` tensors (B, C, H, W), ``"np"`` arrays (B, H, W, C), PIL
+images; :func:`~.inversion.images_to_unit_range`), masks as diffusers' inpainting pipelines take them: white
+(≥ 0.5) = regenerate, black = keep. A latent pipeline's mask is carried to the latent grid by max-pooling, so a
+latent cell regenerates if any of its pixels does. Outputs are made from [0, 1] images: a pixel taken from the
+input is the input's float32 value itself, never a round trip through [−1, 1] or the VAE.
+"""
+
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+
+
+# A (B, 1, H, W) / (B, H, W) tensor, a (B, H, W) / (B, H, W, 1) array, or one or more PIL images (mode "L").
+MaskInput = torch.Tensor | np.ndarray | object
+
+
+def unit_images(pipe, images: ImageInput, batch_size: int, device: torch.device) -> torch.Tensor:
+    """``images`` as float32 (B, C, H, W) in [0, 1] on ``device``, checked against the images the pipeline makes."""
+    needed_by = "this pipeline" if pipe.vae is None else "this pipeline's VAE"
+    return images_to_unit_range(images, (batch_size, *pipe.image_shape), device, needed_by=needed_by)
+
+
+def clean_samples(pipe, images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] as the UNet's clean samples x0 (float32): 2·x − 1, or a latent pipeline's scaled
+    posterior mean (:func:`~.latents.encode_to_latents`)."""
+    samples = images * 2 - 1
+    if pipe.vae is None:
+        return samples
+    return encode_to_latents(pipe.vae, samples).to(device=images.device, dtype=torch.float32)
+
+
+def regenerate_mask(
+    mask_image: MaskInput, batch_size: int, height: int, width: int, device: torch.device
+) -> torch.Tensor:
+    """The region to regenerate as a bool (B, 1, H, W) tensor: ``mask_image`` ≥ 0.5 (white).
+
+    Accepted: a float or bool tensor (B, 1, H, W) or (B, H, W); an array (B, H, W) or (B, H, W, 1); PIL images
+    (converted to "L", 8-bit). One mask (batch 1) serves every image. Values must lie in [0, 1].
+    """
+    mask = mask_image
+    if is_pil_image(mask):
+        mask = [mask]
+    if isinstance(mask, (list, tuple)) and mask and all(is_pil_image(m) for m in mask):
+        mask = np.stack([np.asarray(m.convert("L"), dtype=np.float32) / 255.0 for m in mask])
+    if isinstance(mask, np.ndarray):
+        if mask.ndim == 4 and mask.shape[-1] == 1:
+            mask = mask[..., 0]
+        mask = torch.from_numpy(np.ascontiguousarray(mask))
+    if not isinstance(mask, torch.Tensor) or not (mask.dtype.is_floating_point or mask.dtype == torch.bool):
+        raise ValueError(
+            f"mask_image of type {type(mask_image).__name__}"
+            + (f" and dtype {mask.dtype}" if isinstance(mask, torch.Tensor) else "")
+            + " is not supported; pass a float or bool tensor (B, 1, H, W) in [0, 1], an array (B, H, W[, 1]) in "
+            "[0, 1], or PIL images (white = regenerate)."
+        )
+    if mask.ndim == 3:
+        mask = mask[:, None]
+    allowed = [(count, 1, height, width) for count in sorted({1, batch_size})]
+    if tuple(mask.shape) not in allowed:
+        raise ValueError(
+            f"mask_image has shape {tuple(mask_image.shape) if hasattr(mask_image, 'shape') else tuple(mask.shape)}; "
+            f"allowed for {batch_size} images of {height}×{width}: (B, 1, H, W) tensors of shape "
+            f"{' or '.join(map(str, allowed))}, or (B, H, W) / (B, H, W, 1) arrays."
+        )
+    mask = mask.detach().to(device=device, dtype=torch.float32)
+    low, high = mask.aminmax()  # one read-back, before any model evaluation
+    if not (torch.isfinite(low) and torch.isfinite(high) and low >= 0 and high <= 1):
+        raise ValueError(f"mask_image values must lie in [0, 1] (white ≥ 0.5 = regenerate); got [{low:g}, {high:g}].")
+    return (mask >= 0.5).expand(batch_size, 1, height, width)
+
+
+def latent_grid_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
+    """A pixel mask (B, 1, H, W) on the latent grid (B, 1, H/f, W/f): a cell is set if any of its f×f pixels is."""
+    if factor == 1:
+        return mask
+    return F.max_pool2d(mask.float(), kernel_size=factor, stride=factor) > 0
+
+
+def unit_images_to_output(images: torch.Tensor, output_type: str):
+    """Images (B, C, H, W) in [0, 1] as ``output_type``: ``pt`` (as they are), ``np`` (B, H, W, C) float32, ``pil``."""
+    if output_type == "pt":
+        return images
+    array = images.cpu().permute(0, 2, 3, 1).float().numpy()
+    warn_if_not_finite(array)
+    return DiffusionPipeline.numpy_to_pil(array) if output_type == "pil" else array
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.edit_levels
+# ============================================================================================
+
+"""Where an edit starts, and the noise level of every timestep entry in the scheduler's own sample coordinates.
+
+Image-to-image and inpainting put a clean input x0 on the sampler's path. :func:`~.cross_path.sampler_levels`
+gives the point (a, b) of the *model input* at each entry of ``scheduler.timesteps`` (after ``scale_model_input``);
+the scheduler's *sample* is the model input divided by c = ``scale_model_input(1, t)``. Two conventions exist:
+c = 1 (DDPM, DDIM, DPM-Solver, UniPC, flow matching, ours: the sample is a·x0 + b·ε itself) and c = a (Euler,
+Heun, KDPM2, LMS: the sample is x0 + σ·ε with σ = b/a, and ``init_noise_sigma`` > 1). :func:`edit_levels`
+probes c on a copy of the scheduler and refuses one that follows neither; a clean input then lies at entry k as
+x_k = (a_k·x0 + b_k·z)/c_k, which is the scheduler's own ``add_noise`` / ``scale_noise`` (tested against
+diffusers' Euler, DDIM, DPM-Solver and flow-matching schedulers and ours).
+
+**Steps and entries.** A schedule of n steps has n·order − (order − 1) entries: one per step for first-order
+schedulers, and for second-order ones (Heun, KDPM2: ``order = 2``) a predictor and a corrector entry per step,
+the last step a single Euler entry. Step m starts at entry m·order (diffusers' img2img slices
+``timesteps[t_start * order:]``). A scheduler with another layout (PNDM's Runge–Kutta warm-up) can run a
+whole schedule, but no edit can start or resume within it: :meth:`EditLevels.boundary` refuses, naming it.
+
+**Strength** (diffusers' img2img convention): ``round(strength · n)`` steps are run, from step
+t_start = n − round(strength · n); strength 1 starts from pure noise, drawn as ``__call__`` draws it.
+"""
+
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+# c = scale_model_input(1, t) equals 1 or a to float32 rounding (a few u ≈ 6e-8 through σ² + 1 and a square root);
+# 1e-4 tells the two conventions apart wherever they differ (a < 0.9999) and is far above that rounding.
+SAMPLE_SCALE_TOLERANCE = 1e-4
+
+
+def edit_step_count(strength: float, num_inference_steps: int) -> int:
+    """Steps an edit of ``strength`` runs out of ``num_inference_steps``: ``round(strength · n)`` (Python's round)."""
+    return round(strength * num_inference_steps)
+
+
+def probe_sample_scale(scheduler: object, entry: int) -> float:
+    """c = ``scale_model_input(1, t)`` at ``entry``, on a copy set to begin there (the scheduler is not touched)."""
+    probe = copy.deepcopy(scheduler)
+    if hasattr(probe, "set_begin_index"):
+        probe.set_begin_index(entry)
+    scale_model_input = getattr(probe, "scale_model_input", None)
+    if scale_model_input is None:
+        return 1.0
+    timestep = torch.as_tensor(probe.timesteps)[entry]
+    return float(scale_model_input(torch.ones(1, device=timestep.device), timestep).reshape(-1)[0])
+
+
+@dataclass(frozen=True)
+class StepLayout:
+    """How a scheduler lays its n steps out as timestep entries (one model evaluation each).
+
+    Attributes:
+        num_entries: ``len(scheduler.timesteps)``; num_steps: n; order: the scheduler's ``order``;
+        scheduler_name: for error messages.
+    """
+
+    num_entries: int
+    num_steps: int
+    order: int
+    scheduler_name: str
+
+    @classmethod
+    def of(cls, scheduler: object, num_steps: int) -> StepLayout:
+        """The layout of ``scheduler``'s current timesteps, set for ``num_steps`` steps."""
+        order = int(getattr(scheduler, "order", 1))
+        return cls(len(scheduler.timesteps), num_steps, order, type(scheduler).__name__)
+
+    @property
+    def regular(self) -> bool:
+        """Whether there are n·order − (order − 1) entries, step m starting at entry m·order."""
+        return self.num_entries == self.num_steps * self.order - (self.order - 1)
+
+    def boundary(self, step: int) -> int:
+        """The entry step ``step`` (0 … n) starts at; step n is the end (``num_entries``).
+
+        Raises ``ValueError`` for an interior step of a schedule whose layout is not regular.
+        """
+        if step == self.num_steps:
+            return self.num_entries
+        if step == 0:
+            return 0
+        if not self.regular:
+            raise ValueError(
+                f"{self.scheduler_name} lays {self.num_steps} steps out as {self.num_entries} timestep entries "
+                f"(order {self.order}), not n·order − (order − 1) = {self.num_steps * self.order - self.order + 1}, so "
+                "an edit cannot start or jump within its schedule; allowed with it: strength=1.0 and jump_n_sample=1. "
+                "Use a first-order scheduler (DDIM, DDPM, Euler, DPM-Solver, flow matching) or Heun for strength < 1 "
+                "and RePaint resampling."
+            )
+        return step * self.order
+
+
+@dataclass(frozen=True)
+class EditLevels:
+    """The entries of one schedule as points of the path, in the scheduler's sample coordinates.
+
+    Attributes:
+        levels: (a, b) of the model input at each entry (:func:`~.cross_path.sampler_levels`).
+        end: (a, b) the last step lands on (clean (1, 0) for most schedulers; DDIM's ``final_alpha_cumprod``).
+        scaled_samples: the sample is the model input / a (Euler-type schedulers), else the model input itself.
+        layout: the schedule's steps and entries.
+    """
+
+    levels: Sequence[tuple[float, float]]
+    end: tuple[float, float]
+    scaled_samples: bool
+    layout: StepLayout
+
+    @property
+    def num_entries(self) -> int:
+        """Entries of ``scheduler.timesteps`` (one model evaluation each)."""
+        return self.layout.num_entries
+
+    def boundary(self, step: int) -> int:
+        """The entry step ``step`` starts at (:meth:`StepLayout.boundary`)."""
+        return self.layout.boundary(step)
+
+    def point(self, entry: int) -> tuple[float, float, float]:
+        """(a, b, c) at ``entry`` (``num_entries``: the end): model input = a·x0 + b·ε, sample = model input / c."""
+        a, b = self.end if entry == self.num_entries else self.levels[entry]
+        return a, b, (a if self.scaled_samples else 1.0)
+
+    def noising(self, entry: int) -> tuple[float, float]:
+        """(p, q) with p·x0 + q·z the clean ``x0`` noised to ``entry``'s level in sample coordinates (z ~ N(0, I))."""
+        a, b, c = self.point(entry)
+        return a / c, b / c
+
+    def jump(self, source: int, target: int) -> tuple[float, float]:
+        """(p, q) with p·x + q·z a sample at entry ``source`` carried forward (noised) to the noisier entry ``target``.
+
+        In model-input coordinates the forward transition from (a, b) to (a', b') is
+        x' = (a'/a)·x + √(b'² − (a'·b/a)²)·z: if x = a·x0 + b·ε then x' = a'·x0 + b'·ε' exactly in distribution (on
+        the VP path it is DDPM's q(x_t | x_s) = N(√(ᾱ_t/ᾱ_s)·x_s, (1 − ᾱ_t/ᾱ_s)·I), Ho et al., 2020, Eq. 2 composed;
+        RePaint jumps with it). Here with the samples' scales c, c' on either side.
+        """
+        a, b, c = self.point(source)
+        a_up, b_up, c_up = self.point(target)
+        ratio = a_up / a
+        variance = max(b_up**2 - (ratio * b) ** 2, 0.0)  # ≥ 0 up to rounding for a noisier target
+        return ratio * c / c_up, math.sqrt(variance) / c_up
+
+
+def edit_levels(scheduler: object, levels: Sequence[tuple[float, float]], path: str, num_steps: int) -> EditLevels:
+    """The :class:`EditLevels` of ``scheduler``'s timesteps, set for ``num_steps`` steps (``levels`` on ``path``).
+
+    c is probed at entry 0, where the conventions differ most (a ≈ 0): c = a makes every sample scaled by its a,
+    c = 1 none. Raises ``ValueError`` naming the scheduler if c is neither (samples of unknown coordinates).
+    """
+    name = type(scheduler).__name__
+    host = copy.deepcopy(scheduler)
+    if torch.as_tensor(host.timesteps).device.type != "cpu":
+        host.set_timesteps(num_steps)  # probe on a host grid: nothing read back from the device
+    a0, _ = levels[0]
+    c0 = probe_sample_scale(host, 0)
+    if math.isclose(c0, 1.0, rel_tol=SAMPLE_SCALE_TOLERANCE):
+        scaled = False
+    elif math.isclose(c0, a0, rel_tol=SAMPLE_SCALE_TOLERANCE):
+        scaled = True
+    else:
+        raise ValueError(
+            f"{name}.scale_model_input scales its samples by c={c0:.6g} at the first timestep, where the path's "
+            f"signal scale is a={a0:.6g}; editing needs c = 1 (samples on the path) or c = a (Euler-type samples "
+            "x0 + σ·ε). Use DDPM, DDIM, DPM-Solver, Euler, Heun or a flow-matching scheduler."
+        )
+    end = tuple(inversion_levels(host, levels, path)[-1])
+    return EditLevels(levels, end, scaled, StepLayout.of(scheduler, num_steps))
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.sampling_loop
+# ============================================================================================
+
+"""The sampling loop every sampling method of the pipeline runs: ``__call__``, image-to-image and inpainting.
+
+For each entry i of a range of ``scheduler.timesteps`` (t = timesteps[i]): an optional replacement of part of the
+sample (inpainting puts the known region back at entry i's noise level), ``scale_model_input``, one evaluation of
+the pipeline's denoiser at plan position i (:mod:`.denoiser`: guidance, the path change and the evaluation count
+live there), ``scheduler.step`` with the ``eta`` / ``generator`` it accepts, the progress bar, and diffusers'
+``callback_on_step_end(pipeline, step_index, t, tensors)`` whose returned ``latents`` replace the sample.
+
+A run may be several calls of :meth:`SamplingLoop.run` over consecutive or repeated ranges (RePaint goes back up
+the schedule and down again): the step index passed to callbacks counts every step of the run, and the scheduler
+is read at each call, so a caller may restore its state in place between calls.
+"""
+
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import torch
+
+
+# (sample, entry) -> sample: applied before the model evaluation at that entry (inpainting's replacement).
+Replacement = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+class SamplingLoop:
+    """The loop of one pipeline call: its denoiser, step arguments, callback and optional replacement.
+
+    Args:
+        pipe: the pipeline (its ``scheduler``, ``progress_bar``; passed to the callback).
+        denoiser: D(x, i) of the run (:meth:`ScratchDiffusionPipeline.denoiser`), indexed by timestep entry.
+        step_kwargs: ``eta`` / ``generator`` for ``scheduler.step`` (:meth:`ScratchDiffusionPipeline.step_kwargs`).
+        callback: ``callback_on_step_end`` or None; callback_inputs: the tensor names it receives.
+        replace: called as ``replace(sample, i)`` before each model evaluation, or None.
+    """
+
+    def __init__(
+        self,
+        pipe,
+        denoiser: Denoiser,
+        step_kwargs: Mapping[str, object],
+        callback: Callable | None = None,
+        callback_inputs: Sequence[str] = ("latents",),
+        replace: Replacement | None = None,
+    ):
+        self.pipe, self.denoiser, self.step_kwargs = pipe, denoiser, dict(step_kwargs)
+        self.callback, self.callback_inputs, self.replace = callback, tuple(callback_inputs), replace
+        self.steps_taken = 0
+        self.advance_progress: Callable[[int], object] = lambda _: None
+
+    def run(self, latents: torch.Tensor, entries: range) -> torch.Tensor:
+        """Step ``latents`` through ``entries`` of ``scheduler.timesteps``: one model evaluation per entry."""
+        scheduler = self.pipe.scheduler
+        scale_model_input = getattr(scheduler, "scale_model_input", None)
+        timesteps = scheduler.timesteps
+        for i in entries:
+            t = timesteps[i]
+            if self.replace is not None:
+                latents = self.replace(latents, i)
+            model_input = latents if scale_model_input is None else scale_model_input(latents, t)
+            model_output = self.denoiser(model_input, i)[0]
+            latents = scheduler.step(model_output, t, latents, **self.step_kwargs, return_dict=False)[0]
+            self.advance_progress(1)
+            if self.callback is not None:
+                tensors = {"latents": latents, "model_output": model_output}
+                requested = {name: tensors[name] for name in self.callback_inputs}
+                returned = self.callback(self.pipe, self.steps_taken, t, requested) or {}
+                latents = returned.get("latents", latents)
+            self.steps_taken += 1
+        return latents
+
+    @contextlib.contextmanager
+    def progress(self, total: int) -> Iterator[None]:
+        """Count the model evaluations of the runs inside the block on one progress bar of ``total``."""
+        with self.pipe.progress_bar(total=total) as bar:
+            self.advance_progress = bar.update
+            try:
+                yield
+            finally:
+                self.advance_progress = lambda _: None
+
+    def sample(self, latents: torch.Tensor, entries: range) -> torch.Tensor:
+        """:meth:`run` under a progress bar of ``len(entries)`` model evaluations."""
+        with self.progress(len(entries)):
+            return self.run(latents, entries)
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.edit_run
+# ============================================================================================
+
+"""What image-to-image and inpainting share: checked arguments, the schedule, the denoiser and the first sample.
+
+An edit is a sampling run that starts at step t_start = n − round(strength·n) of an n-step schedule
+(:mod:`.edit_levels`) from the clean input x0 noised to that level, or, at strength 1, from pure noise drawn
+exactly as ``ScratchDiffusionPipeline.__call__`` draws it (so strength 1 reproduces ``pipe(...)``). The call's
+arguments, the scheduler's parametrisation, sample coordinates and start step, and the guidance rules are checked
+here, before any model evaluation.
+"""
+
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.utils.torch_utils import randn_tensor
+
+
+
+
+@dataclass
+class EditRun:
+    """One editing call, resolved: its schedule, denoiser and evaluation counter, and where it starts.
+
+    ``levels`` is None for a run from pure noise that never puts the input on the path (image-to-image at strength 1).
+    """
+
+    pipe: object
+    device: torch.device
+    shape: tuple[int, ...]
+    denoiser: Denoiser
+    counter: EvaluationCounter
+    levels: EditLevels | None
+    start_step: int
+    num_steps: int
+
+    @property
+    def from_noise(self) -> bool:
+        """Whether the run starts at the first step, from pure noise (strength 1)."""
+        return self.start_step == 0
+
+    def start_entry(self) -> int:
+        """The timestep entry the run starts at."""
+        return 0 if self.from_noise else self.levels.boundary(self.start_step)
+
+    def initial_sample(self, x0: torch.Tensor | None, generator) -> torch.Tensor:
+        """z·``init_noise_sigma`` from the first step (as ``__call__``), else x0 noised to the start: (a·x0 + b·z)/c.
+
+        z ~ N(0, I) is drawn as ``__call__`` draws it: ``randn_tensor`` of the sample shape, in the UNet's dtype.
+        """
+        unet = self.pipe.unet
+        noise = randn_tensor(self.shape, generator=generator, device=self.device, dtype=unet.dtype)
+        if self.from_noise:
+            return noise * getattr(self.pipe.scheduler, "init_noise_sigma", 1.0)
+        signal_scale, noise_scale = self.levels.noising(self.start_entry())
+        return x0.to(dtype=unet.dtype) * signal_scale + noise * noise_scale
+
+    def loop(
+        self,
+        generator,
+        eta: float,
+        callback,
+        callback_inputs: Sequence[str],
+        evaluated_entries: int,
+        replace: Replacement | None = None,
+    ) -> SamplingLoop:
+        """The run's :class:`~.sampling_loop.SamplingLoop`; ``pipe.num_timesteps`` is set to ``evaluated_entries``
+        first (diffusers' ``PipelineCallback`` reads it during the loop)."""
+        self.pipe._num_timesteps = evaluated_entries
+        step_kwargs = self.pipe.step_kwargs(generator, eta)
+        return SamplingLoop(self.pipe, self.denoiser, step_kwargs, callback, callback_inputs, replace)
+
+    def finish(self) -> None:
+        """Record the run's evaluations per image on the pipeline (``pipe.evaluations``) and free offload hooks."""
+        self.pipe._evaluations = self.counter.per_image()
+        self.pipe.maybe_free_model_hooks()
+
+
+def unchanged_output(pipe, images: torch.Tensor, output_type: str):
+    """The input itself as the call's output (an edit of no step): no noise, no model evaluation recorded.
+
+    ``images`` in [0, 1]; ``"latent"`` gives the clean samples (2·x − 1, or a latent pipeline's encoded input).
+    """
+    pipe._num_timesteps, pipe._evaluations = 0, {}
+    if output_type == "latent":
+        return clean_samples(pipe, images)
+    return unit_images_to_output(images.clone(), output_type)
+
+
+def callback_tensor_inputs(callback, requested: Sequence[str]) -> Sequence[str]:
+    """The tensors a callback receives: a ``PipelineCallback``'s own ``tensor_inputs``, else ``requested``."""
+    if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+        return callback.tensor_inputs
+    return requested
+
+
+@dataclass(frozen=True)
+class EditCall:
+    """The arguments ``img2img`` and ``inpaint`` share, as the methods take them (see ``EditingMixin``)."""
+
+    num_inference_steps: int
+    strength: float
+    generator: torch.Generator | list[torch.Generator] | None
+    eta: float
+    class_labels: object
+    guidance_scale: float
+    guidance: Guidance | None
+    output_type: str
+    callback: object
+    callback_inputs: Sequence[str]
+    control_image: object = None
+    controlnet_conditioning_scale: float = 1.0
+
+
+@dataclass
+class EditInputs:
+    """An edit's checked inputs: the images in [0, 1] on the device, how many steps run, the scheduler's
+    parametrisation, the guidance rules, the control (``control.py``) and the callback's tensor names."""
+
+    images: torch.Tensor
+    steps: int
+    sampled: object
+    rules: tuple
+    control: Control | None
+    callback_inputs: Sequence[str]
+
+    @property
+    def batch_size(self) -> int:
+        return self.images.shape[0]
+
+
+def check_edit(pipe, image: ImageInput, call: EditCall) -> EditInputs:
+    """Every check of an edit, before any model evaluation: ``__call__``'s (``pipe.check_inputs``), ``strength``,
+    the control image and the images themselves (against the images the pipeline makes)."""
+    batch_size = image_count(image)
+    callback_inputs = callback_tensor_inputs(call.callback, call.callback_inputs)
+    sampled, rules = pipe.check_inputs(
+        batch_size,
+        call.num_inference_steps,
+        call.generator,
+        call.class_labels,
+        call.guidance_scale,
+        call.output_type,
+        callback_inputs,
+        call.eta,
+        call.guidance,
+    )
+    check_strength(call.strength)
+    device = pipe._execution_device
+    control = prepare_control(pipe, call.control_image, call.controlnet_conditioning_scale, batch_size, device)
+    images = unit_images(pipe, image, batch_size, device)
+    steps = edit_step_count(call.strength, call.num_inference_steps)
+    return EditInputs(images, steps, sampled, rules, control, callback_inputs)
+
+
+def begin_edit(pipe, edit: EditInputs, call: EditCall, needs_levels: bool = True) -> EditRun:
+    """Bind the guidance, set the schedule (and its begin index), build the denoiser: an :class:`EditRun`.
+
+    ``needs_levels`` False skips the sample-coordinate probe for a run from pure noise that never noises the input.
+    Raises ``ValueError`` (before any model evaluation) for a scheduler that cannot start at step t_start.
+    """
+    device, n = pipe._execution_device, call.num_inference_steps
+    conditions, guided, counter = pipe.prepare_guidance(
+        edit.rules, call.class_labels, edit.batch_size, device, edit.control
+    )
+    points = pipe.set_timesteps(n, device, edit.sampled)
+    levels = None
+    if needs_levels or edit.steps < n:
+        levels = edit_levels(pipe.scheduler, points, edit.sampled.path, n)
+    denoiser = pipe.denoiser(edit.sampled, None, conditions, guided, device, points, counter)
+    run = EditRun(
+        pipe, device, sample_shape(pipe.unet, edit.batch_size), denoiser, counter, levels, n - edit.steps, edit.steps
+    )
+    start = run.start_entry()  # an irregular layout is refused here for strength < 1
+    if hasattr(pipe.scheduler, "set_begin_index"):
+        pipe.scheduler.set_begin_index(start)
+    return run
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.postprocess
+# ============================================================================================
+
+"""From the sampler's last sample to what ``ScratchDiffusionPipeline.__call__`` returns.
+
+In pixel space the sample is the image in [−1, 1]; in a latent pipeline it is the VAE's scaled latent
+z and the image is ``decode_latents(vae, z)`` (``latents.py``). ``output_type="latent"`` returns the
+sample itself, in both cases, before any decoding or clamping.
+"""
+
+
+import torch
+from diffusers import DiffusionPipeline
+
+
+
+def samples_to_images(samples: torch.Tensor, output_type: str, vae=None):
+    """The final ``samples`` as ``output_type``: ``latent`` (unchanged), ``pt`` (B, C, H, W) in [0, 1],
+    ``np`` (B, H, W, C) float32 in [0, 1], or ``pil`` (a list of PIL images); decoded by ``vae`` when given."""
+    if output_type == "latent":
+        return samples
+    decoded = samples if vae is None else decode_latents(vae, samples)
+    images = (decoded / 2 + 0.5).clamp(0, 1)
+    if output_type == "pt":
+        return images
+    images = images.cpu().permute(0, 2, 3, 1).float().numpy()
+    warn_if_not_finite(images)  # on the host already: free to check (pil would hide NaN as black)
+    return DiffusionPipeline.numpy_to_pil(images) if output_type == "pil" else images
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.img2img
+# ============================================================================================
+
+"""Image-to-image by SDEdit (Meng et al., 2022): noise the input to the level ``strength`` sets, then sample from there.
+
+With n steps the run is the last round(strength·n) of them (diffusers' img2img convention; :mod:`.edit_levels`):
+the input x0 (a latent pipeline's encoded posterior mean) is put at the start entry's point of the scheduler's
+path in its own sample coordinates, x = (a·x0 + b·z)/c, and the pipeline's one sampling loop
+(:mod:`.sampling_loop`) takes it from there with the scheduler's ``set_begin_index`` set where it has one. Two ends
+are exact by construction: strength 0 (or any strength that rounds to 0 steps) returns the input itself with no
+model evaluation, and strength 1 draws its noise and runs exactly as ``pipe(batch_size=B, ...)``, so the two agree
+bit for bit — the input is then not used.
+"""
+
+
+
+
+def image_to_image(pipe, image: ImageInput, call: EditCall):
+    """``EditingMixin.img2img`` without its ``return_dict``: the output images (or latents)."""
+    edit = check_edit(pipe, image, call)
+    if edit.steps == 0:  # the input, as it came
+        return unchanged_output(pipe, edit.images, call.output_type)
+
+    run = begin_edit(pipe, edit, call, needs_levels=False)
+    x0 = None if run.from_noise else clean_samples(pipe, edit.images)
+    latents = run.initial_sample(x0, call.generator)
+    entries = range(run.start_entry(), len(pipe.scheduler.timesteps))
+    loop = run.loop(call.generator, call.eta, call.callback, edit.callback_inputs, len(entries))
+    latents = loop.sample(latents, entries)
+    run.finish()
+    return samples_to_images(latents, call.output_type, pipe.vae)
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.repaint
+# ============================================================================================
+
+"""RePaint's resampling schedule (Lugmayr et al., 2022, Alg. 1) as moves between steps, and its cost.
+
+Counted in steps still to run, s (s = S at the start of a run of S steps, 0 at its end), RePaint jumps back at
+s ∈ {0, j, 2j, …} with s < S − j (diffusers' ``RePaintScheduler``: jump length j = ``jump_length``): having
+arrived at s, it noises the sample back up j steps and descends them again, r − 1 times (r = ``jump_n_sample``;
+r = 1 is plain replacement). The moves here are in steps taken, m = S − s, so the jump points are m = S − s and
+each jumps back to m − j ≥ 1 (never to the run's start). A descent of steps [m, m') costs the model evaluations
+of its timestep entries (:class:`~.edit_levels.StepLayout`): one per step for first-order schedulers, two per
+step (predictor and corrector) for second-order ones, whose last step to the end is a single Euler entry.
+
+Model evaluations of one run of S steps, with J = |{0, j, 2j, …} ∩ [0, S − j)| jump points and order k:
+
+    E(S, j, r, k) = k·S − (k − 1) + (r − 1)·(k·j·J − (k − 1)·[J > 0])          (E = 0 for S = 0)
+
+— the descent, plus r − 1 re-descents of j steps per jump point, the one from the end (s = 0) ending in the
+single-entry last step. First order: S + (r − 1)·j·J; diffusers' defaults S = 250, j = 10, r = 10 give 2,410.
+"""
+
+
+
+
+def repaint_jump_points(num_steps: int, jump_length: int) -> list[int]:
+    """Steps taken (ascending) after which RePaint jumps back ``jump_length`` steps: S − s for s ∈ {0, j, …} < S − j."""
+    return sorted(num_steps - s for s in range(0, num_steps - jump_length, jump_length))
+
+
+def repaint_moves(num_steps: int, jump_length: int, jump_n_sample: int) -> list[tuple[int, int]]:
+    """The run as moves (from, to) between steps taken 0 … S: a descent if to > from, else a jump back up.
+
+    Descents are split at every jump target, so each resampled segment starts where a descent starts.
+    """
+    points = repaint_jump_points(num_steps, jump_length) if jump_n_sample > 1 else []
+    moves, position = [], 0
+    for point in points:
+        target = point - jump_length
+        if target > position:
+            moves.append((position, target))
+        moves.append((target, point))
+        moves.extend([(point, target), (target, point)] * (jump_n_sample - 1))
+        position = point
+    if position < num_steps:
+        moves.append((position, num_steps))
+    return moves
+
+
+def repaint_evaluations(num_steps: int, jump_length: int = 10, jump_n_sample: int = 1, order: int = 1) -> int:
+    """Model evaluations of a RePaint run of ``num_steps`` steps: E(S, j, r, k) of the module docstring.
+
+    ``order`` is the scheduler's (2 for Heun-type schedulers). Under classifier-free guidance each evaluation is
+    two UNet halves in ``pipe.evaluations``.
+    """
+    if num_steps == 0:
+        return 0
+    jumps = len(range(0, num_steps - jump_length, jump_length)) if jump_n_sample > 1 else 0
+    descent = order * num_steps - (order - 1)
+    resampled = order * jump_length * jumps - (order - 1) * (jumps > 0)
+    return descent + (jump_n_sample - 1) * resampled
+
+
+def entry_moves(layout: StepLayout, start_step: int, moves: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``moves`` (steps taken since ``start_step``) as timestep entries (from, to) of ``layout``.
+
+    Raises ``ValueError`` before any work where a move starts or ends inside a schedule of irregular layout.
+    """
+    return [(layout.boundary(start_step + source), layout.boundary(start_step + target)) for source, target in moves]
+
+
+def descent_entries(moves: list[tuple[int, int]]) -> int:
+    """Model evaluations of entry ``moves``: the entries of every descent."""
+    return sum(target - source for source, target in moves if target > source)
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.inpainting
+# ============================================================================================
+
+"""Inpainting by replacement (imputation, Song et al., 2021; Lugmayr et al., 2022) with RePaint resampling.
+
+The known region (mask 0) of the sample is, before each model evaluation at entry k, replaced by the input x0
+noised to entry k's level with fresh noise, (a_k·x0 + b_k·z)/c_k in the scheduler's sample coordinates
+(:mod:`.edit_levels`), and after the last step by x0 itself; the region to regenerate is sampled by the
+pipeline's one loop (:mod:`.sampling_loop`), so every scheduler, both paths, guidance and class labels work as in
+``__call__``. RePaint (:mod:`.repaint`) adds jumps: at its jump points the sample is carried forward j steps by
+the exact forward transition (:meth:`~.edit_levels.EditLevels.jump`) and descends them again, r − 1 times.
+
+**The scheduler across a jump.** Before each resampled segment the scheduler's state (``__dict__``, deep-copied)
+is saved, and restored at every jump back to it: step indices, a Heun step's half-step state and a multistep
+solver's history are those of the segment's start. For first-order schedulers (DDPM, DDIM, Euler, flow-matching
+Euler) a step depends on the current sample alone, so each re-descent is exactly RePaint's chain. Multistep
+solvers (DPM-Solver(++) 2M/3M, UniPC, DEIS) reuse, for the first order − 1 steps after a jump, model outputs of the
+trajectory before the jump (the history at the segment's start): approximate there, consistent again after.
+Second-order schedulers (Heun, KDPM2) jump only at full-step boundaries (entries m·order), where no half step is
+pending, and a resampled step re-runs its predictor and corrector.
+"""
+
+
+import copy
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+
+
+class KnownRegion:
+    """The input's known region put back on the path: a :data:`~.sampling_loop.Replacement` plus the final paste.
+
+    Args:
+        x0: the clean input in sample space (pixels in [−1, 1], or a latent pipeline's scaled latents).
+        keep: bool (B, 1, h, w) on the sample grid, True where x0 is kept.
+        levels: the run's :class:`~.edit_levels.EditLevels`; generator: draws the fresh noise of each replacement.
+    """
+
+    def __init__(self, x0: torch.Tensor, keep: torch.Tensor, levels: EditLevels, generator):
+        self.x0, self.keep, self.levels, self.generator = x0, keep, levels, generator
+
+    def __call__(self, latents: torch.Tensor, entry: int) -> torch.Tensor:
+        """``latents`` with the known region at entry ``entry``'s level, (a·x0 + b·z)/c with fresh z."""
+        signal_scale, noise_scale = self.levels.noising(entry)
+        noise = randn_tensor(latents.shape, generator=self.generator, device=latents.device, dtype=latents.dtype)
+        return torch.where(self.keep, self.x0 * signal_scale + noise * noise_scale, latents)
+
+    def clean(self, latents: torch.Tensor) -> torch.Tensor:
+        """``latents`` with the known region set to the clean input (after the last step)."""
+        return torch.where(self.keep, self.x0, latents)
+
+
+def jump_up(latents: torch.Tensor, levels: EditLevels, source: int, target: int, generator) -> torch.Tensor:
+    """The sample at entry ``source`` carried forward to the noisier entry ``target`` (RePaint's jump back):
+    p·x + q·z with (p, q) = ``levels.jump(source, target)``, z ~ N(0, I) fresh."""
+    signal_scale, noise_scale = levels.jump(source, target)
+    noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    return latents * signal_scale + noise * noise_scale
+
+
+def restore_state(scheduler: object, state: dict) -> None:
+    """Put ``scheduler`` (the same object) back into a state saved as ``copy.deepcopy(scheduler.__dict__)``."""
+    scheduler.__dict__.clear()
+    scheduler.__dict__.update(copy.deepcopy(state))
+
+
+def inpaint_images(
+    pipe, image: ImageInput, mask_image: MaskInput, jump_length: int, jump_n_sample: int, call: EditCall
+):
+    """``EditingMixin.inpaint`` without its ``return_dict``: the output images (or latents)."""
+    check_resampling(jump_length, jump_n_sample)
+    edit = check_edit(pipe, image, call)
+    images, steps, generator = edit.images, edit.steps, call.generator
+    regenerate = regenerate_mask(mask_image, edit.batch_size, *images.shape[-2:], images.device)
+    if steps == 0:  # the input, as it came
+        return unchanged_output(pipe, images, call.output_type)
+
+    run = begin_edit(pipe, edit, call)
+    moves = entry_moves(run.levels.layout, run.start_step, repaint_moves(steps, jump_length, jump_n_sample))
+    x0 = clean_samples(pipe, images).to(dtype=pipe.unet.dtype)
+    known = KnownRegion(x0, ~latent_grid_mask(regenerate, pipe.vae_scale_factor), run.levels, generator)
+    latents = run.initial_sample(None if run.from_noise else x0, generator)
+    total = descent_entries(moves)
+    loop = run.loop(generator, call.eta, call.callback, edit.callback_inputs, total, replace=known)
+    segment_starts = {target for source, target in moves if target < source}  # where jumps land
+    saved: dict[int, dict] = {}  # the scheduler's state at each segment start, as the last descent left it
+    with loop.progress(total):
+        for index, (source, target) in enumerate(moves):
+            if target < source:  # jump back up to a segment's start and restore the scheduler as it was there
+                restore_state(pipe.scheduler, saved[target])
+                latents = jump_up(latents, run.levels, source, target, generator)
+                continue
+            after_jump = index > 0 and moves[index - 1][1] < moves[index - 1][0]
+            if source in segment_starts and not after_jump:
+                saved[source] = copy.deepcopy(pipe.scheduler.__dict__)
+            latents = loop.run(latents, range(source, target))
+            if target == run.levels.num_entries:
+                latents = known.clean(latents)
+    run.finish()
+    if call.output_type == "latent":
+        return latents
+    generated = samples_to_images(latents, "pt", pipe.vae)
+    return unit_images_to_output(torch.where(regenerate, generated, images), call.output_type)
+
+
+# ============================================================================================
+# scratch_diffusion.pipelines.editing
+# ============================================================================================
+
+"""Editing methods of ``ScratchDiffusionPipeline``: image-to-image (SDEdit) and inpainting (replacement + RePaint).
+
+They are methods of the one pipeline class rather than separate pipeline classes, so every loading story
+(installed package, diffusers with the shipped code, a Hub repo id) that gives a ``ScratchDiffusionPipeline``
+can edit with it, from the same saved folder. Each is a thin wrapper: the work is in :mod:`.img2img` and
+:mod:`.inpainting`; both run the pipeline's one denoiser (counted: ``pipe.evaluations``) in its one sampling
+loop (:mod:`.sampling_loop`).
+"""
+
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+
+
+StepCallback = (
+    Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | PipelineCallback | MultiPipelineCallbacks | None
+)
+
+
+class EditingMixin:
+    """``img2img`` and ``inpaint`` for a pipeline with a UNet, a scheduler and an optional VAE."""
+
+    @torch.no_grad()
+    def img2img(
+        self,
+        image: ImageInput,
+        strength: float = 0.8,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        eta: float = 0.0,
+        class_labels: int | Sequence[int] | torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        guidance: Guidance | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: StepCallback = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        control_image: ImageInput | None = None,
+        controlnet_conditioning_scale: float = 1.0,
+    ) -> ImagePipelineOutput | tuple:
+        r"""Image-to-image by SDEdit (Meng et al., 2022): noise ``image`` to the level ``strength`` sets, then sample.
+
+        Of an n-step schedule the last S = round(strength·n) steps run (Python's ``round``; diffusers' img2img
+        convention), from step t_start = n − S: the input x0 is put at that step's point of the scheduler's path in
+        the scheduler's own sample coordinates, (a·x0 + b·z)/c (``edit_levels.py``), and ``set_begin_index`` is
+        called where the scheduler has it. Model evaluations: S for first-order schedulers, 2S − 1 for second-order
+        ones (Heun), twice that in ``pipe.evaluations["unet"]`` under classifier-free guidance.
+
+        - strength 0 (or one that rounds to 0 steps): the input itself, with no model evaluation (``"pt"``: its
+          float32 values bit for bit; ``"latent"``: 2·x − 1, or a latent pipeline's encoded input).
+        - strength 1: bit-identical to ``pipe(batch_size=B, generator=generator, ...)`` with the same arguments —
+          the noise is drawn the same way, and the input is not used.
+
+        Args:
+            image: as ``invert`` takes it: a (B, C, H, W) tensor in [0, 1], a (B, H, W, C) array in [0, 1], or PIL
+                images; the batch size is B. A latent pipeline encodes it (the posterior mean,
+                ``latents.encode_to_latents``).
+            strength: in [0, 1], how far up the path the input goes (0 keeps it, 1 starts from pure noise).
+            num_inference_steps: steps n of the whole schedule.
+            generator, eta, class_labels, guidance_scale, guidance, output_type, return_dict,
+            callback_on_step_end, callback_on_step_end_tensor_inputs: as in ``__call__``; the callback's step index
+                counts from 0 at the first step run, and ``pipe.num_timesteps`` is the number of entries run.
+            control_image, controlnet_conditioning_scale: a ``controlnet`` component's control, as in ``__call__``.
+
+        Returns:
+            ``ImagePipelineOutput(images=...)``, or ``(images,)`` if ``return_dict`` is False.
+
+        Raises:
+            ValueError: for ``strength`` outside [0, 1], images of the wrong shape or range, any argument
+                ``__call__`` refuses, or a scheduler that cannot start within its schedule (for strength < 1) —
+                always before any model evaluation.
+        """
+        call = EditCall(
+            num_inference_steps,
+            strength,
+            generator,
+            eta,
+            class_labels,
+            guidance_scale,
+            guidance,
+            output_type,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            control_image,
+            controlnet_conditioning_scale,
+        )
+        images = image_to_image(self, image, call)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    @torch.no_grad()
+    def inpaint(
+        self,
+        image: ImageInput,
+        mask_image: MaskInput,
+        num_inference_steps: int = 50,
+        strength: float = 1.0,
+        jump_length: int = 10,
+        jump_n_sample: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        eta: float = 0.0,
+        class_labels: int | Sequence[int] | torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        guidance: Guidance | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: StepCallback = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        control_image: ImageInput | None = None,
+        controlnet_conditioning_scale: float = 1.0,
+    ) -> ImagePipelineOutput | tuple:
+        r"""Regenerate the white region of ``mask_image``, keeping the rest of ``image`` (replacement + RePaint).
+
+        Before each model evaluation at timestep entry k the known region (mask black) of the sample is replaced by
+        the input noised to entry k's level with fresh noise, and after the last step by the clean input
+        (``inpainting.py``). RePaint resampling (Lugmayr et al., 2022; names as diffusers' ``RePaintScheduler``): at
+        its jump points the sample is noised j = ``jump_length`` steps back up the path by the exact forward
+        transition and descends them again, r − 1 times (r = ``jump_n_sample``; r = 1 is plain replacement). The
+        scheduler's state is restored to that of the segment's start at each jump: exact RePaint for first-order
+        schedulers; for multistep solvers the first order − 1 steps after a jump reuse the history of the
+        trajectory before it (approximate); second-order schedulers (Heun) jump at full-step boundaries only.
+
+        **Model evaluations** of a run of S = round(strength·n) steps, J = |{0, j, 2j, …} ∩ [0, S − j)| jump
+        points, scheduler order k (1; 2 for Heun): k·S − (k − 1) + (r − 1)·(k·j·J − (k − 1)·[J > 0]) — for
+        first-order schedulers S + (r − 1)·j·J (``repaint.repaint_evaluations``; :meth:`inpaint_evaluations`
+        computes it for this pipeline's scheduler before running). Under classifier-free guidance
+        ``pipe.evaluations["unet"]`` counts two per evaluation.
+
+        **Exactness.** The known region of the output equals the input exactly for ``"pt"`` (its float32 values),
+        ``"np"`` and ``"pil"``: the result is composited in [0, 1] image space, generated pixels where the mask is
+        white, the input's own pixels elsewhere. A latent pipeline denoises the encoded input (posterior mean) with
+        the mask max-pooled to the latent grid (a latent cell is regenerated if any of its pixels is), decodes, and
+        pastes the input's known pixels the same way, so the known pixels are exact there too; its ``"latent"``
+        output holds the encoded input in the known cells, which decode to the input only up to the VAE's
+        reconstruction error. A pixel pipeline's ``"latent"`` output holds 2·x − 1 there.
+
+        Args:
+            image: as in :meth:`img2img`.
+            mask_image: white (≥ 0.5) = regenerate, black = keep: a float or bool tensor (B, 1, H, W) in [0, 1], an
+                array (B, H, W) or (B, H, W, 1) in [0, 1], or PIL images ("L"); batch 1 serves every image.
+            num_inference_steps: steps n of the whole schedule.
+            strength: as diffusers' inpainting: 1 starts from pure noise; below 1 the run starts from the input
+                noised to step n − round(strength·n), 0 returns the input with no model evaluation.
+            jump_length, jump_n_sample: RePaint's j and r, integers ≥ 1.
+            generator, eta, class_labels, guidance_scale, guidance, output_type, return_dict,
+            callback_on_step_end, callback_on_step_end_tensor_inputs: as in ``__call__``; the callback's step index
+                counts every step of the run, re-descents included.
+            control_image, controlnet_conditioning_scale: a ``controlnet`` component's control, as in ``__call__``.
+
+        Returns:
+            ``ImagePipelineOutput(images=...)``, or ``(images,)`` if ``return_dict`` is False.
+
+        Raises:
+            ValueError: for a mask of the wrong shape or values outside [0, 1], ``strength`` outside [0, 1],
+                ``jump_length`` or ``jump_n_sample`` < 1, any argument ``__call__`` refuses, or a scheduler whose
+                timesteps are not laid out per step (PNDM) with strength < 1 or resampling — always before any model
+                evaluation.
+        """
+        call = EditCall(
+            num_inference_steps,
+            strength,
+            generator,
+            eta,
+            class_labels,
+            guidance_scale,
+            guidance,
+            output_type,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            control_image,
+            controlnet_conditioning_scale,
+        )
+        images = inpaint_images(self, image, mask_image, jump_length, jump_n_sample, call)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def inpaint_evaluations(
+        self, num_inference_steps: int = 50, strength: float = 1.0, jump_length: int = 10, jump_n_sample: int = 1
+    ) -> int:
+        """Model evaluations per image that :meth:`inpaint` makes with these arguments and the current scheduler
+        (before guidance doubles them), computed without running it: the moves of the RePaint schedule on the
+        scheduler's timestep layout. Raises ``ValueError`` as :meth:`inpaint` would for the same arguments."""
+        check_call_arguments(1, num_inference_steps, None, 0.0, 1.0, "pt")
+        check_strength(strength)
+        check_resampling(jump_length, jump_n_sample)
+        steps = edit_step_count(strength, num_inference_steps)
+        probe = copy.deepcopy(self.scheduler)
+        probe.set_timesteps(num_inference_steps)
+        layout = StepLayout.of(probe, num_inference_steps)
+        moves = repaint_moves(steps, jump_length, jump_n_sample)
+        return descent_entries(entry_moves(layout, num_inference_steps - steps, moves))
 
 
 # ============================================================================================
@@ -4984,37 +6645,6 @@ def check_scheduler_parametrization(
             f"(noise_path={trained.path!r}, prediction_type={trained.prediction_type!r})."
         )
     return sampled
-
-
-# ============================================================================================
-# scratch_diffusion.pipelines.postprocess
-# ============================================================================================
-
-"""From the sampler's last sample to what ``ScratchDiffusionPipeline.__call__`` returns.
-
-In pixel space the sample is the image in [−1, 1]; in a latent pipeline it is the VAE's scaled latent
-z and the image is ``decode_latents(vae, z)`` (``latents.py``). ``output_type="latent"`` returns the
-sample itself, in both cases, before any decoding or clamping.
-"""
-
-
-import torch
-from diffusers import DiffusionPipeline
-
-
-
-def samples_to_images(samples: torch.Tensor, output_type: str, vae=None):
-    """The final ``samples`` as ``output_type``: ``latent`` (unchanged), ``pt`` (B, C, H, W) in [0, 1],
-    ``np`` (B, H, W, C) float32 in [0, 1], or ``pil`` (a list of PIL images); decoded by ``vae`` when given."""
-    if output_type == "latent":
-        return samples
-    decoded = samples if vae is None else decode_latents(vae, samples)
-    images = (decoded / 2 + 0.5).clamp(0, 1)
-    if output_type == "pt":
-        return images
-    images = images.cpu().permute(0, 2, 3, 1).float().numpy()
-    warn_if_not_finite(images)  # on the host already: free to check (pil would hide NaN as black)
-    return DiffusionPipeline.numpy_to_pil(images) if output_type == "pil" else images
 
 
 # ============================================================================================
@@ -5497,8 +7127,10 @@ The pipeline records what its UNet was trained to predict (``prediction_type``) 
 path (``noise_path``) with which training schedule (``noise_schedule``) in ``model_index.json``.
 A scheduler of another path or parametrisation samples it through the exact change of variables
 (``cross_path.py``); :meth:`ScratchDiffusionPipeline.invert` runs the deterministic sampler
-backwards (``inversion.py``). Arguments are checked in ``inputs.py``, saved folders in
-``saved_format.py``, outputs made in ``postprocess.py``; the saved format is described in ``remote_code.py``.
+backwards (``inversion.py``); ``img2img`` (SDEdit) and ``inpaint`` (replacement + RePaint) edit images
+(``editing.py``). Every sampling method runs one loop (``sampling_loop.py``). Arguments are checked in
+``inputs.py``, saved folders in ``saved_format.py``, outputs made in ``postprocess.py``; the saved format is
+described in ``remote_code.py``.
 """
 
 
@@ -5517,7 +7149,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 
 @declares_components
-class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPipeline):
+class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, EditingMixin, DiffusionPipeline):
     r"""Sample images from a ``UNet2DModel`` with any diffusers-style scheduler.
 
     Args:
@@ -5599,22 +7231,29 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPi
     @property
     def evaluations(self) -> dict[str, float]:
         """Model evaluations per image of the last call, by model: ``unet`` (a classifier-free guidance step
-        counts its two halves), ``guide_unet``, ``classifier`` (forward and backward), ``unet_backward``."""
+        counts its two halves), ``guide_unet``, ``classifier`` (forward and backward), ``unet_backward``,
+        ``controlnet`` (with a control image)."""
         return dict(getattr(self, "_evaluations", {}))
 
     def prepare_guidance(
-        self, rules: Sequence[GuidanceRule], class_labels, batch_size: int, device: torch.device
-    ) -> tuple[torch.Tensor | None, GuidedEvaluation | None, EvaluationCounter]:
-        """The UNet's class labels, the call's rules bound to the pipeline (``guidance.py``) and the run's counter.
+        self,
+        rules: Sequence[GuidanceRule],
+        class_labels,
+        batch_size: int,
+        device: torch.device,
+        control: Control | None = None,
+    ) -> tuple[dict[str, torch.Tensor], GuidedEvaluation | None, EvaluationCounter]:
+        """The UNet's per-sample inputs, the call's rules bound to the pipeline (``guidance.py``) and the run's counter.
 
-        Labels are checked against the classes they name — the UNet's, or a guiding classifier's.
+        The inputs are the class labels of a class-conditional UNet and a ``control`` (``control.py``): its image
+        and scale. Labels are checked against the classes they name — the UNet's, or a guiding classifier's.
         """
         components = {name: getattr(self, name, None) for name in ("classifier",)}
         classes = label_classes(rules, self.num_classes, components)
         labels = None if class_labels is None else class_label_tensor(class_labels, batch_size, classes, device)
-        model_labels = self.prepare_class_labels(class_labels, batch_size, device)
-        guided, counter = bind_call_guidance(self, rules, labels, model_labels, batch_size)
-        return model_labels, guided, counter
+        conditions = model_conditions(self.prepare_class_labels(class_labels, batch_size, device), control)
+        guided, counter = bind_call_guidance(self, rules, labels, conditions, batch_size)
+        return conditions, guided, counter
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device, sampled: Parametrization) -> list:
         """Set the scheduler's timesteps for a run on ``device``; return their sampler points (a, b).
@@ -5632,7 +7271,7 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPi
         self,
         sampled: Parametrization,
         targets: Sequence[str] | None,
-        labels: torch.Tensor | None,
+        conditions: Mapping[str, torch.Tensor],
         guidance: GuidedEvaluation | None,
         device: torch.device,
         levels: Sequence[tuple[float, float]] | None = None,
@@ -5642,12 +7281,17 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPi
 
         ``sampled`` is the scheduler's parametrisation (:meth:`check_parametrization`, resolved once per call);
         ``targets`` None asks for it, natively where it is the UNet's own (``cross_path.scheduler_model_calls``).
+        ``conditions``: the UNet's per-sample inputs (:meth:`prepare_guidance`); with a control image the UNet is
+        evaluated with the control network's residuals (``control.py``).
         """
         plan = scheduler_model_calls(
             self.scheduler, sampled, self.trained_parametrization, self.config.noise_schedule, targets, device, levels
         )
-        conditions = {} if labels is None else {"class_labels": labels}
-        return Denoiser(UNetModel(self.unet), plan, conditions, guidance, dtype=self.unet.dtype, counter=counter)
+        counter = counter if counter is not None else EvaluationCounter(1)
+        model = UNetModel(self.unet)
+        if "control_image" in conditions:
+            model = ControlledUNetModel(self.unet, self.controlnet, counter)
+        return Denoiser(model, plan, conditions, guidance, dtype=self.unet.dtype, counter=counter)
 
     def check_inputs(
         self,
@@ -5717,6 +7361,8 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPi
         | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         latents: torch.Tensor | None = None,
+        control_image: ImageInput | None = None,
+        controlnet_conditioning_scale: float = 1.0,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images.
 
@@ -5749,6 +7395,10 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPi
             latents: the initial noise instead of drawing it, a float tensor of shape
                 (batch_size, *latent_shape) (e.g. from :meth:`invert`); scaled by ``init_noise_sigma``
                 as drawn noise is, and cast to the UNet's device and dtype.
+            control_image: with a ``controlnet`` component, the control (Zhang et al., 2023) in [0, 1] at the images'
+                size (the network's ``conditioning_channels``; ``control.py``), as ``invert`` takes images: one for
+                all images or one per image. Classifier-free guidance evaluates both halves with it.
+            controlnet_conditioning_scale: the factor of the control network's residuals (0 = the UNet alone).
 
         Returns:
             ``ImagePipelineOutput(images=...)``, or ``(images,)`` if ``return_dict`` is False.
@@ -5771,7 +7421,8 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPi
             guidance,
         )
         device = self._execution_device
-        labels, guided, counter = self.prepare_guidance(rules, class_labels, batch_size, device)
+        control = prepare_control(self, control_image, controlnet_conditioning_scale, batch_size, device)
+        conditions, guided, counter = self.prepare_guidance(rules, class_labels, batch_size, device, control)
 
         shape = sample_shape(self.unet, batch_size)
         if latents is None:
@@ -5780,21 +7431,12 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, DiffusionPi
             check_latents(latents, shape)
             latents = latents.to(device=device, dtype=self.unet.dtype)
         levels = self.set_timesteps(num_inference_steps, device, sampled)
-        denoiser = self.denoiser(sampled, None, labels, guided, device, levels, counter)
+        denoiser = self.denoiser(sampled, None, conditions, guided, device, levels, counter)
         latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)
         self._num_timesteps = len(self.scheduler.timesteps)
         step_kwargs = self.step_kwargs(generator, eta)
-        scale_model_input = getattr(self.scheduler, "scale_model_input", lambda sample, timestep: sample)
-
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_output = denoiser(scale_model_input(latents, t), i)[0]
-            latents = self.scheduler.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
-            if callback_on_step_end is not None:
-                tensors = {"latents": latents, "model_output": model_output}
-                requested = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
-                returned = callback_on_step_end(self, i, t, requested) or {}
-                latents = returned.get("latents", latents)
-
+        loop = SamplingLoop(self, denoiser, step_kwargs, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        latents = loop.sample(latents, range(self._num_timesteps))
         self._evaluations = counter.per_image()
         images = samples_to_images(latents, output_type, self.vae)
         self.maybe_free_model_hooks()

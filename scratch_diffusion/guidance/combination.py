@@ -167,11 +167,10 @@ class AutoGuidance:
         if self.interval is not None:
             self.interval.check(setup)
         function, takes_labels = guide_function(guide, setup)
-        conditions = (
-            dict(setup.model_conditions)
-            if takes_labels
-            else {k: v for k, v in setup.model_conditions.items() if k != "class_labels"}
-        )
+        # the guide is a plain UNet: it takes the class labels at most, never the main model's other inputs
+        # (a control image goes to the main model's control network only)
+        labels = setup.model_conditions.get("class_labels")
+        conditions = {"class_labels": labels} if takes_labels and labels is not None else {}
         return BoundAutoGuidance(self, setup.counter.counted("guide_unet", function), conditions, setup)
 
 

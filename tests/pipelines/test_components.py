@@ -73,7 +73,7 @@ def test_a_registered_component_is_optional_and_unregistering_removes_it(tmp_pat
 
 def test_the_table_holds_the_pipeline_components():
     assert list(COMPONENTS)[:3] == ["unet", "scheduler", "vae"]
-    assert ScratchDiffusionPipeline._optional_components == ["vae", "guide_unet", "classifier"]
+    assert ScratchDiffusionPipeline._optional_components == ["vae", "guide_unet", "classifier", "controlnet"]
     with pytest.raises(ValueError, match="registered already"):
         register_component(Component("vae", UNet2DModel))
     with pytest.raises(ValueError, match="required component"):

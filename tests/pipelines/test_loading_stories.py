@@ -106,6 +106,28 @@ def test_stories_b_and_c_diffusion_pipeline_with_trust_remote_code(workdir, tmp_
     )
 
 
+EDITS = """
+x = pipe(batch_size=2, num_inference_steps=4, generator=torch.manual_seed(0), output_type="pt").images
+edited = pipe.img2img(x, strength=0.5, num_inference_steps=4, output_type="pt").images
+assert edited.shape == x.shape and pipe.evaluations == {"unet": 2.0}, pipe.evaluations  # round(0.5 · 4) steps
+mask = torch.zeros(2, 1, 16, 16)
+mask[..., 8:] = 1
+filled = pipe.inpaint(x, mask, num_inference_steps=4, jump_length=1, jump_n_sample=2, output_type="pt").images
+assert torch.equal(filled[..., :8], x[..., :8])  # the known half, exactly
+assert pipe.evaluations == {"unet": float(pipe.inpaint_evaluations(4, 1.0, 1, 2))} == {"unet": 7.0}  # 4 + 1·1·3
+"""
+
+
+def test_story_b_shipped_code_edits_images(workdir, tmp_path):
+    """img2img and inpaint are methods of the one pipeline class, so the shipped code has them (diffusers only)."""
+    run_python(
+        SNIPPETS["Stories B and C"] + LOADED_REMOTE + NOT_INSTALLED + EDITS,
+        workdir,
+        package_installed=False,
+        env=subprocess_env(tmp_path / "hf"),
+    )
+
+
 @pytest.mark.slow
 def test_story_d_scheduler_swaps(workdir, tmp_path):
     run_python(

@@ -20,11 +20,13 @@ from scratch_schedulers.validation import MAX_TRAIN_TIMESTEPS
 
 from ..cli_common import (
     add_data_arguments,
+    add_held_out_arguments,
     add_hub_arguments,
     add_logging_arguments,
     add_training_arguments,
     fill_data_defaults,
     validate_data_args,
+    validate_held_out_args,
     validate_resume_and_hub_args,
     validate_training_args,
 )
@@ -83,15 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_logging_arguments(p, image_grids=False)
 
     ev = p.add_argument_group("evaluation: accuracy on held-out images by noise level σ = b/a, EMA weights")
-    ev.add_argument(
-        "--num_validation_images",
-        type=int,
-        help="labelled images held out of training (seeded) and evaluated on; 0: evaluate on training images; "
-        f"unset: {VALIDATION_SHARE * 100:g} %% of the data, at most {MAX_DEFAULT_VALIDATION}",
-    )
-    ev.add_argument(
-        "--eval_steps", type=int, help="also evaluate every N optimizer steps (unset or 0: at the end only)"
-    )
+    add_held_out_arguments(ev, VALIDATION_SHARE, MAX_DEFAULT_VALIDATION, held_out="labelled images")
     ev.add_argument(
         "--eval_num_images", type=int, default=1024, help="at most this many evaluation images (a seeded subset)"
     )
@@ -160,11 +154,7 @@ def validate_args(args: argparse.Namespace) -> None:
             f"{factor.bit_length() - 1} times); use a multiple of {factor}.",
         )
     validate_latent_args(args, architecture)  # with a VAE: its config, and the latent side against the levels
-    _check(
-        args.num_validation_images is None or args.num_validation_images >= 0,
-        f"--num_validation_images must be ≥ 0, got {args.num_validation_images}.",
-    )
-    _check(args.eval_steps is None or args.eval_steps >= 0, f"--eval_steps must be ≥ 0, got {args.eval_steps}.")
+    validate_held_out_args(args)
     _check(args.eval_num_images >= 1, f"--eval_num_images must be ≥ 1, got {args.eval_num_images}.")
     _check(args.eval_noise_draws >= 1, f"--eval_noise_draws must be ≥ 1, got {args.eval_noise_draws}.")
     edges = args.noise_level_edges

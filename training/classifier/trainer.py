@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import time
 from collections.abc import Sequence
@@ -25,7 +24,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 
 from scratch_diffusion.guidance.noisy_classifier import NoisyClassifier
 
@@ -34,10 +32,10 @@ from ..data import DataError, augment, centre_crop, load_training_data, make_dat
 from ..errors import ConfigError
 from ..evaluation import private_randomness
 from ..latent_data import latent_input, prepare_latent_training
-from ..loop import Optimized, OptimizerUpdates, check_launch, make_accelerator, prepare_model, resumed_batches
+from ..loop import Optimized, OptimizerUpdates, evaluation_due, finish_run, prepare_model, resumed_batches, start_run
 from ..model_card import save_model_card
 from ..monitoring import TrainingSummary
-from ..optimization import ema_weights
+from ..optimization import ema_weights, keep_ema_weights
 from ..randomness import derive_seed, seeded_generator
 from ..trainer import OutputWriteError
 from ..vae.metrics import split_validation, validation_size
@@ -104,11 +102,7 @@ class AccuracyEvaluator:
 
 def train_classifier(args: argparse.Namespace) -> TrainingSummary:
     """Run classifier training as the (validated) command line says; returns when the output is saved."""
-    accelerator = make_accelerator(args)
-    check_launch(accelerator, "training/train_classifier.py")
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("scratch_diffusion").setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
-    set_seed(args.seed)  # the initial weights; every later draw is counter-based
+    accelerator = start_run(args, "training/train_classifier.py")  # --seed: the classifier's initial weights
     saved = read_pipeline(args.pipeline) if args.pipeline is not None else None
 
     # ---- data: labelled images (or a latent pipeline's latents), split into training and held-out ---------
@@ -180,22 +174,15 @@ def train_classifier(args: argparse.Namespace) -> TrainingSummary:
                 updates.step(loss, x0.shape[0])
             if not updates.finish():
                 continue
-            if args.eval_steps and updates.global_step % args.eval_steps == 0 and not updates.done:
+            if evaluation_due(args, updates):
                 evaluator(accelerator, model, ema, updates.global_step)
             if updates.done:
                 break
-        updates.metrics.flush()
-    summary = updates.timer.summary(args.output_dir, evaluator.seconds, evaluator.cpu_seconds)
-    logger.info(f"{summary.images_per_second:.1f} images/s (first step and evaluations excluded).",
-                main_process_only=True)  # fmt: skip
+    summary = finish_run(accelerator, args, updates, evaluator, model, ema)  # and the final evaluation
 
     # ---- outputs: the EMA classifier, its accuracy by noise level, the plot, the model card -----------------
-    evaluator(accelerator, model, ema, updates.global_step)  # the final evaluation (EMA weights)
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        classifier = accelerator.unwrap_model(model)
-        if ema is not None:
-            ema.copy_to(classifier.parameters())
+        classifier = keep_ema_weights(ema, accelerator.unwrap_model(model))
         final = evaluator.history[-1]
         record = {
             "step": final["step"],
@@ -221,11 +208,7 @@ def train_classifier(args: argparse.Namespace) -> TrainingSummary:
         save_outputs(args, classifier, record, data, repo_id)
     accelerator.end_training()
 
-    if repo_id is not None and accelerator.is_main_process:
-        url = hub.upload_output(
-            args.output_dir, repo_id, args.hub_token, f"Classifier training finished at step {updates.global_step}"
-        )
-        logger.info(f"Pushed {args.output_dir} to {url}", main_process_only=True)
+    hub.push_after_training(accelerator, args, repo_id, f"Classifier training finished at step {updates.global_step}")
     return summary
 
 

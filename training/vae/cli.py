@@ -12,12 +12,14 @@ import argparse
 from ..cli_common import (
     COMMON_FLOAT_ARGS,
     add_data_arguments,
+    add_held_out_arguments,
     add_hub_arguments,
     add_logging_arguments,
     add_training_arguments,
     check_finite,
     fill_data_defaults,
     validate_data_args,
+    validate_held_out_args,
     validate_resume_and_hub_args,
     validate_training_args,
 )
@@ -93,15 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = p.add_argument_group(
         "evaluation: reconstruction PSNR and Fréchet distance (with the real-vs-real baseline), EMA weights"
     )
-    ev.add_argument(
-        "--num_validation_images",
-        type=int,
-        help="images held out of training (seeded) and evaluated on; 0: evaluate on training images; "
-        f"unset: {VALIDATION_SHARE * 100:g} %% of the data, at most {MAX_DEFAULT_VALIDATION}",
-    )
-    ev.add_argument(
-        "--eval_steps", type=int, help="also evaluate every N optimizer steps (unset or 0: at the end only)"
-    )
+    add_held_out_arguments(ev, VALIDATION_SHARE, MAX_DEFAULT_VALIDATION)
     ev.add_argument(
         "--eval_num_images", type=int, default=1024, help="at most this many evaluation images (PSNR and FD)"
     )
@@ -179,11 +173,7 @@ def validate_args(args: argparse.Namespace) -> None:
             f"--perceptual_features {args.perceptual_features!r} is not allowed; pass {DIGITS!r} (the offline digits "
             "CNN) or a differentiable 'package.module:callable'.",
         )
-    _check(
-        args.num_validation_images is None or args.num_validation_images >= 0,
-        f"--num_validation_images must be ≥ 0, got {args.num_validation_images}.",
-    )
-    _check(args.eval_steps is None or args.eval_steps >= 0, f"--eval_steps must be ≥ 0, got {args.eval_steps}.")
+    validate_held_out_args(args)
     for name in ("eval_num_images", "latent_scale_num_images"):
         _check(getattr(args, name) >= 2, f"--{name} must be ≥ 2, got {getattr(args, name)}.")
     problem = feature_space_problem(args.eval_features)

@@ -66,7 +66,7 @@ class ReconstructionEvaluator:
                 grid = grid if grid.ndim == 3 else grid[..., None]
                 tracker.add_image("reconstructions (real | reconstruction)", grid, step, dataformats="HWC")
 
-    def evaluate(self, accelerator, model, ema, step: int) -> None:
+    def __call__(self, accelerator, model, ema, step: int) -> None:
         """PSNR and FD (``metrics.evaluate_reconstructions``), logged as ``eval/…`` and kept in ``history``."""
         with self._ema_vae(accelerator, model, ema) as vae:
             if vae is not None:

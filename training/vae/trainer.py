@@ -17,21 +17,19 @@ seeded by (``--seed``, epoch, batch, process); the evaluations and the latent-sc
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 
 from .. import checkpoints, hub
 from ..data import augment, load_training_data, make_dataloader
 from ..errors import ConfigError
 from ..evaluation import load_feature_space
 from ..init_from import check_vae_fits, load_vae_for_training
-from ..loop import Optimized, OptimizerUpdates, check_launch, make_accelerator, resumed_batches, run_length
+from ..loop import Optimized, OptimizerUpdates, evaluation_due, finish_run, resumed_batches, run_length, start_run
 from ..monitoring import TrainingSummary
-from ..optimization import make_ema, make_lr_scheduler, make_optimizer
+from ..optimization import keep_ema_weights, make_ema, make_lr_scheduler, make_optimizer
 from ..randomness import seeded_generator
 from . import card, metrics
 from .cli import MAX_DEFAULT_VALIDATION, VALIDATION_SHARE, parse_args, validate_args
@@ -57,11 +55,7 @@ def run_vae_training(argv: Sequence[str]) -> TrainingSummary:
 
 def train_vae(args: argparse.Namespace) -> TrainingSummary:
     """Run VAE training as the (validated) command line says; returns when the output is saved."""
-    accelerator = make_accelerator(args)
-    check_launch(accelerator, "training/train_vae.py")
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("scratch_diffusion").setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
-    set_seed(args.seed)  # the initial weights; every later draw is counter-based
+    accelerator = start_run(args, "training/train_vae.py")  # --seed: the VAE's initial weights
 
     # ---- data: training images and the held-out evaluation images -------------------------------------
     with accelerator.main_process_first():
@@ -166,31 +160,19 @@ def train_vae(args: argparse.Namespace) -> TrainingSummary:
                 accelerator.log({f"loss/{k}": v for k, v in zip(terms, values)}, step=global_step)
             if global_step % args.save_images_steps == 0:
                 evaluator.log_grid(accelerator, model, ema, global_step)
-            if args.eval_steps and global_step % args.eval_steps == 0 and global_step < max_train_steps:
-                evaluator.evaluate(accelerator, model, ema, global_step)
+            if evaluation_due(args, updates):
+                evaluator(accelerator, model, ema, global_step)
             if updates.done:
                 break
-        updates.metrics.flush()
     global_step = updates.global_step
-    timer = updates.timer
-    summary = timer.summary(args.output_dir, evaluator.seconds, evaluator.cpu_seconds)
-    logger.info(f"{summary.images_per_second:.1f} images/s (first step and evaluations excluded).",
-                main_process_only=True)  # fmt: skip
+    summary = finish_run(accelerator, args, updates, evaluator, model, ema)  # and the final evaluation
 
     # ---- outputs: the EMA VAE with its latent scale, metrics, reconstructions, model card -----------------
-    evaluator.evaluate(accelerator, model, ema, global_step)  # the final evaluation (EMA weights)
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        vae = accelerator.unwrap_model(model).vae
-        if ema is not None:
-            ema.copy_to(vae.parameters())
+        vae = keep_ema_weights(ema, accelerator.unwrap_model(model).vae)
         extra = {"num_parameters": num_parameters, "images_per_second": summary.images_per_second}
         save_outputs(args, vae, evaluator, train_set, data, global_step, repo_id, extra)
     accelerator.end_training()
 
-    if repo_id is not None and accelerator.is_main_process:
-        url = hub.upload_output(
-            args.output_dir, repo_id, args.hub_token, f"VAE training finished at step {global_step}"
-        )
-        logger.info(f"Pushed {args.output_dir} to {url}", main_process_only=True)
+    hub.push_after_training(accelerator, args, repo_id, f"VAE training finished at step {global_step}")
     return summary
