@@ -46,7 +46,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# Train a tiny VAE and a latent UNet on the built-in digits (~3 min on 2 CPU cores), sample with every sampler, evaluate.
+# Train a tiny VAE and a latent UNet on the built-in digits (~3 min on 2 CPU cores), sample with every sampler, guide,
+# edit and control (a ControlNet trained for 300 steps), evaluate: ~6 min in all.
 # Extra options: make demo DEMO_ARGS="--reuse" (see python -m scratch_diffusion.demo --help).
 DEMO_ARGS ?=
 demo: $(STAMP)

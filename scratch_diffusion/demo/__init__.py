@@ -36,7 +36,10 @@ Sampling cost is kept in check in four stages:
 * ``guidance rules`` (issue 21): an autoguidance guide is trained (``--guide_model``, ``--guide_steps``,
   ``train.py --guide_for`` the pipeline), then the final best's sampler runs unguided, with full-range CFG,
   interval CFG (``--guidance_interval``) and autoguidance, all at the evaluations per image of CFG at the
-  best's steps, each with the most steps that fit, on ``--num_rule_samples`` images.
+  best's steps, each with the most steps that fit, on ``--num_rule_samples`` images;
+* ``control and editing`` (issue 22, :mod:`~scratch_diffusion.demo.editing_stage`): held-out digits inpainted (left
+  half) and edited image to image (noise σ = 0.5), and a ControlNet for the low-resolution control trained briefly
+  and sampled, 200 images each (one draw: a small n; the study is ``benchmarks/bench_control.py``).
 
 Every evaluation count is the pipeline's own (``pipe.evaluations``, read after each call): a classifier-free
 guidance step counts both halves, an autoguidance step one UNet and one guide evaluation.
@@ -63,6 +66,10 @@ Modules (the names below are re-exported here):
 ``guide``         the autoguidance guide: its training (``--guide_for``) and its cost per evaluation
 ``equal_evaluations``  the guidance stage's settings at equal model evaluations per image
 ``guidance_study``  the models and interleaved sampling of ``benchmarks/bench_guidance.py``
+``editing_stage``  the control and editing stage: inpainting, image-to-image, a ControlNet (issue 22)
+``control_data``  held-out inputs, masks, corruptions and measures of the control and editing study
+``control_study``  the models, settings and scoring of ``benchmarks/bench_control.py``
+``control_report``  its tables and targets
 ``quality``       ``QUALITY_BAR`` and the verdict
 ``report``        ``metrics.md`` and the documentation's demo table, from ``metrics.json``'s content
 ``figure``        ``demo.png``

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from scratch_diffusion.demo.quality import QUALITY_BAR, class_match_bar_text, fd_bar_text
 from scratch_diffusion.demo.sampling import SampleSet, pick_best
@@ -25,6 +26,21 @@ def class_grid(sample: SampleSet, num_classes: int, columns: int = GRID_COLUMNS,
     return grid
 
 
+def edit_mosaic(rows: list[torch.Tensor], pad: int = 1) -> np.ndarray:
+    """A mosaic in [0, 1] of image rows (each (k, 1, H, W) in [−1, 1]: e.g. input, output, original), white gaps."""
+    images = [((r[:, 0].clamp(-1, 1) + 1) / 2).numpy() for r in rows]
+    k, h, w = images[0].shape
+    grid = np.ones((len(rows) * (h + pad) + pad, k * (w + pad) + pad), np.float32)
+    for i, row in enumerate(images):
+        for j, image in enumerate(row):
+            top, left = pad + i * (h + pad), pad + j * (w + pad)
+            grid[top : top + h, left : left + w] = image
+    return grid
+
+
+EDIT_INPUTS = {"inpainting": "masked digit, mean-filled", "img2img": "noisy digit", "control": "its 4×4 average pools"}
+
+
 def save_figure(
     sweep: list[SampleSet],
     guidance: list[SampleSet],
@@ -32,15 +48,17 @@ def save_figure(
     path: Path,
     num_classes: int,
     rules: list[SampleSet] | None = None,
+    edits: dict | None = None,
 ) -> None:
     """The demo's figure (matplotlib, Agg).
 
     Rows of sample grids (one row of digits per class): one per sampler across the step counts, and
     one across guidance scales at the sweep's best sampler/steps. Below, FD / baseline and class
     match against model evaluations per image, and both against the guidance scale. With the guidance
-    stage's ``rules``, a last row: FD / baseline against class match for CFG, interval CFG and
+    stage's ``rules``, a row: FD / baseline against class match for CFG, interval CFG and
     autoguidance at equal model evaluations per image, beside the grids of the best interval CFG and
-    autoguidance settings.
+    autoguidance settings. With the control and editing stage's summary (``edits``, ``editing_stage``), a last row
+    of examples: inpainting, image-to-image and control (input, output and original digit each).
     """
     import matplotlib
 
@@ -54,8 +72,10 @@ def save_figure(
     panel_rows = len(samplers) + (1 if guidance else 0)
     rules = rules or []
     plot_rows = 2 if rules else 1
-    fig = plt.figure(figsize=(2.3 * cols, 2.95 * panel_rows + 3.4 * plot_rows), dpi=100)
-    grid = fig.add_gridspec(panel_rows + plot_rows, cols, height_ratios=[2.95] * panel_rows + [3.4] * plot_rows)
+    edit_height = 2.2 if edits else 0
+    fig = plt.figure(figsize=(2.3 * cols, 2.95 * panel_rows + 3.4 * plot_rows + edit_height), dpi=100)
+    heights = [2.95] * panel_rows + [3.4] * plot_rows + ([edit_height] if edits else [])
+    grid = fig.add_gridspec(len(heights), cols, height_ratios=heights)
 
     def panel(row: int, col: int, sample: SampleSet, title: str) -> None:
         ax = fig.add_subplot(grid[row, col])
@@ -96,6 +116,8 @@ def save_figure(
             r = sample.results
             ax.set_title(f"{sample.rule} w={sample.guidance_scale:g}, {sample.steps} st.\n"
                          f"FD ×{r['fd_ratio']:.2f}, match {100 * r['class_match']:.0f} %", fontsize=7.5)  # fmt: skip
+    if edits:
+        plot_edits(fig, grid[-1, :].subgridspec(1, 3), edits)
     for ax in fig.axes:
         ax.tick_params(labelsize=7)
     fig.tight_layout()
@@ -184,3 +206,31 @@ def plot_rules(ax, rules: list[SampleSet]) -> None:
     ax.set_ylabel("FD / real baseline (same n)", fontsize=8)
     ax.set_title(f"guidance at ≤ {budget:g} model evaluations per image (n={rules[0].n}; labels: w)", fontsize=8.5)
     ax.legend(fontsize=6)
+
+
+def plot_edits(fig, cells, edits: dict) -> None:
+    """One panel each of inpainting, image-to-image and control: input, output and original rows of examples, titled
+    with the stage's numbers (n images each, one draw)."""
+    r, recipe, n = edits["rows"], edits["recipe"], edits["n"]
+    gap = edits["inpainting_gap_closed"]
+    gap_text = "–" if gap is None else f"{100 * gap:.0f} %"
+    inpainting, img2img, control = r["inpainting"], r["img2img"], r["control"]
+    titles = {
+        "inpainting": f"inpainting, {recipe['mask']} (replacement)\nclass match "
+        f"{100 * inpainting['class_match']:.0f} % (mean fill {100 * r['fill']['class_match']:.0f} %, gap closed "
+        f"{gap_text})\nFD ×{inpainting['fd_ratio']:.2f}, {inpainting['nfe']:g} evals, n={n}",
+        "img2img": f"image-to-image, {recipe['corruption']}, strength {recipe['strength']:g}\nclass kept "
+        f"{100 * img2img['class_match']:.0f} %\nFD ×{img2img['fd_ratio']:.2f}, {img2img['nfe']:g} evals, n={n}",
+        "control": f"ControlNet, low-resolution control\nconsistency {edits['control_consistency_gain']:.1f}× "
+        f"unconditional's, class match {100 * control['class_match']:.0f} %\nFD ×{control['fd_ratio']:.2f}, "
+        f"{control['nfe']:g} evals, n={n}",
+    }
+    for k, (task, rows) in enumerate(edits["examples"].items()):
+        ax = fig.add_subplot(cells[0, k])
+        ax.imshow(edit_mosaic(rows), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([(i + 0.5) * (rows[0].shape[-2] + 1) for i in range(len(rows))] if k == 0 else [])
+        if k == 0:
+            ax.set_yticklabels(["input", "output", "original"], fontsize=6.5)
+        ax.set_title(titles[task], fontsize=6.5)
+        ax.set_xlabel(f"input: {EDIT_INPUTS[task]}", fontsize=6.5)

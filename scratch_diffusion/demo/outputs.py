@@ -7,7 +7,8 @@ import shutil
 
 from scratch_diffusion.demo.config import DemoConfig, DemoError
 
-OUTPUT_FILES = ("metrics.json", "metrics.md", "demo.png", "training.json", "guide.json")  # beside pipeline/
+# beside pipeline/
+OUTPUT_FILES = ("metrics.json", "metrics.md", "demo.png", "training.json", "guide.json", "control.json")
 REPORT_FILES = OUTPUT_FILES[:3]  # rewritten by every run, --reuse included
 
 
@@ -31,6 +32,16 @@ def remove_guide_outputs(config: DemoConfig) -> None:
         if not (guide / "model_index.json").is_file():
             raise DemoError(f"{guide} exists and is not a guide written by the demo (no model_index.json); move it.")
         shutil.rmtree(guide)
+
+
+def remove_controlnet_outputs(config: DemoConfig) -> None:
+    """Remove an earlier run's control network folder (refusing one the trainer did not write: no config.json)."""
+    folder = config.output_dir / "controlnet"
+    if folder.exists() and any(folder.iterdir()):
+        if not (folder / "config.json").is_file():
+            raise DemoError(f"{folder} exists and is not a control network written by the demo (no config.json); "
+                            "move it.")  # fmt: skip
+        shutil.rmtree(folder)
 
 
 def prepare_output_dir(config: DemoConfig) -> dict | None:
@@ -64,6 +75,7 @@ def prepare_output_dir(config: DemoConfig) -> dict | None:
         shutil.rmtree(pipeline)
     remove_vae_outputs(config)
     remove_guide_outputs(config)
+    remove_controlnet_outputs(config)
     for name in OUTPUT_FILES:
         if (out / name).is_file():
             (out / name).unlink()

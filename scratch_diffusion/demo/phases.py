@@ -15,6 +15,7 @@ import torch
 
 from scratch_diffusion import metrics
 from scratch_diffusion.demo.config import SAMPLERS, DemoConfig, DemoError
+from scratch_diffusion.demo.editing_stage import editing_stage, editing_text
 from scratch_diffusion.demo.equal_evaluations import (
     RULES_STAGE,
     equal_evaluation_sets,
@@ -180,6 +181,12 @@ def guidance_rules_stage(pipe, classifier, config: DemoConfig, stages: Stages, p
     return pipe
 
 
+def control_and_editing(classifier, config: DemoConfig, phase_seconds: dict) -> dict:
+    """The control and editing stage (``editing_stage``): inpainting, image-to-image, a ControlNet; its summary."""
+    return editing_stage(lambda: load_pipeline(config.pipeline_dir, config.device), classifier, config,
+                         phase_seconds, timed)  # fmt: skip
+
+
 def likelihood_of(pipe, config: DemoConfig) -> dict | None:
     """Step 4: bits/dim of the model on held-out digits, by the ODE and by the bound (None with 0 images)."""
     if config.likelihood_images == 0:
@@ -196,9 +203,16 @@ def likelihood_of(pipe, config: DemoConfig) -> dict | None:
 
 
 def build_report(
-    config: DemoConfig, record: dict | None, pipe, classifier, stages: Stages, likelihood: dict | None
+    config: DemoConfig,
+    record: dict | None,
+    pipe,
+    classifier,
+    stages: Stages,
+    likelihood: dict | None,
+    edits: dict | None = None,
 ) -> dict:
-    """The content of ``metrics.json`` (without the timings, which :func:`run` adds)."""
+    """The content of ``metrics.json`` (without the timings, which :func:`run` adds; ``edits`` without its
+    example images)."""
     everything = stages.everything
     return {
         "output_dir": str(config.output_dir),
@@ -220,16 +234,18 @@ def build_report(
         "sampling_seconds": sum(s.seconds for s in everything),
         "quality_bar": quality_verdict(stages.best, stages.guided),
         "guidance_rules": stages.guidance_rules,
+        "control_and_editing": None if edits is None else {k: v for k, v in edits.items() if k != "examples"},
         "likelihood": likelihood,
     }
 
 
-def write_outputs(config: DemoConfig, report: dict, stages: Stages, num_classes: int) -> None:
+def write_outputs(config: DemoConfig, report: dict, stages: Stages, num_classes: int, edits: dict | None) -> None:
     """Step 5: ``metrics.json``, ``metrics.md`` and ``demo.png`` in ``config.output_dir``."""
     print("[5/6] Writing metrics.json, metrics.md and demo.png")
     (config.output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (config.output_dir / "metrics.md").write_text(metrics_markdown(report))
-    save_figure(stages.sweep, stages.guidance, stages.final, config.output_dir / "demo.png", num_classes, stages.rules)
+    save_figure(stages.sweep, stages.guidance, stages.final, config.output_dir / "demo.png", num_classes, stages.rules,
+                edits)  # fmt: skip
 
 
 def load_command(pipeline_dir: Path, steps: int, guidance_scale: float) -> str:
@@ -267,6 +283,8 @@ def print_summary(config: DemoConfig, report: dict, best: SampleSet) -> None:
     print(f"  quality bar ({bar_text(verdict)}): {'met' if verdict['met'] else 'NOT met'}")
     if report.get("guidance_rules"):
         print(f"  guidance:  {rules_text(report['guidance_rules'])}")
+    if report.get("control_and_editing"):
+        print(f"  editing:   {editing_text(report['control_and_editing'])}")
     if report["likelihood"] is not None:
         print(f"  bits/dim:  {likelihood_text(report['likelihood'])}")
     print(f"  tensorboard --logdir {config.pipeline_dir / 'logs'}")
@@ -292,7 +310,8 @@ def busy_machine_note(load: float | None, threads: int) -> str | None:
 def run(config: DemoConfig) -> dict:
     """Steps 1-6; returns ``metrics.json``'s content.
 
-    ``phase_seconds``: train, load, sweep, guidance, final, guide, guidance rules, likelihood.
+    ``phase_seconds``: train, load, sweep, guidance, final, guide, guidance rules, editing, control training,
+    control, likelihood.
     """
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -308,12 +327,13 @@ def run(config: DemoConfig) -> dict:
         pipe, classifier = load_pipeline_and_classifier(config)
     stages = sample_and_score(pipe, classifier, config, phase_seconds)
     pipe = guidance_rules_stage(pipe, classifier, config, stages, phase_seconds)
+    edits = control_and_editing(classifier, config, phase_seconds)
     with timed(phase_seconds, "likelihood"):
         likelihood = likelihood_of(pipe, config)
-    report = build_report(config, record, pipe, classifier, stages, likelihood)
+    report = build_report(config, record, pipe, classifier, stages, likelihood, edits)
     report["phase_seconds"] = phase_seconds
     report["load_average_at_start"] = load
     report["seconds_total"] = time.perf_counter() - started
-    write_outputs(config, report, stages, pipe.num_classes)
+    write_outputs(config, report, stages, pipe.num_classes, edits)
     print_summary(config, report, stages.best)
     return report

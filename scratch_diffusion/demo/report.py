@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from scratch_diffusion import metrics
+from scratch_diffusion.demo.editing_stage import editing_text
 from scratch_diffusion.demo.likelihood import likelihood_text
 from scratch_diffusion.demo.quality import bar_text, guided_text
 from scratch_diffusion.demo.rules import DENOISERS, RULES_STAGE, interval_text, rule_text
@@ -155,6 +156,7 @@ def metrics_markdown(report: dict) -> str:
             best_sentence(report),
             "",
             *([rules_paragraph(report["guidance_rules"]), ""] if report.get("guidance_rules") else []),
+            *([editing_paragraph(report["control_and_editing"]), ""] if report.get("control_and_editing") else []),
             *([f"Bits/dim: {likelihood_text(report['likelihood'])}.", ""] if report.get("likelihood") else []),
             metrics.markdown_summary(best, title=f"Best: {name}"),
             "",
@@ -235,3 +237,11 @@ def rules_paragraph(summary: dict) -> str:
         f"Guidance at equal cost (stage `{RULES_STAGE}`): every rule {rules_text(summary)} (lowest FD ratio of each "
         "rule; both halves of a CFG step and every guide evaluation counted)." + where + guide_words
     )
+
+
+def editing_paragraph(summary: dict) -> str:
+    """The control and editing stage in words: its numbers, n and evaluations per image (``editing_stage``)."""
+    recipe = summary["recipe"]
+    return (f"Control and editing (null class, {recipe['sampler']} at {recipe['steps']} steps, one draw of "
+            f"{summary['n']} held-out digits per setting — a small n: the study with n = 1000 × 3 draws is "
+            f"`benchmarks/bench_control.py`): {editing_text(summary)}.")  # fmt: skip

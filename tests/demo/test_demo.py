@@ -186,7 +186,8 @@ def test_metrics_json_table_and_figure(quick_run):
     assert {row["guidance_scale"] for row in guided} == set(demo.QUICK["guidance_sweep"])
     assert report["best"] == min(final, key=lambda row: row["fd_ratio"])
     assert report["phase_seconds"].keys() == {
-        "train", "load", "sweep", "guidance", "final", "guide", "guidance rules", "likelihood"
+        "train", "load", "sweep", "guidance", "final", "guide", "guidance rules", "editing", "control training",
+        "control", "likelihood"
     }  # fmt: skip
     assert all(seconds > 0 for seconds in report["phase_seconds"].values())
     assert sum(report["phase_seconds"].values()) <= report["seconds_total"]
@@ -267,6 +268,45 @@ def test_guidance_stage_compares_the_rules_at_equal_evaluations(quick_run):
     assert demo.rules_text(summary) in (out / "metrics.md").read_text()
 
 
+def test_control_and_editing_stage(quick_run):
+    """Inpainting, image-to-image and a ControlNet on the demo's model: the counts are the pipeline's, the known
+    region is kept exactly, the control network is attached, and the numbers are the ones printed and written."""
+    from scratch_diffusion.demo import editing_stage
+    from scratch_diffusion.pipelines import ScratchDiffusionPipeline
+
+    out, printed = quick_run
+    report = json.loads((out / "metrics.json").read_text())
+    summary, recipe = report["control_and_editing"], editing_stage.QUICK_EDITING
+    rows, steps = summary["rows"], recipe["steps"]
+    assert summary["recipe"] == recipe and {row["n"] for row in rows.values()} == {recipe["n"]}
+    assert rows["inpainting"]["evaluations"] == {"unet": steps} and rows["fill"]["evaluations"] == {}
+    assert rows["inpainting"]["known_region_max_abs_error"] == 0  # pasted in image space: exact on a latent model
+    assert rows["img2img"]["evaluations"] == {"unet": round(recipe["strength"] * steps)}
+    assert rows["control"]["evaluations"] == {"unet": steps, "controlnet": steps}
+    assert rows["unconditional"]["evaluations"] == {"unet": steps}
+    assert summary["control_consistency_gain"] == rows["unconditional"]["consistency"] / rows["control"]["consistency"]
+    fill, real, completion = (rows[role]["class_match"] for role in ("fill", "real", "inpainting"))
+    if real != fill:
+        assert summary["inpainting_gap_closed"] == pytest.approx((completion - fill) / (real - fill))
+    control = json.loads((out / "control.json").read_text())
+    assert summary["controlnet"]["steps"] == control["steps"] == recipe["control_steps"]
+    assert "--attach" in control["command"] and summary["controlnet"]["parameters"] > 0
+    pipe = ScratchDiffusionPipeline.from_pretrained(str(out / "pipeline"))
+    assert pipe.controlnet is not None  # saved into the pipeline by train_controlnet.py --attach
+    assert f"editing:   {editing_stage.editing_text(summary)}" in printed
+    assert editing_stage.editing_text(summary) in (out / "metrics.md").read_text()
+
+
+def test_edit_mosaic_rows_and_columns():
+    from scratch_diffusion.demo.figure import edit_mosaic
+
+    rows = [torch.full((3, 1, 4, 4), value) for value in (-1.0, 0.0, 1.0)]
+    mosaic = edit_mosaic(rows)
+    assert mosaic.shape == (3 * 5 + 1, 3 * 5 + 1)  # 3 rows × 3 images of 4×4, 1-pixel white gaps
+    assert mosaic[1:5, 1:5].max() == 0 and (mosaic[6:10, 6:10] == 0.5).all() and mosaic[11:15, 11:15].min() == 1
+    assert mosaic[0].min() == 1 and mosaic[:, 5].min() == 1  # the gaps
+
+
 def test_summary_names_outputs_best_and_load_command(quick_run):
     out, printed = quick_run
     assert f"outputs:   {out}" in printed
@@ -339,6 +379,7 @@ def test_rerun_with_reuse_says_so_and_without_replaces(quick_run):
     assert f"Reusing the trained pipeline at {out / 'pipeline'}" in printed.getvalue()
     assert "digits classifier loaded from cache" in printed.getvalue()  # trained by the first run
     assert "guide: reusing the pipeline's guide_unet" in printed.getvalue()
+    assert "control: reusing the pipeline's controlnet" in printed.getvalue()
     assert weights.stat().st_mtime_ns == before
     report = json.loads((out / "metrics.json").read_text())
     assert report["reused_pipeline"] is True and report["training"]["steps"] == demo.QUICK["max_train_steps"]

@@ -49,6 +49,22 @@ def tiny_vae(seed: int = 0, **overrides) -> AutoencoderKL:
     return AutoencoderKL(**{**TINY_VAE, **overrides}).eval()
 
 
+def tiny_pipeline(scheduler=None, vae: bool = False, **unet_overrides):
+    """A pipeline of a tiny UNet (and, with ``vae``, a tiny VAE: 4×8×8 latents of 16×16 images), progress bar off;
+    the scheduler defaults to DDIM without clipping (the UNet counts as trained on its path and parametrisation)."""
+    from scratch_diffusion import ScratchDDIMScheduler, ScratchDiffusionPipeline
+
+    if vae:
+        unet_overrides = {"in_channels": 4, "out_channels": 4, **unet_overrides}
+    pipe = ScratchDiffusionPipeline(
+        unet=tiny_unet(**unet_overrides),
+        scheduler=scheduler or ScratchDDIMScheduler(clip_sample=False),
+        vae=tiny_vae() if vae else None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 class CallCounter:
     """Forward pre-hook that records the batch size and timestep of every UNet evaluation."""
 

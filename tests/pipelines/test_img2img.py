@@ -28,7 +28,7 @@ from scratch_diffusion.guidance import ClassifierFreeGuidance
 from scratch_diffusion.pipelines.latents import encode_to_latents
 from scratch_schedulers.oracle import GaussianMixture
 
-from .helpers import CallCounter, ExactUNet, tiny_unet, tiny_vae
+from .helpers import CallCounter, ExactUNet, tiny_pipeline
 
 SCHEDULERS = {
     "scratch-ddpm": ScratchDDPMScheduler,
@@ -45,19 +45,6 @@ SCHEDULERS = {
 }
 
 
-def make_pipeline(scheduler=None, vae: bool = False, **unet_overrides) -> ScratchDiffusionPipeline:
-    """A tiny pipeline whose UNet was "trained" with ``scheduler`` (its own path and parametrisation)."""
-    if vae:
-        unet_overrides = {"in_channels": 4, "out_channels": 4, **unet_overrides}
-    pipe = ScratchDiffusionPipeline(
-        unet=tiny_unet(**unet_overrides),
-        scheduler=scheduler or ScratchDDIMScheduler(clip_sample=False),
-        vae=tiny_vae() if vae else None,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def input_images(pipe, batch_size: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.rand((batch_size, *pipe.image_shape), generator=torch.Generator().manual_seed(seed))
 
@@ -72,7 +59,7 @@ def entries_of(scheduler, steps: int) -> int:
 
 @pytest.mark.parametrize("vae", [False, True], ids=["pixel", "latent"])
 def test_strength_zero_returns_the_input_exactly_without_a_model_evaluation(vae):
-    pipe = make_pipeline(vae=vae)
+    pipe = tiny_pipeline(vae=vae)
     counter = CallCounter(pipe.unet)
     images = input_images(pipe)
     out = pipe.img2img(images, strength=0.0, num_inference_steps=10, output_type="pt").images
@@ -107,7 +94,7 @@ def test_strength_zero_returns_the_input_exactly_without_a_model_evaluation(vae)
     ],
 )
 def test_strength_one_is_bit_identical_to_sampling(name):
-    pipe = make_pipeline(ScratchDDIMScheduler())
+    pipe = tiny_pipeline(ScratchDDIMScheduler())
     pipe.scheduler = SCHEDULERS[name]()  # the flow schedulers sample the VP UNet through the path change
     images = input_images(pipe)
     one = lambda: torch.Generator().manual_seed(3)  # noqa: E731
@@ -121,7 +108,7 @@ def test_strength_one_is_bit_identical_to_sampling(name):
 
 
 def test_strength_one_is_sampling_with_classes_guidance_and_a_vae():
-    pipe = make_pipeline(DPMSolverMultistepScheduler(), vae=True, num_class_embeds=4)
+    pipe = tiny_pipeline(DPMSolverMultistepScheduler(), vae=True, num_class_embeds=4)
     images = input_images(pipe, batch_size=3)
     kwargs = dict(num_inference_steps=3, class_labels=[0, 1, 2], guidance_scale=2.5, output_type="pt")
     sampled = pipe(batch_size=3, generator=torch.Generator().manual_seed(1), **kwargs).images
@@ -146,7 +133,7 @@ def test_strength_one_is_sampling_with_classes_guidance_and_a_vae():
     ],
 )
 def test_evaluations_are_round_strength_times_steps(name):
-    pipe = make_pipeline(SCHEDULERS[name]())  # the UNet's own parametrisation: the UNet sees the scheduler's t
+    pipe = tiny_pipeline(SCHEDULERS[name]())  # the UNet's own parametrisation: the UNet sees the scheduler's t
     counter = CallCounter(pipe.unet)
     seen = []
     for strength in (0.3, 0.5, 0.75, 0.99):  # n = 8: round(2.4) = 2, 4, 6, round(7.92) = 8 steps
@@ -187,7 +174,7 @@ def test_evaluations_are_round_strength_times_steps(name):
 def test_the_noised_start_is_the_schedulers_own_forward_process(name):
     """x = (a·x0 + b·z)/c at t_start equals the scheduler's add_noise (scale_noise), then scale_model_input, for
     schedulers whose samples are on the path (c = 1) and Euler's x0 + σ·z (c = a)."""
-    pipe = make_pipeline(SCHEDULERS[name]())
+    pipe = tiny_pipeline(SCHEDULERS[name]())
     counter = CallCounter(pipe.unet)
     images, steps = input_images(pipe), 6
     pipe.img2img(
@@ -238,7 +225,7 @@ def test_an_exact_denoiser_of_a_point_mass_returns_the_input(path, prediction_ty
 
 
 def test_guidance_the_path_change_and_a_latent_pipeline():
-    pipe = make_pipeline(ScratchDDIMScheduler(), num_class_embeds=3)
+    pipe = tiny_pipeline(ScratchDDIMScheduler(), num_class_embeds=3)
     pipe.scheduler = FlowMatchEulerDiscreteScheduler()  # the VP UNet on the flow path
     kwargs = dict(strength=0.5, num_inference_steps=6, class_labels=1, output_type="np")
     seed = lambda: torch.Generator().manual_seed(4)  # noqa: E731
@@ -251,7 +238,7 @@ def test_guidance_the_path_change_and_a_latent_pipeline():
     pipe.img2img(input_images(pipe), guidance=ClassifierFreeGuidance(3.0, interval=(0.5, 2.0)), **kwargs)
     assert 3.0 < pipe.evaluations["unet"] < 6.0
 
-    latent = make_pipeline(DDIMScheduler(clip_sample=False), vae=True)
+    latent = tiny_pipeline(DDIMScheduler(clip_sample=False), vae=True)
     counter = CallCounter(latent.unet)
     images = input_images(latent)
     latent.img2img(images, strength=0.5, num_inference_steps=4, generator=torch.Generator().manual_seed(2))
@@ -274,7 +261,7 @@ class HalvingDDIMScheduler(DDIMScheduler):
 
 
 def test_bad_arguments_fail_before_any_model_evaluation():
-    pipe = make_pipeline()
+    pipe = tiny_pipeline()
     counter = CallCounter(pipe.unet)
     images = input_images(pipe)
     for strength in (-0.1, 1.01, float("nan"), True, "0.5"):

@@ -36,19 +36,7 @@ from scratch_diffusion.pipelines.latents import encode_to_latents
 from scratch_diffusion.pipelines.repaint import repaint_evaluations
 from scratch_schedulers.oracle import GaussianMixture
 
-from .helpers import CallCounter, ExactUNet, tiny_unet, tiny_vae
-
-
-def make_pipeline(scheduler=None, vae: bool = False, **unet_overrides) -> ScratchDiffusionPipeline:
-    if vae:
-        unet_overrides = {"in_channels": 4, "out_channels": 4, **unet_overrides}
-    pipe = ScratchDiffusionPipeline(
-        unet=tiny_unet(**unet_overrides),
-        scheduler=scheduler or ScratchDDIMScheduler(clip_sample=False),
-        vae=tiny_vae() if vae else None,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+from .helpers import CallCounter, ExactUNet, tiny_pipeline
 
 
 def inputs(pipe, batch_size: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +78,7 @@ def expected_entries(steps: list[int], start_step: int, num_steps: int, order: i
 
 @pytest.mark.parametrize("vae", [False, True], ids=["pixel", "latent"])
 def test_the_known_region_is_the_input_exactly_for_every_output_type(vae):
-    pipe = make_pipeline(vae=vae)
+    pipe = tiny_pipeline(vae=vae)
     images, mask = inputs(pipe)
     keep = (mask < 0.5).expand_as(images)
     kwargs = dict(num_inference_steps=4, jump_length=2, jump_n_sample=2, generator=torch.Generator().manual_seed(0))
@@ -114,7 +102,7 @@ def test_a_latent_cell_regenerates_if_any_of_its_pixels_does():
     pooled = latent_grid_mask(mask, 2)
     assert pooled.shape == (1, 1, 2, 3) and pooled.nonzero().tolist() == [[0, 0, 1, 1]]
 
-    pipe = make_pipeline(vae=True)
+    pipe = tiny_pipeline(vae=True)
     images, _ = inputs(pipe, batch_size=1)
     pixel_mask = torch.zeros(1, 1, 16, 16)
     pixel_mask[0, 0, 5, 6] = 1.0  # one white pixel: latent cell (2, 3) of the 8×8 grid
@@ -154,7 +142,7 @@ def test_the_run_follows_diffusers_repaint_schedule_and_the_stated_count(
 ):
     """Each step lands where diffusers' RePaint would evaluate next: the scheduler's own step index after every
     step (restored at each jump), the UNet's timesteps, and the count = the formula = ``inpaint_evaluations``."""
-    pipe = make_pipeline(scheduler())
+    pipe = tiny_pipeline(scheduler())
     counter = CallCounter(pipe.unet)
     steps = round(strength * num_steps)
     order = pipe.scheduler.order
@@ -198,7 +186,7 @@ def test_the_run_follows_diffusers_repaint_schedule_and_the_stated_count(
     ],
 )
 def test_our_schedulers_and_the_path_change_resample_at_the_stated_cost(scheduler):
-    pipe = make_pipeline(ScratchDDIMScheduler(clip_sample=False))
+    pipe = tiny_pipeline(ScratchDDIMScheduler(clip_sample=False))
     pipe.scheduler = scheduler()  # flow schedulers sample the VP UNet through the path change
     counter = CallCounter(pipe.unet)
     images, mask = inputs(pipe)
@@ -211,7 +199,7 @@ def test_our_schedulers_and_the_path_change_resample_at_the_stated_cost(schedule
 
 
 def test_generator_lists_class_labels_and_guidance():
-    pipe = make_pipeline(DDPMScheduler(), num_class_embeds=3)
+    pipe = tiny_pipeline(DDPMScheduler(), num_class_embeds=3)
     images, mask = inputs(pipe)
     kwargs = dict(num_inference_steps=6, jump_length=2, jump_n_sample=2, guidance_scale=2.0, output_type="pt")
     both = pipe.inpaint(
@@ -260,7 +248,7 @@ def test_a_jump_up_has_the_forward_marginal(scheduler):
 def test_the_known_region_enters_each_evaluation_noised_to_its_level(scheduler):
     """Before evaluation k the UNet sees the known pixels as the scheduler's own add_noise(x0, z_k, t_k) (then
     scale_model_input), z_k fresh: drawn from the generator after the initial noise, one per entry."""
-    pipe = make_pipeline(scheduler())
+    pipe = tiny_pipeline(scheduler())
     counter = CallCounter(pipe.unet)
     images, mask = inputs(pipe)
     pipe.inpaint(images, mask, num_inference_steps=4, generator=torch.Generator().manual_seed(5), output_type="pt")
@@ -318,7 +306,7 @@ def test_resampling_makes_an_exact_denoisers_completions_coherent():
 
 
 def test_bad_arguments_fail_before_any_model_evaluation():
-    pipe = make_pipeline()
+    pipe = tiny_pipeline()
     counter = CallCounter(pipe.unet)
     images, mask = inputs(pipe)
     bad = [
