@@ -211,6 +211,17 @@ def train_tiny_unet(objective: str, steps: int = 200, seed: int = 0) -> UNet2DMo
     ``objective``: ``epsilon`` or ``v_prediction`` (VP path, linear β) or ``flow`` (velocity
     u = ε − x0, σ uniform). A few seconds on one CPU thread.
     """
+    # One thread whatever a test before it left set: a tiny UNet's steps slow down by an order of magnitude when
+    # several threads share the CPU with the other pytest worker (a 6 s fixture measured 211 s under xdist).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_tiny_unet(objective, steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_tiny_unet(objective: str, steps: int, seed: int) -> UNet2DModel:
     from scratch_schedulers import ScratchDDPMScheduler
 
     generator = torch.Generator().manual_seed(seed)
