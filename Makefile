@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed
 EXTRAS := dev,demo,eval,docs
 export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY = 1
-PYTEST_ARGS ?= -n 2
+# worksteal: each worker starts on one contiguous half of the suite and takes work from the other's end only when
+# it runs out, so a module's tests stay on one worker and its module- and session-scoped fixtures (the demo's quick
+# runs, the trained tiny UNets) are built once, not once per worker as `load`'s round-robin handed them out.
+PYTEST_ARGS ?= -n 2 --dist worksteal
 
 .PHONY: install test test-latest lint lock demo bench docs docs-serve clean
 

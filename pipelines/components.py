@@ -20,12 +20,14 @@ from diffusers import AutoencoderKL, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from scratch_diffusion.control.controlnet import ControlNet2DModel, check_controlnet_fits_unet
+from scratch_diffusion.few_step.flow_map_unet import FlowMapUNet2DModel
 from scratch_diffusion.guidance.models import check_classifier_fits_unet, check_guide_fits_unet
 from scratch_diffusion.guidance.noisy_classifier import NoisyClassifier
 from scratch_schedulers import (
     ScratchDDIMScheduler,
     ScratchDDPMScheduler,
     ScratchDPMSolverScheduler,
+    ScratchFlowMapScheduler,
     ScratchFlowMatchScheduler,
 )
 
@@ -66,7 +68,13 @@ class Component:
 # Our scheduler classes by name: what a saved ``["scratch_diffusion", <class>]`` scheduler entry may name.
 SHIPPED_SCHEDULERS: dict[str, type] = {
     cls.__name__: cls
-    for cls in (ScratchDDPMScheduler, ScratchDDIMScheduler, ScratchDPMSolverScheduler, ScratchFlowMatchScheduler)
+    for cls in (
+        ScratchDDPMScheduler,
+        ScratchDDIMScheduler,
+        ScratchDPMSolverScheduler,
+        ScratchFlowMatchScheduler,
+        ScratchFlowMapScheduler,
+    )
 }
 
 COMPONENTS: dict[str, Component] = {}
@@ -138,7 +146,8 @@ def listed_components(index: Mapping) -> list[Component]:
     ]
 
 
-register_component(Component("unet", UNet2DModel, optional=False))
+# A flow map (MeanFlow) is a UNet2DModel with a second time input: saved as ["scratch_diffusion", its class].
+register_component(Component("unet", UNet2DModel, optional=False, ours={"FlowMapUNet2DModel": FlowMapUNet2DModel}))
 register_component(
     Component(
         "scheduler",

@@ -51,6 +51,7 @@ class Denoiser:
         guidance: the run's bound guidance rules (:func:`~.guidance.bind_call_guidance`), or None.
         dtype: the model's dtype; device: where the model runs (None: where the sample is).
         counter: counts the evaluations of every model (one of the sample batch's size is made if None).
+        interval_ends: a flow-map UNet's second time input r at each entry (:mod:`.flow_map`), or None (r = t).
     """
 
     def __init__(
@@ -62,11 +63,19 @@ class Denoiser:
         dtype: torch.dtype | None = None,
         device: torch.device | None = None,
         counter: EvaluationCounter | None = None,
+        interval_ends: torch.Tensor | None = None,
     ):
         self.model, self.plan, self.guidance, self.dtype, self.device = model, plan, guidance, dtype, device
         self.conditions = dict(conditions or {})
         self.counter = counter if counter is not None else EvaluationCounter(1)
-        self.model_function = self.counter.counted("unet", lambda x, t, conditions: model(x, t, **conditions))
+        self.model_function = self.counter.counted("unet", self._call_model)
+        self.interval_ends = interval_ends  # a flow map's r per entry (flow_map.py), or None
+        self._interval_end: torch.Tensor | None = None
+
+    def _call_model(self, x: torch.Tensor, timestep: torch.Tensor, conditions: Mapping) -> torch.Tensor:
+        if self._interval_end is not None:  # the same r for every row, so it needs no expansion under guidance
+            conditions = {**conditions, "r_timestep": self._interval_end}
+        return self.model(x, timestep, **conditions)
 
     @property
     def memory_factor(self) -> int:
@@ -77,6 +86,7 @@ class Denoiser:
         """Every target of the plan at sampler point i for the sample ``x`` there (no value is read back)."""
         call = self.plan.calls[i]
         x_model = call.scale_input(x)
+        self._interval_end = None if self.interval_ends is None else self.interval_ends[i]
         return call.read(self.evaluate(x_model, self.plan.timesteps[i], call.model), x_model)
 
     def evaluate(self, x_model: torch.Tensor, timestep: torch.Tensor, point=None) -> torch.Tensor:

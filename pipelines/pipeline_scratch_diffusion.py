@@ -45,6 +45,7 @@ from .control import Control, ControlledUNetModel, model_conditions, prepare_con
 from .cross_path import ModelPath, noise_schedule_of, sampler_levels, scheduler_model_calls
 from .denoiser import Denoiser, UNetModel
 from .editing import EditingMixin
+from .flow_map import interval_ends
 from .guidance import bind_call_guidance, call_rules, label_classes
 from .inputs import (
     check_call_arguments,
@@ -209,7 +210,8 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, EditingMixi
         model = UNetModel(self.unet)
         if "control_image" in conditions:
             model = ControlledUNetModel(self.unet, self.controlnet, counter)
-        return Denoiser(model, plan, conditions, guidance, dtype=self.unet.dtype, counter=counter)
+        ends = interval_ends(self.scheduler, self.unet, sampled, self.trained_parametrization)
+        return Denoiser(model, plan, conditions, guidance, dtype=self.unet.dtype, counter=counter, interval_ends=ends)
 
     def check_inputs(
         self,

@@ -19,6 +19,7 @@ from .scheduling_common import ScratchSchedulerOutput
 from .scheduling_ddim import ScratchDDIMScheduler
 from .scheduling_ddpm import ScratchDDPMScheduler
 from .scheduling_dpmsolver import FEW_STEP_CONFIG, ScratchDPMSolverScheduler
+from .scheduling_flow_map import ScratchFlowMapScheduler
 from .scheduling_flow_match import ScratchFlowMatchScheduler
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "ScratchDDIMScheduler",
     "ScratchDDPMScheduler",
     "ScratchDPMSolverScheduler",
+    "ScratchFlowMapScheduler",
     "ScratchFlowMatchScheduler",
     "ScratchSchedulerOutput",
     "parametrization_of",

@@ -269,9 +269,9 @@ def _init_parameters(cls: type) -> frozenset[str]:
 def noise_path_of(scheduler: object) -> NoisePath:
     """The path ``scheduler`` samples: the one it declares (``noise_path``, as ours do), else recognised.
 
-    diffusers' schedulers declare nothing: DPM-Solver with ``use_flow_sigmas=True`` and FlowMatch
-    schedulers sample the flow path, others with ``alphas_cumprod`` the VP path; VE/EDM schedulers cannot
-    be described (``ValueError``).
+    diffusers' schedulers declare nothing: DPM-Solver with ``use_flow_sigmas=True``, FlowMatch and FlowMap
+    (flow-map Euler) schedulers sample the flow path, others with ``alphas_cumprod`` the VP path; VE/EDM
+    schedulers cannot be described (``ValueError``).
     """
     declared = getattr(scheduler, "noise_path", None)  # a class attribute, or set at construction from the config
     if declared is not None:
@@ -283,11 +283,11 @@ def noise_path_of(scheduler: object) -> NoisePath:
         return "flow"
     if hasattr(scheduler, "alphas_cumprod"):
         return "vp"
-    if "FlowMatch" in type(scheduler).__name__:
+    if any(name in type(scheduler).__name__ for name in ("FlowMatch", "FlowMap")):
         return "flow"
     raise ValueError(
         f"cannot describe the noise path of {type(scheduler).__name__}: expected a scheduler that declares "
-        "noise_path ('vp' or 'flow'), a VP scheduler (with alphas_cumprod), a flow-matching scheduler (FlowMatch…) "
+        "noise_path ('vp' or 'flow'), a VP scheduler (with alphas_cumprod), a flow scheduler (FlowMatch…, FlowMap…) "
         "or DPM-Solver with use_flow_sigmas=True; VE/EDM schedulers are not supported."
     )
 

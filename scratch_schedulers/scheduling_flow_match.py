@@ -19,10 +19,10 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' loader looks it up here)
 from diffusers.utils.torch_utils import randn_tensor
 
+from .flow_forward import FlowForwardProcess
 from .noise_path import (
     TIME_SHIFT_TYPES,
     TimeShiftType,
-    append_dims,
     shift_sigmas,
     stretch_to_terminal,
     time_shift,
@@ -33,10 +33,8 @@ from .samplers import euler_step, heun_step, reverse_step
 from .scheduling_common import (
     Generators,
     ScratchScheduler,
-    check_same_shape,
     check_step_shapes,
     check_step_timesteps,
-    check_timestep_batch,
     in_working_precision,
     is_host,
     per_example,
@@ -55,7 +53,7 @@ FlowSolver = Literal["euler", "heun"]
 SOLVERS: tuple[str, ...] = get_args(FlowSolver)
 
 
-class ScratchFlowMatchScheduler(ScratchScheduler):
+class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
     """Euler / Heun sampler for flow-matching models (velocity u = ε − x0).
 
     Args:
@@ -189,37 +187,6 @@ class ScratchFlowMatchScheduler(ScratchScheduler):
         """Start a loop at ``self.timesteps[begin_index:]`` (image-to-image); resets a Heun loop."""
         self._position = begin_index
         self._heun_pending = None
-
-    # ---- forward process (training, img2img) -----------------------------------------------------
-
-    def _sigma(self, timesteps: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-        """σ = t/T for a scalar or a batch of timesteps, broadcast against ``like``."""
-        T = self.config.num_train_timesteps
-        check_timestep_batch(timesteps, like)
-        t = torch.as_tensor(timesteps)
-        if t.device.type == "cpu" and not bool(((t >= 0) & (t <= T)).all()):  # host check only: no sync; NaN fails
-            raise ValueError(f"flow timesteps must lie in [0, {T}], got {t.flatten()[:8].tolist()}.")
-        sigma = t.to(device=like.device, dtype=torch.float32) / T
-        return append_dims(sigma, like.ndim).to(like.dtype)
-
-    def add_noise(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-    ) -> torch.Tensor:
-        """x_σ = (1 − σ)·x0 + σ·ε for a batch of timesteps t = σ·T (any real t in [0, T])."""
-        check_same_shape(original_samples, noise, "original_samples", "noise")
-        sigma = self._sigma(timesteps, original_samples)
-        return (1 - sigma) * original_samples + sigma * noise
-
-    def scale_noise(
-        self, sample: torch.Tensor, timestep: torch.Tensor | float, noise: torch.Tensor
-    ) -> torch.Tensor:
-        """diffusers' name for the forward process (img2img): σ·noise + (1 − σ)·sample."""
-        return self.add_noise(sample, noise, timestep)
-
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps=None) -> torch.Tensor:
-        """The training target u = ε − x0 (independent of t on this path)."""
-        check_same_shape(sample, noise, "sample", "noise")
-        return noise - sample
 
     # ---- sampling ----------------------------------------------------------------------------
 

@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 from diffusers import DDPMPipeline, DDPMScheduler
 
-from scratch_diffusion import ControlNet2DModel, ScratchDiffusionPipeline, ScratchFlowMatchScheduler
+from scratch_diffusion import (
+    ControlNet2DModel,
+    ScratchDiffusionPipeline,
+    ScratchFlowMapScheduler,
+    ScratchFlowMatchScheduler,
+)
 
 from .pipelines.helpers import run_python, subprocess_env, tiny_unet
 from .pipelines.hub_server import LoopbackHub
@@ -46,6 +51,10 @@ def save_stand_ins(folder: Path) -> dict[str, Path]:
     ScratchDiffusionPipeline(unet=unet, scheduler=scheduler, guide_unet=guide, controlnet=controlnet).save_pretrained(
         demo
     )
+    tuned = folder / "outputs" / "demo" / "few-step"  # the demo's consistency-tuned copy: the UNet, a few-step sampler
+    few_step = ScratchFlowMapScheduler(stochastic_sampling=True)
+    ScratchDiffusionPipeline(unet=tiny_unet(seed=2, num_class_embeds=11, in_channels=1, out_channels=1),
+                             scheduler=few_step).save_pretrained(tuned)  # fmt: skip
     stock = folder / "hub" / "ddpm-cifar10-32"
     DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler()).save_pretrained(stock)
     return {HUB_IDS[0]: stock}

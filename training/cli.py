@@ -45,6 +45,7 @@ from .objectives import (
     add_objective_arguments,
     choose_objective,
     make_objective,
+    objective_class,
     validate_objective_args,
 )
 
@@ -89,11 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_training_arguments(p, default_output_dir="scratch-diffusion-model")
     logs = add_logging_arguments(p)
-    logs.add_argument("--ddpm_num_inference_steps", type=int, default=50, help="sampling steps for the grids")
+    logs.add_argument(
+        "--ddpm_num_inference_steps",
+        type=int,
+        help="sampling steps for the grids and the model card's snippet; unset: 50, or 2 for a few-step objective "
+        "(meanflow, consistency)",
+    )
     add_evaluation_arguments(p)
     add_latent_arguments(p)
     add_hub_arguments(p)
     return p
+
+
+def fill_step_counts(args: argparse.Namespace) -> None:
+    """Unset sampling step counts: the objective's (``Objective.default_step_counts``)."""
+    counts = objective_class(args.objective).default_step_counts()
+    if args.ddpm_num_inference_steps is None:
+        args.ddpm_num_inference_steps = counts[0]
+    if args.eval_num_inference_steps is None:
+        first = args.ddpm_num_inference_steps
+        args.eval_num_inference_steps = [first, *(c for c in counts[1:] if c != first)]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,6 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     fill_data_defaults(args)
     choose_objective(args)
+    fill_step_counts(args)
     if args.init_from is None and args.model_config_name_or_path is None:
         args.model_config_name_or_path = DEFAULT_PRESET
     return args

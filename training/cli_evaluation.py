@@ -50,7 +50,9 @@ def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     ev.add_argument(
         "--eval_num_inference_steps",
         type=int,
-        help="sampling steps of each evaluation; unset: --ddpm_num_inference_steps",
+        nargs="+",
+        help="sampling steps of each evaluation, one or more counts (the first decides --save_best); unset: "
+        "--ddpm_num_inference_steps, or 2 1 4 for a few-step objective (meanflow, consistency)",
     )
     ev.add_argument(
         "--eval_features",
@@ -80,11 +82,11 @@ def validate_evaluation_args(args: argparse.Namespace) -> None:
         args.eval_num_samples <= MAX_EVAL_SAMPLES,
         f"--eval_num_samples {args.eval_num_samples} is not allowed; pass at most {MAX_EVAL_SAMPLES}.",
     )
-    steps = args.eval_num_inference_steps
-    _check(
-        steps is None or 1 <= steps <= args.ddpm_num_steps,
-        f"--eval_num_inference_steps must be in [1, --ddpm_num_steps ({args.ddpm_num_steps})], got {steps}.",
-    )
+    for steps in args.eval_num_inference_steps or ():
+        _check(
+            1 <= steps <= args.ddpm_num_steps,
+            f"--eval_num_inference_steps must be in [1, --ddpm_num_steps ({args.ddpm_num_steps})], got {steps}.",
+        )
     _check(
         not args.save_best or bool(args.eval_steps),
         "--save_best needs --eval_steps N (N ≥ 1): it keeps the pipeline of the best evaluation.",

@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from accelerate import Accelerator
@@ -61,6 +61,8 @@ class EvaluationRecord:
     num_inference_steps: int
     seconds: float  # sampling and scoring
     metrics: dict
+    # a few-step model's evaluations at further step counts: {str(steps): metrics}, e.g. {"1": …, "4": …}
+    other_steps: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -131,14 +133,17 @@ def save_best(pipeline, record: EvaluationRecord, output_dir: str) -> str:
 
 
 def describe(record: EvaluationRecord) -> str:
-    """One log line: FD and KID beside their real baselines."""
-    m = record.metrics
-    ratio = "" if m["fd_ratio"] is None else f", ×{m['fd_ratio']:.2f}"
-    return (
-        f"Step {record.step}: FD {m['fd']:.3g} (real {m['fd_real_baseline']:.3g}{ratio}), "
-        f"KID {m['kid']:.3g} ± {m['kid_std']:.2g} (real {m['kid_real_baseline']:.3g}) in {m['feature_space']} "
-        f"features; n={m['n']}, {record.sampler}, {record.num_inference_steps} steps, {record.seconds:.1f} s"
-    )
+    """The log lines: FD and KID beside their real baselines, at each evaluated step count."""
+    lines = [(record.num_inference_steps, record.metrics)] + [(int(k), m) for k, m in record.other_steps.items()]
+    text = []
+    for steps, m in lines:
+        ratio = "" if m["fd_ratio"] is None else f", ×{m['fd_ratio']:.2f}"
+        text.append(
+            f"Step {record.step}: FD {m['fd']:.3g} (real {m['fd_real_baseline']:.3g}{ratio}), "
+            f"KID {m['kid']:.3g} ± {m['kid_std']:.2g} (real {m['kid_real_baseline']:.3g}) in {m['feature_space']} "
+            f"features; n={m['n']}, {record.sampler}, {steps} steps"
+        )
+    return "\n".join(text) + f" ({record.seconds:.1f} s)"
 
 
 class TrainingEvaluation:
@@ -164,7 +169,9 @@ class TrainingEvaluation:
         self.vae = vae  # a latent run's VAE: samples are decoded and scored as images
         self.every = args.eval_steps or 0
         self.scheduler = evaluation_scheduler(args.eval_sampler, objective, sampling_scheduler)
-        self.num_inference_steps = args.eval_num_inference_steps or args.ddpm_num_inference_steps
+        # the first count is the record's (and --save_best's); a few-step model is scored at 1, 2 and 4 too
+        self.step_counts = list(args.eval_num_inference_steps or [args.ddpm_num_inference_steps])
+        self.num_inference_steps = self.step_counts[0]
         self.sampler = type(self.scheduler).__name__ + (
             " (FEW_STEP_CONFIG)" if args.eval_sampler == "dpmsolver" else ""
         )
@@ -237,6 +244,8 @@ class TrainingEvaluation:
                     "eval/kid": m["kid"],
                     "eval/kid_real_baseline": m["kid_real_baseline"],
                     "eval/seconds": record.seconds,
+                    **{f"eval/fd@{k}": other["fd"] for k, other in record.other_steps.items()},
+                    **{f"eval/kid@{k}": other["kid"] for k, other in record.other_steps.items()},
                 },
                 step=step,
             )
@@ -250,11 +259,16 @@ class TrainingEvaluation:
         from scratch_diffusion.metrics.evaluation import evaluate_samples
 
         start = time.perf_counter()
-        samples = sample_images(pipeline, self.args.eval_num_samples, self.num_inference_steps, self.args.seed)
-        metrics = evaluate_samples(
-            samples, reference_images=self.reference, feature_extractor=self.extractor, seed=self.args.seed
-        )  # the class numbers of the digits classifier are None here: the reference is our own data
-        return EvaluationRecord(step, self.sampler, self.num_inference_steps, time.perf_counter() - start, metrics)
+        scored = {}
+        for steps in self.step_counts:
+            samples = sample_images(pipeline, self.args.eval_num_samples, steps, self.args.seed)
+            scored[steps] = evaluate_samples(
+                samples, reference_images=self.reference, feature_extractor=self.extractor, seed=self.args.seed
+            )  # the class numbers of the digits classifier are None here: the reference is our own data
+        metrics = scored.pop(self.num_inference_steps)
+        others = {str(steps): m for steps, m in scored.items()}
+        seconds = time.perf_counter() - start
+        return EvaluationRecord(step, self.sampler, self.num_inference_steps, seconds, metrics, others)
 
 
 def load_feature_space(name: str, device: torch.device):

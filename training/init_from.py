@@ -32,6 +32,7 @@ from .errors import ConfigError
 from .errors import check as _check
 
 PIPELINE_INDEX = "model_index.json"
+UNET_CLASSES = ("UNet2DModel", "FlowMapUNet2DModel")  # what a pipeline's unet/ may hold to start a run from
 
 
 def _one_line(err: Exception) -> str:
@@ -75,8 +76,8 @@ def read_saved_unet(name_or_path: str) -> SavedUNet:
         "(prediction_type and noise_path in model_index.json); allowed: a ScratchDiffusionPipeline folder.",
     )
     _check(
-        config.get("_class_name", "UNet2DModel") == "UNet2DModel",
-        f"{where}: unet/ holds a {config.get('_class_name')}; allowed: a UNet2DModel.",
+        config.get("_class_name", "UNet2DModel") in UNET_CLASSES,
+        f"{where}: unet/ holds a {config.get('_class_name')}; allowed: {' or '.join(UNET_CLASSES)}.",
     )
     return SavedUNet(name_or_path, config, Parametrization(path, prediction_type))
 
@@ -125,11 +126,16 @@ def check_unet_fits(config: dict, name_or_path: str, side: int, channels: int, n
 
 
 def load_unet_from_pipeline(name_or_path: str):
-    """The ``UNet2DModel`` of a saved pipeline (``unet/``), float32, its weights exactly as saved, in train mode."""
+    """The UNet of a saved pipeline (``unet/``: a ``UNet2DModel``, or a flow map's ``FlowMapUNet2DModel``), float32,
+    its weights exactly as saved, in train mode."""
     from diffusers import UNet2DModel
 
+    from scratch_diffusion.few_step.flow_map_unet import FlowMapUNet2DModel
+
     try:
-        unet = UNet2DModel.from_pretrained(
+        name = UNet2DModel.load_config(name_or_path, subfolder="unet").get("_class_name", "UNet2DModel")
+        unet_class = FlowMapUNet2DModel if name == FlowMapUNet2DModel.__name__ else UNet2DModel
+        unet = unet_class.from_pretrained(
             name_or_path, subfolder="unet", torch_dtype=torch.float32, use_safetensors=True
         )
     except Exception as err:

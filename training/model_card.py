@@ -112,13 +112,14 @@ def results_section(
         return ""
     rows = []
     for weights, record in evaluated:
-        for key, label in METRICS:
-            m = record.metrics
-            baseline = _value(m, f"{key}_real_baseline")
-            rows.append(
-                f"| {weights} | {label} | {_value(m, key)} | {baseline} | {record.sampler} "
-                f"| {record.num_inference_steps} | {m['n']} |"
-            )
+        scored = [(record.num_inference_steps, record.metrics)]
+        scored += [(int(steps), m) for steps, m in record.other_steps.items()]
+        for steps, m in sorted(scored, key=lambda pair: pair[0]):
+            for key, label in METRICS:
+                baseline = _value(m, f"{key}_real_baseline")
+                rows.append(
+                    f"| {weights} | {label} | {_value(m, key)} | {baseline} | {record.sampler} | {steps} | {m['n']} |"
+                )
     m = evaluated[0][1].metrics
     space = shareable(m["feature_space"])
     labels = "" if num_classes is None else f", unguided, with labels cycling through the {num_classes} classes"
@@ -214,7 +215,10 @@ def build_model_card(
     if latents is not None:
         shape = f"on {latents.channels}×{latents.size}×{latents.size} latents of {shape} images"
     init_from = getattr(args, "init_from", None)
+    objective = objective_class(args.objective)
     origin = "from scratch" if init_from is None else f"starting from the UNet of `{shareable(init_from)}`"
+    if init_from is not None and objective.few_step:
+        origin = f"from the teacher `{shareable(init_from)}` (its UNet is the start)"
     samples = (
         f"\n## Samples\n\n![{args.eval_batch_size} samples from the EMA weights]({sample_grid})\n"
         if sample_grid
@@ -226,8 +230,8 @@ def build_model_card(
 
 # {name}
 
-{conditioning}: a `UNet2DModel` ({num_parameters / 1e6:.2f} M parameters, {shape})
-trained {origin} on {data_description} with {objective_class(args.objective).describe(args)}, using
+{conditioning}: {objective.model_description} ({num_parameters / 1e6:.2f} M parameters, {shape})
+trained {origin} on {data_description} with {objective.describe(args)}, using
 scratch-diffusion's `training/train.py`. The weights are the exponential moving average
 (EMA) of training{"" if args.use_ema else " — here EMA was off, so they are the raw weights"}.
 

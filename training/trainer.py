@@ -95,8 +95,9 @@ def train(args) -> TrainingSummary:
     else:  # a saved pipeline's UNet, exactly as saved; refused before any step if it does not fit this run
         unet = load_unet_from_pipeline(args.init_from)
         check_unet_fits(unet.config, args.init_from, side, channels, data.num_classes)
-    num_parameters = sum(p.numel() for p in unet.parameters())
     objective = make_objective(args)
+    unet = objective.prepare_unet(unet)  # meanflow: a FlowMapUNet2DModel, equal to the UNet at the start
+    num_parameters = sum(p.numel() for p in unet.parameters())
     sampling_scheduler = objective.sampling_scheduler(latent=vae is not None)
     prepared = prepare_model(accelerator, unet, dataloader, args)
     unet, optimizer, dataloader, ema, lr_scheduler, progress, length = prepared
@@ -138,6 +139,7 @@ def train(args) -> TrainingSummary:
                 else:
                     x0 = latent_input(batch, args.random_flip, generator)
                 labels = drop_labels(batch.get("labels"), args.class_dropout_prob, data.num_classes, generator)
+                objective.begin_step(updates.global_step, max_train_steps)
                 loss = objective.loss(partial(model, class_labels=labels), x0, generator)
                 accelerator.backward(loss)
                 updates.step(loss, x0.shape[0])

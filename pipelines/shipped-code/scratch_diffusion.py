@@ -15,6 +15,7 @@ is not used. Sections, in dependency order (imports between them removed):
     scratch_diffusion.guidance.compose
     scratch_diffusion.control.conditioning_encoder
     scratch_diffusion.control.controlnet
+    scratch_diffusion.few_step.flow_map_unet
     scratch_schedulers.model_path
     scratch_diffusion.guidance.noisy_classifier
     scratch_schedulers.scheduling_common
@@ -24,6 +25,8 @@ is not used. Sections, in dependency order (imports between them removed):
     scratch_schedulers.dpm_grids
     scratch_schedulers.dpm_stepping
     scratch_schedulers.scheduling_dpmsolver
+    scratch_schedulers.flow_forward
+    scratch_schedulers.scheduling_flow_map
     scratch_schedulers.scheduling_flow_match
     scratch_diffusion.pipelines.latents
     scratch_diffusion.pipelines.components
@@ -43,6 +46,7 @@ is not used. Sections, in dependency order (imports between them removed):
     scratch_diffusion.pipelines.repaint
     scratch_diffusion.pipelines.inpainting
     scratch_diffusion.pipelines.editing
+    scratch_diffusion.pipelines.flow_map
     scratch_diffusion.pipelines.latent_pipeline_support
     scratch_diffusion.pipelines.parametrization
     scratch_diffusion.pipelines.remote_code
@@ -427,9 +431,9 @@ def _init_parameters(cls: type) -> frozenset[str]:
 def noise_path_of(scheduler: object) -> NoisePath:
     """The path ``scheduler`` samples: the one it declares (``noise_path``, as ours do), else recognised.
 
-    diffusers' schedulers declare nothing: DPM-Solver with ``use_flow_sigmas=True`` and FlowMatch
-    schedulers sample the flow path, others with ``alphas_cumprod`` the VP path; VE/EDM schedulers cannot
-    be described (``ValueError``).
+    diffusers' schedulers declare nothing: DPM-Solver with ``use_flow_sigmas=True``, FlowMatch and FlowMap
+    (flow-map Euler) schedulers sample the flow path, others with ``alphas_cumprod`` the VP path; VE/EDM
+    schedulers cannot be described (``ValueError``).
     """
     declared = getattr(scheduler, "noise_path", None)  # a class attribute, or set at construction from the config
     if declared is not None:
@@ -441,11 +445,11 @@ def noise_path_of(scheduler: object) -> NoisePath:
         return "flow"
     if hasattr(scheduler, "alphas_cumprod"):
         return "vp"
-    if "FlowMatch" in type(scheduler).__name__:
+    if any(name in type(scheduler).__name__ for name in ("FlowMatch", "FlowMap")):
         return "flow"
     raise ValueError(
         f"cannot describe the noise path of {type(scheduler).__name__}: expected a scheduler that declares "
-        "noise_path ('vp' or 'flow'), a VP scheduler (with alphas_cumprod), a flow-matching scheduler (FlowMatch…) "
+        "noise_path ('vp' or 'flow'), a VP scheduler (with alphas_cumprod), a flow scheduler (FlowMatch…, FlowMap…) "
         "or DPM-Solver with use_flow_sigmas=True; VE/EDM schedulers are not supported."
     )
 
@@ -2219,6 +2223,199 @@ class ControlNet2DModel(ModelMixin, ConfigMixin):
 
 
 # ============================================================================================
+# scratch_diffusion.few_step.flow_map_unet
+# ============================================================================================
+
+"""A flow map on diffusers' ``UNet2DModel``: the average velocity u(z_t, r, t) with a second time input r.
+
+MeanFlow (Geng et al., 2025, "Mean Flows for One-step Generative Modeling") conditions the network on two times;
+(t, t − r) is one of the conditionings its ablations compare (Table 1). Here t enters through the UNet's own time
+embedding, unchanged, and the interval t − r through one added submodule,
+
+    emb = time_embedding(time_proj(t)) + interval_embedding(t − r)     (+ the class embedding, as before),
+
+with ``interval_embedding`` = a sinusoidal projection with the settings of the UNet's ``time_proj`` (diffusers'
+``Timesteps``) followed by a ``TimestepEmbedding`` MLP to the time-embedding width whose last linear layer starts
+at zero. Both times are in the model's timestep units (timestep = σ·T on the flow path z_σ = (1 − σ)·x0 + σ·ε).
+
+Why this shape:
+
+- **No copy of diffusers' forward.** The sum goes in through a forward hook on ``self.time_embedding`` registered
+  for one call and removed in a ``finally`` (as ``scratch_diffusion.control.residuals`` adds ControlNet residuals);
+  the rest of ``UNet2DModel.forward`` is the installed one. The hook lives on the module while the call runs: do
+  not call the same model from another thread meanwhile.
+- **No extra config keys.** The class takes exactly ``UNet2DModel``'s constructor arguments, so
+  ``FlowMapUNet2DModel.from_config(unet.config)`` builds it and ``save_pretrained``/``from_pretrained`` work as for
+  any diffusers model (the saved config names ``_class_name: FlowMapUNet2DModel``).
+- **A trained flow-matching UNet is the start.** At r = t, u is the instantaneous velocity v(z_t, t), which is what
+  a flow-matching UNet predicts; :meth:`FlowMapUNet2DModel.from_unet` copies its weights, and the zero last layer
+  makes the copy's output equal the UNet's bit for bit at every r until training moves it.
+
+Loading a saved flow map with plain ``UNet2DModel.from_pretrained`` "works" and gives a different model: diffusers
+warns that the checkpoint's ``interval_embedding.*`` weights were not used and drops them. What is left is the
+flow map without its interval embedding, which is not even u(z, t, t) once training has made the embedding of
+the interval 0 nonzero (it is u only while the last layer is still zero). Load flow maps with this class. Loading
+a plain UNet folder with ``FlowMapUNet2DModel.from_pretrained`` gives what :meth:`FlowMapUNet2DModel.from_unet`
+gives (a new zero interval embedding; diffusers warns that those weights were newly initialised).
+"""
+
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from diffusers import UNet2DModel
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.unets.unet_2d import UNet2DOutput
+from torch import nn
+
+INTERVAL_EMBEDDING_PREFIX = "interval_embedding."
+# The time embeddings a flow map can differentiate in t: a learned table (nn.Embedding) takes integer steps.
+TIME_EMBEDDING_TYPES = ("positional", "fourier")
+
+
+class IntervalEmbedding(nn.Module):
+    """t − r (timestep units, (B,)) → (B, time-embedding width): sinusoids, then an MLP whose last layer is zero.
+
+    Args:
+        num_channels, flip_sin_to_cos, downscale_freq_shift: the settings of the UNet's sinusoidal ``time_proj``.
+        time_embed_dim: the width of the UNet's time embedding.
+    """
+
+    def __init__(self, num_channels: int, flip_sin_to_cos: bool, downscale_freq_shift: float, time_embed_dim: int):
+        super().__init__()
+        self.proj = Timesteps(num_channels, flip_sin_to_cos, downscale_freq_shift)
+        self.embedding = TimestepEmbedding(num_channels, time_embed_dim)
+        nn.init.zeros_(self.embedding.linear_2.weight)
+        nn.init.zeros_(self.embedding.linear_2.bias)
+
+    def forward(self, interval: torch.Tensor) -> torch.Tensor:
+        """The embedding of ``interval`` (B,); the float32 sinusoids are cast to the MLP's dtype first."""
+        return self.embedding(self.proj(interval).to(dtype=self.embedding.linear_1.weight.dtype))
+
+
+def _per_example(value: torch.Tensor | float | int, batch: int, device: torch.device, name: str) -> torch.Tensor:
+    """``value`` (a number, a 0-d tensor or shape (B,)) as a (B,) tensor on ``device``."""
+    tensor = torch.as_tensor(value, device=device)
+    if tensor.ndim == 0:
+        tensor = tensor.reshape(1).expand(batch)
+    if tuple(tensor.shape) != (batch,):
+        raise ValueError(
+            f"{name} of shape {tuple(tensor.shape)} is not allowed for a batch of {batch}: pass a number, a 0-d "
+            f"tensor or a tensor of shape ({batch},)."
+        )
+    return tensor
+
+
+@contextmanager
+def _added_to_time_embedding(time_embedding: nn.Module, addition: torch.Tensor) -> Iterator[None]:
+    """Within the block, ``time_embedding``'s output is its own plus ``addition`` (cast to the output's dtype)."""
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output + addition.to(output.dtype)
+
+    handle = time_embedding.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class FlowMapUNet2DModel(UNet2DModel):
+    """``UNet2DModel`` with a second time input: u(z_t, r, t), the average velocity over [r, t] (module docstring).
+
+    Takes ``UNet2DModel``'s constructor arguments and no others (its config is a UNet's); ``time_embedding_type``
+    must be one of ``TIME_EMBEDDING_TYPES`` (the interval projection is sinusoidal either way).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.config.time_embedding_type not in TIME_EMBEDDING_TYPES:
+            raise ValueError(
+                f"time_embedding_type={self.config.time_embedding_type!r} is not allowed for a flow map: MeanFlow "
+                f"differentiates u in t, which a learned embedding table does not allow; use one of "
+                f"{TIME_EMBEDDING_TYPES}."
+            )
+        self.interval_embedding = self._new_interval_embedding()
+
+    # ConfigMixin reads the constructor's keys from its signature (from_config, from_pretrained): UNet2DModel's.
+    __init__.__signature__ = inspect.signature(UNet2DModel.__init__)
+
+    def _new_interval_embedding(self) -> IntervalEmbedding:
+        """An interval embedding for this UNet (float32, on the CPU or the ``meta`` device being initialised on)."""
+        return IntervalEmbedding(
+            num_channels=self.config.block_out_channels[0],
+            flip_sin_to_cos=self.config.flip_sin_to_cos,
+            downscale_freq_shift=self.config.freq_shift,
+            time_embed_dim=self.time_embedding.linear_2.out_features,
+        )
+
+    @classmethod
+    def from_unet(cls, unet: UNet2DModel) -> FlowMapUNet2DModel:
+        """A flow map with ``unet``'s config and weights and a zero interval embedding (equal to ``unet`` at any r).
+
+        Keeps ``unet``'s device, dtype and train/eval mode; ``unet`` itself is not changed.
+        """
+        flow_map = cls.from_config(unet.config)
+        missing, unexpected = flow_map.load_state_dict(unet.state_dict(), strict=False)
+        stray = [key for key in missing if not key.startswith(INTERVAL_EMBEDDING_PREFIX)]
+        if stray or unexpected:
+            raise ValueError(f"{type(unet).__name__} does not match its own config: missing {stray}, unexpected "
+                             f"{list(unexpected)}; pass a UNet2DModel.")  # fmt: skip
+        if flow_map.dtype != unet.dtype:  # ModelMixin.to warns about fp32 modules whenever a dtype is passed
+            flow_map = flow_map.to(unet.dtype)
+        return flow_map.to(unet.device).train(unet.training)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> FlowMapUNet2DModel:
+        """``ModelMixin.from_pretrained``; a plain UNet's checkpoint loads too, with a new zero interval embedding.
+
+        (diffusers would leave the weights a checkpoint lacks on the ``meta`` device; they are made anew here, on
+        the device and in the dtype of the loaded ``conv_in``.)
+        """
+        flow_map = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if any(parameter.is_meta for parameter in flow_map.interval_embedding.parameters()):
+            weight = flow_map.conv_in.weight
+            flow_map.interval_embedding = flow_map._new_interval_embedding().to(weight.device, weight.dtype)
+        return flow_map
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        class_labels: torch.Tensor | None = None,
+        r_timestep: torch.Tensor | float | int | None = None,
+        return_dict: bool = True,
+    ) -> UNet2DOutput | tuple:
+        """u(z_t, r, t): ``UNet2DModel.forward`` with the interval embedding of t − r added to the time embedding.
+
+        Args:
+            sample: z_t, (B, C, H, W).
+            timestep: t in the model's timestep units (σ_t·T on the flow path), a number or (B,); passed to
+                ``UNet2DModel.forward`` unchanged (which truncates a Python float to an integer: pass a tensor
+                for fractional times; the interval t − r uses the same t).
+            class_labels: as ``UNet2DModel`` takes them.
+            r_timestep: r in the same units, a number or (B,); ``None`` means r = t (interval 0: the
+                instantaneous velocity).
+            return_dict: as ``UNet2DModel``.
+
+        Returns:
+            What ``UNet2DModel.forward`` returns: a ``UNet2DOutput``, or ``(sample,)`` with ``return_dict=False``.
+
+        Raises:
+            ValueError: if ``timestep`` or ``r_timestep`` is neither a number nor of shape (B,).
+        """
+        batch, device = sample.shape[0], sample.device
+        # t as UNet2DModel.forward embeds it: a Python number becomes an integer (long) tensor there
+        t = _per_example(timestep if torch.is_tensor(timestep) else int(timestep), batch, device, "timestep")
+        r = t if r_timestep is None else _per_example(r_timestep, batch, device, "r_timestep")
+        interval_emb = self.interval_embedding(t - r)
+        with _added_to_time_embedding(self.time_embedding, interval_emb):
+            return super().forward(sample, timestep, class_labels=class_labels, return_dict=return_dict)
+
+
+# ============================================================================================
 # scratch_schedulers.model_path
 # ============================================================================================
 
@@ -3933,6 +4130,289 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
 
 
 # ============================================================================================
+# scratch_schedulers.flow_forward
+# ============================================================================================
+
+"""The forward process of the flow path, x_σ = (1 − σ)·x0 + σ·ε with t = σ·T, for every flow scheduler.
+
+``add_noise`` (training, image-to-image), diffusers' ``scale_noise`` name for it, and the training target
+``get_velocity`` = ε − x0: one definition that ``ScratchFlowMatchScheduler`` and ``ScratchFlowMapScheduler`` share.
+"""
+
+
+import torch
+
+
+
+class FlowForwardProcess:
+    """Mixin: the flow path's forward process for a scheduler with ``config.num_train_timesteps``."""
+
+    def _sigma(self, timesteps: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+        """σ = t/T for a scalar or a batch of timesteps, broadcast against ``like``."""
+        T = self.config.num_train_timesteps
+        check_timestep_batch(timesteps, like)
+        t = torch.as_tensor(timesteps)
+        if t.device.type == "cpu" and not bool(((t >= 0) & (t <= T)).all()):  # host check only: no sync; NaN fails
+            raise ValueError(f"flow timesteps must lie in [0, {T}], got {t.flatten()[:8].tolist()}.")
+        sigma = t.to(device=like.device, dtype=torch.float32) / T
+        return append_dims(sigma, like.ndim).to(like.dtype)
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """x_σ = (1 − σ)·x0 + σ·ε for a batch of timesteps t = σ·T (any real t in [0, T])."""
+        check_same_shape(original_samples, noise, "original_samples", "noise")
+        sigma = self._sigma(timesteps, original_samples)
+        return (1 - sigma) * original_samples + sigma * noise
+
+    def scale_noise(
+        self, sample: torch.Tensor, timestep: torch.Tensor | float, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """diffusers' name for the forward process (img2img): σ·noise + (1 − σ)·sample."""
+        return self.add_noise(sample, noise, timestep)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps=None) -> torch.Tensor:
+        """The training target u = ε − x0 (independent of t on this path)."""
+        check_same_shape(sample, noise, "sample", "noise")
+        return noise - sample
+
+
+# ============================================================================================
+# scratch_schedulers.scheduling_flow_map
+# ============================================================================================
+
+"""Few-step sampling on the flow path: flow maps (MeanFlow) and consistency-tuned flow models.
+
+Path x_σ = (1 − σ)·x0 + σ·ε, σ ∈ [0, 1], timestep t = σ·T, as :mod:`.scheduling_flow_match`. One step
+goes from t down to any r ∈ [0, t] (σ_t ≥ σ_r) with one model output m = ``model_output``:
+
+* **Flow map** (deterministic). A MeanFlow network predicts the average velocity over [r, t],
+  u(x_t, r, t) = 1/(t − r)·∫_r^t v(x_τ, τ) dτ, so the exact displacement is one product (Geng et al.,
+  2025, "Mean Flows for One-step Generative Modeling", Eq. 3–4, there with t ∈ [0, 1]; here in σ):
+  x_r = x_t − (σ_t − σ_r)·u. For a plain flow UNet (m = v) the same rule is one Euler step of
+  dx/dσ = v — which is what diffusers' ``FlowMapEulerDiscreteScheduler`` computes.
+* **Multistep consistency sampling** (``stochastic_sampling=True``; Song et al., 2023, "Consistency
+  Models", Algorithm 1). A consistency-tuned flow UNet (m = v) gives the clean estimate
+  x̂0 = f(x_t, t) = x_t − σ_t·v, which is re-noised to the next level with fresh noise z ~ N(0, I):
+  x_r = (1 − σ_r)·x̂0 + σ_r·z.
+
+Both report x̂0 = x_t − σ_t·m as ``pred_original_sample``: the consistency function of a velocity model,
+and for a flow map its jump to σ = 0 exactly where the network was evaluated at r = 0 (else an estimate).
+"""
+
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' loader looks it up here)
+from diffusers.utils.torch_utils import randn_tensor
+
+
+# σ of one step's end points: Python floats (float32 values) for host scalars, else tensors.
+Sigma = float | torch.Tensor
+
+
+class ScratchFlowMapScheduler(FlowForwardProcess, ScratchScheduler):
+    """Flow-map / consistency sampler for few-step flow models (module docstring), any number of steps ≥ 1.
+
+    ``step(model_output, t, sample)`` goes to the next σ of the grid (from t's grid position; an off-grid t
+    goes from σ = t/T to the largest scheduled σ below it, as every scratch scheduler); ``r_timestep=``
+    steps to any r ∈ [0, t] instead, one per example allowed. :attr:`r_timesteps` are the interval ends a
+    flow-map network takes as its second time input. Config keys and grid follow diffusers'
+    ``FlowMapEulerDiscreteScheduler``, so configs load both ways.
+
+    Args:
+        num_train_timesteps: T; timesteps are σ·T.
+        shift: static shift s of σ' = s·σ/(1 + (s − 1)·σ) (Esser et al., 2024, Eq. 23), applied to the
+            default grid and to custom ``sigmas``/``timesteps`` alike, as diffusers' FlowMap scheduler does.
+        stochastic_sampling: multistep consistency sampling, x_r = (1 − σ_r)·x̂0 + σ_r·z, instead of the
+            deterministic flow-map step x_r = x_t − (σ_t − σ_r)·m.
+    """
+
+    _compatibles = ["FlowMapEulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler"]  # noqa: RUF012
+    noise_path = "flow"
+    is_flow_map = True  # a pipeline gives a flow-map UNet r = the next grid level (pipelines/flow_map.py)
+
+    @register_to_config
+    def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0, stochastic_sampling: bool = False):
+        check_num_train_timesteps(num_train_timesteps)
+        check_positive("shift", shift)
+        if not isinstance(stochastic_sampling, bool):
+            raise ValueError(f"stochastic_sampling={stochastic_sampling!r} is not allowed; pass True or False.")
+        self._begin_index = 0
+        self._device_grids: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.set_timesteps(num_train_timesteps)  # as diffusers: step works right after construction
+
+    # ---- schedule ----------------------------------------------------------------------------
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[float] | None = None,
+    ) -> None:
+        """The grid σ_0 > … > σ_{n−1} > σ_n = 0: shift(linspace(1, 0, n + 1)[:−1]), or shifted custom values.
+
+        Custom ``sigmas`` (strictly descending in (0, 1]) or ``timesteps`` (in (0, T]) are shifted like the
+        default grid (diffusers' FlowMap convention), and σ = 0 is appended. ``self.timesteps`` = σ_{0…n−1}·T,
+        ``self.sigmas`` has n + 1 entries, :attr:`r_timesteps` = σ_{1…n}·T. The grid is formed in float64
+        and held in float32 (what ``step`` computes in). Every argument is checked before anything changes.
+        """
+        T = self.config.num_train_timesteps
+        check_device(device)
+        if sigmas is not None and timesteps is not None:
+            s = check_custom_timesteps(sigmas, 1 + 1e-6, integer=False)
+            t = check_custom_timesteps(timesteps, T + 1e-3, integer=False)
+            if len(s) != len(t) or not np.allclose(s * T, t, rtol=1e-4, atol=1e-3):
+                raise ValueError("sigmas and timesteps disagree: timesteps must equal sigmas × num_train_timesteps.")
+        if sigmas is not None:
+            grid = torch.from_numpy(check_custom_timesteps(sigmas, 1 + 1e-6, integer=False))
+        elif timesteps is not None:
+            grid = torch.from_numpy(check_custom_timesteps(timesteps, T + 1e-3, integer=False)) / T
+        elif num_inference_steps is not None:
+            check_inference_steps(num_inference_steps, T)
+            grid = torch.linspace(1.0, 0.0, num_inference_steps + 1, dtype=torch.float64)[:-1]
+        else:
+            raise ValueError("set_timesteps needs num_inference_steps (an int ≥ 1), sigmas or timesteps.")
+        if num_inference_steps is not None and num_inference_steps != len(grid):
+            raise ValueError(f"num_inference_steps={num_inference_steps} but {len(grid)} custom values were given.")
+        if grid[-1] <= 0:
+            raise ValueError(f"custom sigmas/timesteps must stay > 0 (σ = 0 is appended), got {grid.tolist()}.")
+        full = torch.cat([shift_sigmas(grid, self.config.shift), grid.new_zeros(1)])  # float64, as diffusers
+        sigma32 = full.to(torch.float32)
+        starts, ends = (full[:-1] * T).to(torch.float32), (full[1:] * T).to(torch.float32)
+        self.num_inference_steps = len(grid)
+        # Host look-ups: each value of self.timesteps (and 0, the last interval end) → (σ, σ_next) as floats.
+        pairs = zip(sigma32[:-1].tolist(), sigma32[1:].tolist(), strict=True)
+        self._host_sigmas: dict[float, tuple[float, float]] = dict(zip(starts.tolist(), pairs, strict=True))
+        self._host_sigmas[0.0] = (0.0, 0.0)
+        # (scheduled timesteps, −∞) and (σ grid, 0) in float32, for off-schedule and per-example look-ups
+        self._host_grids = (torch.cat([starts, torch.tensor([-torch.inf])]), sigma32)
+        self._device_grids = {}
+        self.sigmas, self.timesteps = sigma32.to(device), starts.to(device)
+        self._r_timesteps = ends.to(device)
+        self._begin_index = 0
+
+    @property
+    def r_timesteps(self) -> torch.Tensor:
+        """The interval end r of each entry of ``self.timesteps`` (σ_{i+1}·T; the last is 0), on their device:
+        a flow-map network's second time input at entry i, and the default target of ``step`` there."""
+        return self._r_timesteps
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start a loop at ``self.timesteps[begin_index:]`` (image-to-image). Recorded for diffusers' API only:
+        ``step`` reads its position from the timestep it is given, never from a counter."""
+        self._begin_index = begin_index
+
+    # ---- sampling ----------------------------------------------------------------------------
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        r_timestep: float | torch.Tensor | None = None,
+        generator: Generators = None,
+        return_dict: bool = True,
+    ) -> StepResult:
+        """One step from ``timestep`` t to ``r_timestep`` r (module docstring for the two rules).
+
+        Args:
+            model_output: the average velocity u(x_t, r, t) of a flow map, or the velocity v of a flow
+                (consistency-tuned) UNet; shape of ``sample``.
+            timestep: t — any value in [0, T], scheduled or not — or a (B,) tensor of one per example.
+            sample: x_t, shape (B, C, ...).
+            r_timestep: the target r ∈ [0, t], a number or a 0-d / (B,) tensor; None steps to the next
+                scheduled σ below t (``self.r_timesteps`` at t's entry). r = t returns x_t.
+            generator: torch generator(s) for the re-noising z of ``stochastic_sampling`` (a list of B
+                draws example i's noise from the i-th, as alone); one draw of z per step.
+            return_dict: return a :class:`ScratchSchedulerOutput` rather than a tuple.
+
+        Raises:
+            ValueError: before any arithmetic, for a host t or r outside [0, T] or r above t (host values
+                only: a device tensor is never read back), or mismatched shapes.
+        """
+        check_step_shapes(model_output, sample)
+        sigma_t, sigma_next = self._resolve(timestep, sample)
+        sigma_r = sigma_next if r_timestep is None else self._resolve(r_timestep, sample)[0]
+        self._check_r_below_t(sigma_t, sigma_r, timestep, r_timestep)
+        x, m = in_working_precision(sample, model_output, torch.float32)  # float32 throughout, as diffusers' flows
+        if isinstance(sigma_t, float) and isinstance(sigma_r, float):  # host scalars: fused float32 kernels
+            x0 = x.sub(m, alpha=sigma_t)
+            if not self.config.stochastic_sampling:
+                increment = float(np.float32(sigma_r) - np.float32(sigma_t))  # σ_r − σ_t in float32, as tensors
+                return step_result(x.add(m, alpha=increment), x0, sample.dtype, return_dict)
+        else:
+            sigma_t, sigma_r = self._shaped(sigma_t, sample), self._shaped(sigma_r, sample)
+            x0 = velocity_to_x0(m, x, sigma_t)
+            if not self.config.stochastic_sampling:
+                return step_result(euler_step(x, m, sigma_t, sigma_r), x0, sample.dtype, return_dict)
+        z = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return step_result((1 - sigma_r) * x0 + sigma_r * z, x0, sample.dtype, return_dict)
+
+    def _resolve(self, timestep: float | torch.Tensor, like: torch.Tensor) -> tuple[Sigma, Sigma]:
+        """(σ, σ_next) of a timestep by the any-timestep rule: floats for a host scalar, else tensors of the
+        timestep's shape (0-d or (B,)) on its own device.
+
+        A scheduled timestep (within float32 rounding; 0 included) has its grid σ and the next one; any other
+        t in [0, T] has σ = t/T and the largest scheduled σ below it (0 below the last). A host value is
+        validated; a device one is located with tensor ops on its device and never read back.
+        """
+        if is_host(timestep) and (not isinstance(timestep, torch.Tensor) or timestep.numel() == 1):
+            pair = self._host_sigmas.get(float(timestep))
+            if pair is not None:  # the usual case: a value of self.timesteps or self.r_timesteps
+                return pair
+            t = torch.as_tensor(timestep).reshape(1)
+            check_step_timesteps(t, self.config.num_train_timesteps, integer=False)
+            sigma, sigma_next = self._locate(t, *self._host_grids)
+            return float(sigma), float(sigma_next)
+        t = timestep_tensor(timestep, like)
+        if t.is_cpu:
+            check_step_timesteps(t, self.config.num_train_timesteps, integer=False)
+            grids = self._host_grids
+        else:
+            grids = self._device_grids.get(t.device)
+            if grids is None:
+                grids = self._device_grids[t.device] = tuple(g.to(t.device) for g in self._host_grids)
+        sigma, sigma_next = self._locate(t.reshape(-1), *grids)
+        return sigma.reshape(t.shape), sigma_next.reshape(t.shape)
+
+    def _locate(self, t: torch.Tensor, scheduled: torch.Tensor, sigma_grid: torch.Tensor):
+        """(σ, σ_next) for timesteps ``t`` (k,) in tensor ops only (no reads); ``scheduled`` holds the
+        timesteps then −∞, ``sigma_grid`` their σ then 0 (float32), as :meth:`_resolve` describes."""
+        t = t.to(device=scheduled.device, dtype=torch.float32)
+        tolerance = 1e-3 * t.clamp(min=1)
+        above = (scheduled > (t + tolerance)[:, None]).sum(1)  # grid points above t: index of the first one ≤ t
+        on_grid = (scheduled.index_select(0, above) - t).abs() <= tolerance
+        sigma = torch.where(on_grid, sigma_grid.index_select(0, above), t / self.config.num_train_timesteps)
+        return sigma, sigma_grid.index_select(0, above + on_grid.long())
+
+    @staticmethod
+    def _check_r_below_t(sigma_t: Sigma, sigma_r: Sigma, timestep, r_timestep) -> None:
+        """r ≤ t (as σ_r ≤ σ_t, so a value within rounding of t's grid point counts as t), where both are on
+        the host; a device value is not read (no synchronisation)."""
+        if r_timestep is None or not (is_host(sigma_t) and is_host(sigma_r)):
+            return
+        above = torch.as_tensor(sigma_r) > torch.as_tensor(sigma_t)
+        if bool(above.any()):
+            t, r = (torch.as_tensor(value).reshape(-1) for value in (timestep, r_timestep))
+            t, r = torch.broadcast_tensors(t, r)
+            i = int(above.reshape(-1).nonzero()[0, 0]) if above.ndim else 0
+            raise ValueError(
+                f"r_timestep {float(r[i]):g} is above timestep {float(t[i]):g}: a step goes from t down to r, so "
+                "r must lie in [0, t] (r = t returns the sample, r = 0 the clean estimate)."
+            )
+
+    @staticmethod
+    def _shaped(sigma: Sigma, like: torch.Tensor) -> torch.Tensor | float:
+        """A float or 0-d σ as it is; a (B,) one on ``like``'s device, broadcasting per example."""
+        return sigma if isinstance(sigma, float) else per_example(sigma, like)
+
+
+# ============================================================================================
 # scratch_schedulers.scheduling_flow_match
 # ============================================================================================
 
@@ -3961,7 +4441,7 @@ FlowSolver = Literal["euler", "heun"]
 SOLVERS: tuple[str, ...] = get_args(FlowSolver)
 
 
-class ScratchFlowMatchScheduler(ScratchScheduler):
+class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
     """Euler / Heun sampler for flow-matching models (velocity u = ε − x0).
 
     Args:
@@ -4095,37 +4575,6 @@ class ScratchFlowMatchScheduler(ScratchScheduler):
         """Start a loop at ``self.timesteps[begin_index:]`` (image-to-image); resets a Heun loop."""
         self._position = begin_index
         self._heun_pending = None
-
-    # ---- forward process (training, img2img) -----------------------------------------------------
-
-    def _sigma(self, timesteps: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-        """σ = t/T for a scalar or a batch of timesteps, broadcast against ``like``."""
-        T = self.config.num_train_timesteps
-        check_timestep_batch(timesteps, like)
-        t = torch.as_tensor(timesteps)
-        if t.device.type == "cpu" and not bool(((t >= 0) & (t <= T)).all()):  # host check only: no sync; NaN fails
-            raise ValueError(f"flow timesteps must lie in [0, {T}], got {t.flatten()[:8].tolist()}.")
-        sigma = t.to(device=like.device, dtype=torch.float32) / T
-        return append_dims(sigma, like.ndim).to(like.dtype)
-
-    def add_noise(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-    ) -> torch.Tensor:
-        """x_σ = (1 − σ)·x0 + σ·ε for a batch of timesteps t = σ·T (any real t in [0, T])."""
-        check_same_shape(original_samples, noise, "original_samples", "noise")
-        sigma = self._sigma(timesteps, original_samples)
-        return (1 - sigma) * original_samples + sigma * noise
-
-    def scale_noise(
-        self, sample: torch.Tensor, timestep: torch.Tensor | float, noise: torch.Tensor
-    ) -> torch.Tensor:
-        """diffusers' name for the forward process (img2img): σ·noise + (1 − σ)·sample."""
-        return self.add_noise(sample, noise, timestep)
-
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps=None) -> torch.Tensor:
-        """The training target u = ε − x0 (independent of t on this path)."""
-        check_same_shape(sample, noise, "sample", "noise")
-        return noise - sample
 
     # ---- sampling ----------------------------------------------------------------------------
 
@@ -4436,7 +4885,13 @@ class Component:
 # Our scheduler classes by name: what a saved ``["scratch_diffusion", <class>]`` scheduler entry may name.
 SHIPPED_SCHEDULERS: dict[str, type] = {
     cls.__name__: cls
-    for cls in (ScratchDDPMScheduler, ScratchDDIMScheduler, ScratchDPMSolverScheduler, ScratchFlowMatchScheduler)
+    for cls in (
+        ScratchDDPMScheduler,
+        ScratchDDIMScheduler,
+        ScratchDPMSolverScheduler,
+        ScratchFlowMatchScheduler,
+        ScratchFlowMapScheduler,
+    )
 }
 
 COMPONENTS: dict[str, Component] = {}
@@ -4508,7 +4963,8 @@ def listed_components(index: Mapping) -> list[Component]:
     ]
 
 
-register_component(Component("unet", UNet2DModel, optional=False))
+# A flow map (MeanFlow) is a UNet2DModel with a second time input: saved as ["scratch_diffusion", its class].
+register_component(Component("unet", UNet2DModel, optional=False, ours={"FlowMapUNet2DModel": FlowMapUNet2DModel}))
 register_component(
     Component(
         "scheduler",
@@ -4938,6 +5394,7 @@ class Denoiser:
         guidance: the run's bound guidance rules (:func:`~.guidance.bind_call_guidance`), or None.
         dtype: the model's dtype; device: where the model runs (None: where the sample is).
         counter: counts the evaluations of every model (one of the sample batch's size is made if None).
+        interval_ends: a flow-map UNet's second time input r at each entry (:mod:`.flow_map`), or None (r = t).
     """
 
     def __init__(
@@ -4949,11 +5406,19 @@ class Denoiser:
         dtype: torch.dtype | None = None,
         device: torch.device | None = None,
         counter: EvaluationCounter | None = None,
+        interval_ends: torch.Tensor | None = None,
     ):
         self.model, self.plan, self.guidance, self.dtype, self.device = model, plan, guidance, dtype, device
         self.conditions = dict(conditions or {})
         self.counter = counter if counter is not None else EvaluationCounter(1)
-        self.model_function = self.counter.counted("unet", lambda x, t, conditions: model(x, t, **conditions))
+        self.model_function = self.counter.counted("unet", self._call_model)
+        self.interval_ends = interval_ends  # a flow map's r per entry (flow_map.py), or None
+        self._interval_end: torch.Tensor | None = None
+
+    def _call_model(self, x: torch.Tensor, timestep: torch.Tensor, conditions: Mapping) -> torch.Tensor:
+        if self._interval_end is not None:  # the same r for every row, so it needs no expansion under guidance
+            conditions = {**conditions, "r_timestep": self._interval_end}
+        return self.model(x, timestep, **conditions)
 
     @property
     def memory_factor(self) -> int:
@@ -4964,6 +5429,7 @@ class Denoiser:
         """Every target of the plan at sampler point i for the sample ``x`` there (no value is read back)."""
         call = self.plan.calls[i]
         x_model = call.scale_input(x)
+        self._interval_end = None if self.interval_ends is None else self.interval_ends[i]
         return call.read(self.evaluate(x_model, self.plan.timesteps[i], call.model), x_model)
 
     def evaluate(self, x_model: torch.Tensor, timestep: torch.Tensor, point=None) -> torch.Tensor:
@@ -6543,6 +7009,50 @@ class EditingMixin:
 
 
 # ============================================================================================
+# scratch_diffusion.pipelines.flow_map
+# ============================================================================================
+
+"""Flow maps in the pipeline: the second time input r of a flow-map UNet at each entry of a flow-map scheduler.
+
+A flow-map UNet (:class:`~scratch_diffusion.few_step.FlowMapUNet2DModel`, MeanFlow) predicts the average velocity
+u(x_t, r, t) over [r, t]; a flow-map scheduler steps x_r = x_t − (t − r)·u to the next level r of its grid
+(:class:`~scratch_schedulers.ScratchFlowMapScheduler`, diffusers' ``FlowMapEulerDiscreteScheduler``). So at entry i
+the UNet is called with ``r_timestep`` = the next grid level in model units. Any other scheduler samples the same
+UNet as a flow model — r = t, the instantaneous velocity — and a plain UNet under a flow-map scheduler is that
+scheduler's Euler (or consistency) step: neither needs anything here.
+"""
+
+
+import inspect
+
+import torch
+
+
+# diffusers' flow-map schedulers by name (ours say so with ``is_flow_map = True``)
+FLOW_MAP_SCHEDULERS = ("FlowMapEulerDiscreteScheduler",)
+
+
+def takes_interval(unet: torch.nn.Module) -> bool:
+    """The UNet's forward takes a second time input ``r_timestep``: a flow map."""
+    return "r_timestep" in inspect.signature(unet.forward).parameters
+
+
+def interval_ends(
+    scheduler: object, unet: torch.nn.Module, sampled: Parametrization, trained: Parametrization
+) -> torch.Tensor | None:
+    """``r_timestep`` for each entry of ``scheduler.timesteps``, in model units; None where r = t.
+
+    Defined for a flow-map ``unet`` (:func:`takes_interval`) and a flow-map scheduler (its ``sigmas`` hold n + 1
+    levels ending at 0) sampling the UNet's own flow parametrisation; the next level of entry i is ``sigmas[i + 1]·T``.
+    """
+    flow_map = getattr(scheduler, "is_flow_map", False) or type(scheduler).__name__ in FLOW_MAP_SCHEDULERS
+    if not flow_map or not takes_interval(unet) or sampled != trained or trained.path != "flow":
+        return None
+    sigmas = torch.as_tensor(scheduler.sigmas)
+    return (sigmas[1:] * scheduler.config.num_train_timesteps).to(torch.as_tensor(scheduler.timesteps).device)
+
+
+# ============================================================================================
 # scratch_diffusion.pipelines.latent_pipeline_support
 # ============================================================================================
 
@@ -7291,7 +7801,8 @@ class ScratchDiffusionPipeline(SavedPipelineMixin, LatentSpaceMixin, EditingMixi
         model = UNetModel(self.unet)
         if "control_image" in conditions:
             model = ControlledUNetModel(self.unet, self.controlnet, counter)
-        return Denoiser(model, plan, conditions, guidance, dtype=self.unet.dtype, counter=counter)
+        ends = interval_ends(self.scheduler, self.unet, sampled, self.trained_parametrization)
+        return Denoiser(model, plan, conditions, guidance, dtype=self.unet.dtype, counter=counter, interval_ends=ends)
 
     def check_inputs(
         self,

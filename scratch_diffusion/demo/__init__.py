@@ -39,7 +39,11 @@ Sampling cost is kept in check in four stages:
   best's steps, each with the most steps that fit, on ``--num_rule_samples`` images;
 * ``control and editing`` (issue 22, :mod:`~scratch_diffusion.demo.editing_stage`): held-out digits inpainted (left
   half) and edited image to image (noise σ = 0.5), and a ControlNet for the low-resolution control trained briefly
-  and sampled, 200 images each (one draw: a small n; the study is ``benchmarks/bench_control.py``).
+  and sampled, 200 images each (one draw: a small n; the study is ``benchmarks/bench_control.py``);
+* ``few-step`` (issue 23, :mod:`~scratch_diffusion.demo.few_step_stage`): the pipeline consistency-tuned
+  (``train.py --init_from`` it ``--objective consistency``, 300 steps, into ``<output_dir>/few-step``) and sampled with
+  its own scheduler at 1, 2 and 4 evaluations per image beside the teacher's DPM-Solver++ at the same counts (the
+  study with MeanFlow, 3 seeds and training from scratch is ``benchmarks/bench_few_step_models.py``).
 
 Every evaluation count is the pipeline's own (``pipe.evaluations``, read after each call): a classifier-free
 guidance step counts both halves, an autoguidance step one UNet and one guide evaluation.
@@ -70,6 +74,9 @@ Modules (the names below are re-exported here):
 ``control_data``  held-out inputs, masks, corruptions and measures of the control and editing study
 ``control_study``  the models, settings and scoring of ``benchmarks/bench_control.py``
 ``control_report``  its tables and targets
+``few_step_stage``  the few-step stage: consistency tuning of the demo's pipeline, scored at 1, 2, 4 evaluations
+``few_step_study``  the models (teacher, tuned, from scratch, levers) and scoring of ``bench_few_step_models.py``
+``few_step_report``  its tables and targets
 ``quality``       ``QUALITY_BAR`` and the verdict
 ``report``        ``metrics.md`` and the documentation's demo table, from ``metrics.json``'s content
 ``figure``        ``demo.png``

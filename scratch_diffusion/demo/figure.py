@@ -49,6 +49,7 @@ def save_figure(
     num_classes: int,
     rules: list[SampleSet] | None = None,
     edits: dict | None = None,
+    few_step: dict | None = None,
 ) -> None:
     """The demo's figure (matplotlib, Agg).
 
@@ -57,8 +58,9 @@ def save_figure(
     match against model evaluations per image, and both against the guidance scale. With the guidance
     stage's ``rules``, a row: FD / baseline against class match for CFG, interval CFG and
     autoguidance at equal model evaluations per image, beside the grids of the best interval CFG and
-    autoguidance settings. With the control and editing stage's summary (``edits``, ``editing_stage``), a last row
-    of examples: inpainting, image-to-image and control (input, output and original digit each).
+    autoguidance settings. With the control and editing stage's summary (``edits``, ``editing_stage``), a row
+    of examples: inpainting, image-to-image and control (input, output and original digit each). With the few-step
+    stage's (``few_step``, ``few_step_stage``), a last row: the tuned model's 1-step samples, one per class.
     """
     import matplotlib
 
@@ -73,8 +75,10 @@ def save_figure(
     rules = rules or []
     plot_rows = 2 if rules else 1
     edit_height = 2.2 if edits else 0
-    fig = plt.figure(figsize=(2.3 * cols, 2.95 * panel_rows + 3.4 * plot_rows + edit_height), dpi=100)
+    few_height = 1.6 if few_step else 0
+    fig = plt.figure(figsize=(2.3 * cols, 2.95 * panel_rows + 3.4 * plot_rows + edit_height + few_height), dpi=100)
     heights = [2.95] * panel_rows + [3.4] * plot_rows + ([edit_height] if edits else [])
+    heights += [few_height] if few_step else []
     grid = fig.add_gridspec(len(heights), cols, height_ratios=heights)
 
     def panel(row: int, col: int, sample: SampleSet, title: str) -> None:
@@ -117,7 +121,9 @@ def save_figure(
             ax.set_title(f"{sample.rule} w={sample.guidance_scale:g}, {sample.steps} st.\n"
                          f"FD ×{r['fd_ratio']:.2f}, match {100 * r['class_match']:.0f} %", fontsize=7.5)  # fmt: skip
     if edits:
-        plot_edits(fig, grid[-1, :].subgridspec(1, 3), edits)
+        plot_edits(fig, grid[-2 if few_step else -1, :].subgridspec(1, 3), edits)
+    if few_step:
+        plot_few_step(fig.add_subplot(grid[-1, cols // 4 : cols - cols // 4]), few_step)
     for ax in fig.axes:
         ax.tick_params(labelsize=7)
     fig.tight_layout()
@@ -234,3 +240,19 @@ def plot_edits(fig, cells, edits: dict) -> None:
             ax.set_yticklabels(["input", "output", "original"], fontsize=6.5)
         ax.set_title(titles[task], fontsize=6.5)
         ax.set_xlabel(f"input: {EDIT_INPUTS[task]}", fontsize=6.5)
+
+
+def plot_few_step(ax, few_step: dict) -> None:
+    """The consistency-tuned model's 1-step samples, one per class (0 … 9), titled with its scores beside the
+    teacher's at the same evaluations (``few_step_stage``)."""
+    tuned, teacher = few_step["tuned"][0], few_step["teacher"][0]
+    examples = few_step["examples"]
+    ax.imshow(edit_mosaic([examples]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([(j + 0.5) * (examples.shape[-1] + 1) for j in range(len(examples))])
+    ax.set_xticklabels([str(c) for c in range(len(examples))], fontsize=6.5)
+    ax.set_yticks([])
+    ax.set_title(f"consistency-tuned ({few_step['training']['steps']} steps), {tuned['nfe']:g} evaluation per image: "
+                 f"FD ×{tuned['fd_ratio']:.2f}, class match {100 * tuned['class_match']:.0f} % (n={few_step['n']} × "
+                 f"{few_step['draws']}); the teacher with {teacher['sampler']} at {teacher['nfe']:g}: FD "
+                 f"×{teacher['fd_ratio']:.2f}", fontsize=7)  # fmt: skip
+    ax.set_xlabel("requested class", fontsize=6.5)

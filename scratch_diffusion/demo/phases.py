@@ -22,6 +22,7 @@ from scratch_diffusion.demo.equal_evaluations import (
     guidance_budget,
     rules_summary,
 )
+from scratch_diffusion.demo.few_step_stage import few_step_stage, few_step_text
 from scratch_diffusion.demo.figure import save_figure
 from scratch_diffusion.demo.guide import GUIDE_RECORD, guide_cost, guide_name, train_guide
 from scratch_diffusion.demo.likelihood import likelihood_text, measure_likelihood
@@ -187,6 +188,11 @@ def control_and_editing(classifier, config: DemoConfig, phase_seconds: dict) -> 
                          phase_seconds, timed)  # fmt: skip
 
 
+def few_step(classifier, config: DemoConfig, phase_seconds: dict) -> dict:
+    """The few-step stage (``few_step_stage``): the demo's model consistency-tuned and scored; its summary."""
+    return few_step_stage(lambda path: load_pipeline(path, config.device), classifier, config, phase_seconds, timed)
+
+
 def likelihood_of(pipe, config: DemoConfig) -> dict | None:
     """Step 4: bits/dim of the model on held-out digits, by the ODE and by the bound (None with 0 images)."""
     if config.likelihood_images == 0:
@@ -210,9 +216,10 @@ def build_report(
     stages: Stages,
     likelihood: dict | None,
     edits: dict | None = None,
+    few: dict | None = None,
 ) -> dict:
-    """The content of ``metrics.json`` (without the timings, which :func:`run` adds; ``edits`` without its
-    example images)."""
+    """The content of ``metrics.json`` (without the timings, which :func:`run` adds; ``edits`` and ``few`` without
+    their example images)."""
     everything = stages.everything
     return {
         "output_dir": str(config.output_dir),
@@ -235,17 +242,20 @@ def build_report(
         "quality_bar": quality_verdict(stages.best, stages.guided),
         "guidance_rules": stages.guidance_rules,
         "control_and_editing": None if edits is None else {k: v for k, v in edits.items() if k != "examples"},
+        "few_step": None if few is None else {k: v for k, v in few.items() if k != "examples"},
         "likelihood": likelihood,
     }
 
 
-def write_outputs(config: DemoConfig, report: dict, stages: Stages, num_classes: int, edits: dict | None) -> None:
+def write_outputs(
+    config: DemoConfig, report: dict, stages: Stages, num_classes: int, edits: dict | None, few: dict | None = None
+) -> None:
     """Step 5: ``metrics.json``, ``metrics.md`` and ``demo.png`` in ``config.output_dir``."""
     print("[5/6] Writing metrics.json, metrics.md and demo.png")
     (config.output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (config.output_dir / "metrics.md").write_text(metrics_markdown(report))
     save_figure(stages.sweep, stages.guidance, stages.final, config.output_dir / "demo.png", num_classes, stages.rules,
-                edits)  # fmt: skip
+                edits, few)  # fmt: skip
 
 
 def load_command(pipeline_dir: Path, steps: int, guidance_scale: float) -> str:
@@ -285,6 +295,8 @@ def print_summary(config: DemoConfig, report: dict, best: SampleSet) -> None:
         print(f"  guidance:  {rules_text(report['guidance_rules'])}")
     if report.get("control_and_editing"):
         print(f"  editing:   {editing_text(report['control_and_editing'])}")
+    if report.get("few_step"):
+        print(f"  few-step:  {few_step_text(report['few_step'])}")
     if report["likelihood"] is not None:
         print(f"  bits/dim:  {likelihood_text(report['likelihood'])}")
     print(f"  tensorboard --logdir {config.pipeline_dir / 'logs'}")
@@ -311,7 +323,7 @@ def run(config: DemoConfig) -> dict:
     """Steps 1-6; returns ``metrics.json``'s content.
 
     ``phase_seconds``: train, load, sweep, guidance, final, guide, guidance rules, editing, control training,
-    control, likelihood.
+    control, few-step training, few-step, likelihood.
     """
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -328,12 +340,13 @@ def run(config: DemoConfig) -> dict:
     stages = sample_and_score(pipe, classifier, config, phase_seconds)
     pipe = guidance_rules_stage(pipe, classifier, config, stages, phase_seconds)
     edits = control_and_editing(classifier, config, phase_seconds)
+    few = few_step(classifier, config, phase_seconds)
     with timed(phase_seconds, "likelihood"):
         likelihood = likelihood_of(pipe, config)
-    report = build_report(config, record, pipe, classifier, stages, likelihood, edits)
+    report = build_report(config, record, pipe, classifier, stages, likelihood, edits, few)
     report["phase_seconds"] = phase_seconds
     report["load_average_at_start"] = load
     report["seconds_total"] = time.perf_counter() - started
-    write_outputs(config, report, stages, pipe.num_classes, edits)
+    write_outputs(config, report, stages, pipe.num_classes, edits, few)
     print_summary(config, report, stages.best)
     return report

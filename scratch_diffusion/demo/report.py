@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from scratch_diffusion import metrics
 from scratch_diffusion.demo.editing_stage import editing_text
+from scratch_diffusion.demo.few_step_stage import few_step_text
 from scratch_diffusion.demo.likelihood import likelihood_text
 from scratch_diffusion.demo.quality import bar_text, guided_text
 from scratch_diffusion.demo.rules import DENOISERS, RULES_STAGE, interval_text, rule_text
@@ -157,6 +158,7 @@ def metrics_markdown(report: dict) -> str:
             "",
             *([rules_paragraph(report["guidance_rules"]), ""] if report.get("guidance_rules") else []),
             *([editing_paragraph(report["control_and_editing"]), ""] if report.get("control_and_editing") else []),
+            *([few_step_paragraph(report["few_step"]), ""] if report.get("few_step") else []),
             *([f"Bits/dim: {likelihood_text(report['likelihood'])}.", ""] if report.get("likelihood") else []),
             metrics.markdown_summary(best, title=f"Best: {name}"),
             "",
@@ -245,3 +247,10 @@ def editing_paragraph(summary: dict) -> str:
     return (f"Control and editing (null class, {recipe['sampler']} at {recipe['steps']} steps, one draw of "
             f"{summary['n']} held-out digits per setting — a small n: the study with n = 1000 × 3 draws is "
             f"`benchmarks/bench_control.py`): {editing_text(summary)}.")  # fmt: skip
+
+
+def few_step_paragraph(summary: dict) -> str:
+    """The few-step stage in words (``few_step_stage``): the tuning and the scores beside the teacher's."""
+    return (f"Few-step (`train.py --init_from` this pipeline `--objective consistency`, the command in "
+            f"`few_step.json`; unguided; the study with 3 tuning seeds, MeanFlow and training from scratch is "
+            f"`benchmarks/bench_few_step_models.py`): {few_step_text(summary)}.")  # fmt: skip

@@ -109,6 +109,7 @@ def _make_scheduler(sampler: str, saved_config, path: str):
         ScratchDDIMScheduler,
         ScratchDDPMScheduler,
         ScratchDPMSolverScheduler,
+        ScratchFlowMapScheduler,
         ScratchFlowMatchScheduler,
     )
 
@@ -120,6 +121,8 @@ def _make_scheduler(sampler: str, saved_config, path: str):
         return ScratchDDIMScheduler.from_config(
             saved_config, timestep_spacing="trailing", prediction_type="v_prediction"
         )
+    if sampler in ("flow map", "consistency"):  # a few-step model's own scheduler (its saved config kept)
+        return ScratchFlowMapScheduler.from_config(saved_config, stochastic_sampling=sampler == "consistency")
     if sampler == "DDPM":
         return ScratchDDPMScheduler.from_config(saved_config, timestep_spacing="trailing")
     if sampler == "DPM-Solver++":

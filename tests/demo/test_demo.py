@@ -187,7 +187,7 @@ def test_metrics_json_table_and_figure(quick_run):
     assert report["best"] == min(final, key=lambda row: row["fd_ratio"])
     assert report["phase_seconds"].keys() == {
         "train", "load", "sweep", "guidance", "final", "guide", "guidance rules", "editing", "control training",
-        "control", "likelihood"
+        "control", "few-step training", "few-step", "likelihood"
     }  # fmt: skip
     assert all(seconds > 0 for seconds in report["phase_seconds"].values())
     assert sum(report["phase_seconds"].values()) <= report["seconds_total"]
@@ -297,6 +297,36 @@ def test_control_and_editing_stage(quick_run):
     assert editing_stage.editing_text(summary) in (out / "metrics.md").read_text()
 
 
+def test_few_step_stage(quick_run):
+    """The demo's pipeline consistency-tuned (train.py --init_from it) and scored at 1, 2 and 4 evaluations beside the
+    teacher's DPM-Solver++ at the same counts, n and draws; the counts are the pipeline's, the numbers the ones
+    printed and written."""
+    from scratch_diffusion.demo import few_step_stage
+    from scratch_diffusion.pipelines import ScratchDiffusionPipeline
+    from scratch_schedulers import ScratchFlowMapScheduler
+
+    out, printed = quick_run
+    report = json.loads((out / "metrics.json").read_text())
+    few = report["few_step"]
+    training = json.loads((out / few_step_stage.FEW_STEP_RECORD).read_text())
+    assert few["training"] == training and training["steps"] == few_step_stage.QUICK_TUNING_STEPS
+    argv = training["argv"]
+    assert argv[argv.index("--init_from") + 1] == str(out / "pipeline") and argv[argv.index("--objective") + 1] == (
+        "consistency"
+    )
+    assert few["n"] == demo.QUICK["num_eval_samples"] and few["draws"] == demo.QUICK["eval_draws"]
+    for role, sampler in (("tuned", few_step_stage.SAMPLER), ("teacher", few_step_stage.TEACHER_SAMPLER)):
+        rows = few[role]
+        assert [(row["sampler"], row["steps"]) for row in rows] == [(sampler, k) for k in few_step_stage.STEP_COUNTS]
+        assert all(row["evaluations"] == {"unet": row["steps"]} == {"unet": row["nfe"]} for row in rows)
+        assert all(row["n"] == few["n"] and row["draws"] == few["draws"] and 0 <= row["class_match"] <= 1
+                   for row in rows)  # fmt: skip
+    pipe = ScratchDiffusionPipeline.from_pretrained(str(out / few_step_stage.FEW_STEP_SUBDIR))
+    assert isinstance(pipe.scheduler, ScratchFlowMapScheduler) and pipe.num_classes == 10
+    assert f"few-step:  {few_step_stage.few_step_text(few)}" in printed
+    assert few_step_stage.few_step_text(few) in (out / "metrics.md").read_text()
+
+
 def test_edit_mosaic_rows_and_columns():
     from scratch_diffusion.demo.figure import edit_mosaic
 
@@ -341,7 +371,7 @@ def test_combine_draws_averages_and_keeps_the_spread():
 RESULTS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 
 
-def test_readme_table_command_prints_the_table_of_metrics_json(quick_run, tmp_path):
+def test_readme_table_command_prints_the_table_of_metrics_json(quick_run, tmp_path, capsys):
     out, _ = quick_run
     report = json.loads((out / "metrics.json").read_text())
     command = [sys.executable, "-m", "scratch_diffusion.demo.readme_table", str(out / "metrics.json")]
@@ -364,15 +394,22 @@ def test_readme_table_command_prints_the_table_of_metrics_json(quick_run, tmp_pa
         assert line.startswith("| **final** |") == (row == report["best"])
     assert verdict.startswith(f"Quality bar ({demo.bar_text()}): not met — ")
 
+    # the refusal in this process (the command above already ran the module as `python -m`, whose exit status is
+    # sys.exit(main())): a second interpreter would only pay the imports again
+    from scratch_diffusion.demo.readme_table import main as readme_table_main
+
     (tmp_path / "bad.json").write_text("{}")
-    bad = subprocess.run([*command[:-1], str(tmp_path / "bad.json")], capture_output=True, text=True)
-    assert bad.returncode == 2 and "is not a demo metrics.json" in bad.stderr
+    capsys.readouterr()
+    assert readme_table_main([str(tmp_path / "bad.json")]) == 2
+    assert "is not a demo metrics.json" in capsys.readouterr().err
 
 
 def test_rerun_with_reuse_says_so_and_without_replaces(quick_run):
     out, _ = quick_run
     weights = out / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
     before = weights.stat().st_mtime_ns
+    tuned_weights = out / "few-step" / "unet" / "diffusion_pytorch_model.safetensors"
+    tuned_before = tuned_weights.stat().st_mtime_ns
     common = ["--quick", "--output_dir", str(out), "--num_threads", "1", "--step_counts", "2"]
     with _capture() as printed:
         assert demo.main([*common, "--reuse"]) == 0
@@ -380,7 +417,8 @@ def test_rerun_with_reuse_says_so_and_without_replaces(quick_run):
     assert "digits classifier loaded from cache" in printed.getvalue()  # trained by the first run
     assert "guide: reusing the pipeline's guide_unet" in printed.getvalue()
     assert "control: reusing the pipeline's controlnet" in printed.getvalue()
-    assert weights.stat().st_mtime_ns == before
+    assert "few-step: reusing the consistency-tuned pipeline" in printed.getvalue()
+    assert weights.stat().st_mtime_ns == before and tuned_weights.stat().st_mtime_ns == tuned_before
     report = json.loads((out / "metrics.json").read_text())
     assert report["reused_pipeline"] is True and report["training"]["steps"] == demo.QUICK["max_train_steps"]
 
@@ -394,6 +432,7 @@ def test_rerun_with_reuse_says_so_and_without_replaces(quick_run):
     assert json.loads((out / "metrics.json").read_text())["reused_pipeline"] is False
     assert vae_weights.stat().st_mtime_ns != vae_before  # the VAE is trained again too
     assert guide_weights.stat().st_mtime_ns != guide_before  # and the guide
+    assert tuned_weights.stat().st_mtime_ns != tuned_before  # and the consistency tuning, from the new pipeline
     assert len(list((out / "latent-cache").iterdir())) == 1  # the earlier run's latents were removed
 
 

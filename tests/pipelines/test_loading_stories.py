@@ -1,10 +1,13 @@
-"""Loading stories A–E, each in a fresh interpreter, running the documentation's own snippets.
+"""Loading stories A–E in fresh interpreters, running the documentation's own snippets.
 
 The page ``docs/pipeline.md`` holds one ```python block per story, tagged by its first line
 (``# Save``, ``# Story A``, …). Each test runs a block unchanged in a subprocess and appends
 checks of what it produced. Story B runs with scratch-diffusion not importable (see
 ``helpers.run_python``); story E serves the saved folder from a loopback Hub (``hub_server.py``),
-so diffusers' real repo-id download and validation code runs without the network.
+so diffusers' real repo-id download and validation code runs without the network. The offline
+stories on the saved folder share one interpreter per environment (``helpers.run_stories``: A, D, C
+with the package installed, A first as it must see no remote code; B and its edits with diffusers
+only), each story still passing or failing on its own.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from diffusers import DDPMPipeline
 
 from scratch_diffusion import ScratchDDIMScheduler, ScratchDDPMScheduler, ScratchDiffusionPipeline
 
-from .helpers import run_python, subprocess_env, tiny_unet
+from .helpers import run_python, run_stories, subprocess_env, tiny_unet
 from .hub_server import LoopbackHub
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "pipeline.md"
@@ -85,27 +88,6 @@ def test_page_has_every_story():
     }
 
 
-def test_story_a_installed_package_needs_no_remote_code(workdir, tmp_path):
-    run_python(
-        SNIPPETS["Story A"] + LOADED_INSTALLED + images_are(4),
-        workdir,
-        package_installed=True,
-        env=subprocess_env(tmp_path / "hf"),
-    )
-    assert not list((tmp_path / "hf").rglob("scratch_diffusion.py")), "story A copied remote code"
-
-
-@pytest.mark.parametrize("package_installed", [False, True], ids=["B-diffusers-only", "C-package-installed"])
-def test_stories_b_and_c_diffusion_pipeline_with_trust_remote_code(workdir, tmp_path, package_installed):
-    checks = LOADED_REMOTE + (NOT_INSTALLED if not package_installed else "import scratch_diffusion\n")
-    run_python(
-        SNIPPETS["Stories B and C"] + checks + images_are(4),
-        workdir,
-        package_installed=package_installed,
-        env=subprocess_env(tmp_path / "hf"),
-    )
-
-
 EDITS = """
 x = pipe(batch_size=2, num_inference_steps=4, generator=torch.manual_seed(0), output_type="pt").images
 edited = pipe.img2img(x, strength=0.5, num_inference_steps=4, output_type="pt").images
@@ -116,27 +98,65 @@ filled = pipe.inpaint(x, mask, num_inference_steps=4, jump_length=1, jump_n_samp
 assert torch.equal(filled[..., :8], x[..., :8])  # the known half, exactly
 assert pipe.evaluations == {"unet": float(pipe.inpaint_evaluations(4, 1.0, 1, 2))} == {"unet": 7.0}  # 4 + 1·1·3
 """
+NO_REMOTE_CODE_COPIED = """
+import os
+from pathlib import Path
+assert not list(Path(os.environ["HF_HOME"]).rglob("scratch_diffusion.py")), "story A copied remote code"
+"""
+D_CHECKS = """
+assert type(pipe.scheduler).__name__ == 'FlowMatchEulerDiscreteScheduler'
+assert len(pipe(num_inference_steps=2).images) == 1  # the VP UNet on the flow path, converted
+"""
 
 
-def test_story_b_shipped_code_edits_images(workdir, tmp_path):
-    """img2img and inpaint are methods of the one pipeline class, so the shipped code has them (diffusers only)."""
-    run_python(
-        SNIPPETS["Stories B and C"] + LOADED_REMOTE + NOT_INSTALLED + EDITS,
+@pytest.fixture(scope="module")
+def installed_stories(workdir, tmp_path_factory) -> dict[str, str | None]:
+    """Stories A, D and C in one interpreter with the package installed (A first: it must load no remote code)."""
+    return run_stories(
+        {
+            "A": SNIPPETS["Story A"] + LOADED_INSTALLED + images_are(4) + NO_REMOTE_CODE_COPIED,
+            "D": SNIPPETS["Story D"] + D_CHECKS,
+            "C": SNIPPETS["Stories B and C"] + LOADED_REMOTE + "import scratch_diffusion\n" + images_are(4),
+        },
+        workdir,
+        package_installed=True,
+        env=subprocess_env(tmp_path_factory.mktemp("hf-installed")),
+    )
+
+
+@pytest.fixture(scope="module")
+def diffusers_only_stories(workdir, tmp_path_factory) -> dict[str, str | None]:
+    """Story B, then B's pipeline editing images, in one interpreter where scratch-diffusion is not importable."""
+    return run_stories(
+        {
+            "B": SNIPPETS["Stories B and C"] + LOADED_REMOTE + NOT_INSTALLED + images_are(4),
+            "B edits": SNIPPETS["Stories B and C"] + LOADED_REMOTE + NOT_INSTALLED + EDITS,
+        },
         workdir,
         package_installed=False,
-        env=subprocess_env(tmp_path / "hf"),
+        env=subprocess_env(tmp_path_factory.mktemp("hf-diffusers-only")),
     )
+
+
+def test_story_a_installed_package_needs_no_remote_code(installed_stories):
+    assert installed_stories["A"] is None, installed_stories["A"]
+
+
+@pytest.mark.parametrize("package_installed", [False, True], ids=["B-diffusers-only", "C-package-installed"])
+def test_stories_b_and_c_diffusion_pipeline_with_trust_remote_code(request, package_installed):
+    results = request.getfixturevalue("installed_stories" if package_installed else "diffusers_only_stories")
+    story = "C" if package_installed else "B"
+    assert results[story] is None, results[story]
+
+
+def test_story_b_shipped_code_edits_images(diffusers_only_stories):
+    """img2img and inpaint are methods of the one pipeline class, so the shipped code has them (diffusers only)."""
+    assert diffusers_only_stories["B edits"] is None, diffusers_only_stories["B edits"]
 
 
 @pytest.mark.slow
-def test_story_d_scheduler_swaps(workdir, tmp_path):
-    run_python(
-        SNIPPETS["Story D"] + "\nassert type(pipe.scheduler).__name__ == 'FlowMatchEulerDiscreteScheduler'\n"
-        "assert len(pipe(num_inference_steps=2).images) == 1  # the VP UNet on the flow path, converted\n",
-        workdir,
-        package_installed=True,
-        env=subprocess_env(tmp_path / "hf"),
-    )
+def test_story_d_scheduler_swaps(installed_stories):
+    assert installed_stories["D"] is None, installed_stories["D"]
 
 
 STOCK_IS_REJECTED = """

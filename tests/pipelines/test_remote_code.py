@@ -19,6 +19,7 @@ from scratch_diffusion import (
     ScratchDDPMScheduler,
     ScratchDiffusionPipeline,
     ScratchDPMSolverScheduler,
+    ScratchFlowMapScheduler,
     ScratchFlowMatchScheduler,
 )
 from scratch_diffusion.pipelines import build_shipped, remote_code
@@ -70,7 +71,8 @@ def test_bundle_module_behaves_like_the_installed_package(tmp_path):
     try:
         spec.loader.exec_module(bundle)
         assert bundle.running_from_bundle() and bundle.shipped_file() == path
-        for cls in (ScratchDDPMScheduler, ScratchDDIMScheduler, ScratchFlowMatchScheduler, ScratchDPMSolverScheduler):
+        for cls in (ScratchDDPMScheduler, ScratchDDIMScheduler, ScratchFlowMatchScheduler, ScratchDPMSolverScheduler,
+                    ScratchFlowMapScheduler):
             ours, shipped = cls(), getattr(bundle, cls.__name__)()
             ours.set_timesteps(5)
             shipped.set_timesteps(5)

@@ -93,12 +93,15 @@ def test_a_registered_objective_trains_end_to_end(tmp_path, hf_home, tiny_unet_j
 def test_a_registered_objective_gets_its_group_checks_and_refusals(capsys):
     help_text = build_parser().format_help()
     assert "--objective flow_pseudo_huber: flow matching with a pseudo-Huber distance" in help_text
-    assert "{ddpm,flow,flow_pseudo_huber}" in help_text
+    assert "{ddpm,flow,meanflow,consistency,flow_pseudo_huber}" in help_text
     args = parse_args(["--objective", "flow_pseudo_huber"])
     assert args.huber_c == 0.03 and args.weighting_scheme is None  # flow's defaults are flow's only
+    from scratch_diffusion.training.objectives import ConsistencyObjective, MeanFlowObjective, own_arguments
+
+    few_step = {*own_arguments(MeanFlowObjective), *own_arguments(ConsistencyObjective)}
     assert unused_objective_arguments(args) == {
         "prediction_type", "ddpm_beta_schedule", "rescale_betas_zero_snr", "snr_gamma",
-        "weighting_scheme", "logit_mean", "logit_std", "flow_shift",
+        "weighting_scheme", "logit_mean", "logit_std", "flow_shift", *few_step,
     }  # fmt: skip
     assert parse_args([]).objective == "flow"  # the default is unchanged by a registration
     _fails(["--objective", "flow_pseudo_huber", "--huber_c", "-1"], "--huber_c must be > 0, got -1.0.", capsys)

@@ -22,8 +22,10 @@ import math
 from ..errors import ConfigError
 from ..errors import check as _check
 from .base import Objective
+from .consistency import ConsistencyObjective
 from .ddpm import DDPMObjective
 from .flow import FlowMatchingObjective
+from .meanflow import MeanFlowObjective
 
 OBJECTIVES: dict[str, type[Objective]] = {}
 DEFAULT_OBJECTIVE = "flow"
@@ -41,6 +43,8 @@ def register(objective: type[Objective]) -> type[Objective]:
 
 register(DDPMObjective)
 register(FlowMatchingObjective)
+register(MeanFlowObjective)  # one to four steps (issue 23)
+register(ConsistencyObjective)
 
 
 def objective_class(name: str) -> type[Objective]:
@@ -125,8 +129,10 @@ def unused_objective_arguments(args: argparse.Namespace) -> set[str]:
 __all__ = [
     "DEFAULT_OBJECTIVE",
     "OBJECTIVES",
+    "ConsistencyObjective",
     "DDPMObjective",
     "FlowMatchingObjective",
+    "MeanFlowObjective",
     "Objective",
     "add_objective_arguments",
     "choose_objective",

@@ -15,6 +15,9 @@ evaluation during training ask it rather than testing ``--objective``:
 ``describe`` / ``tag``   the model card's text and tag; ``unused_arguments``: what did not apply to a run
 ``sampling_scheduler``   the scheduler the saved pipeline samples with
 ``few_step_path``        the keywords that put DPM-Solver++ on its path (``--eval_sampler dpmsolver``)
+``few_step``             a model made for one to four steps: its default sampling and evaluation step counts
+``prepare_unet``         the UNet it trains, from the built or ``--init_from`` one (a flow map adds a time input)
+``begin_step``           told the optimizer step about to be computed (a schedule over the run: the ECT gap)
 =======================  ==============================================================================
 """
 
@@ -29,6 +32,9 @@ import torch.nn.functional as F
 from scratch_schedulers import FEW_STEP_CONFIG, Parametrization, ScratchDPMSolverScheduler
 from scratch_schedulers.model_fn import ModelFn
 from scratch_schedulers.noise_path import parametrization_of
+
+MANY_STEPS = 50  # the sample grids' steps for a model sampled by an ODE solver
+FEW_STEP_COUNTS = (2, 1, 4)  # a few-step model's: its grids at 2 steps, its evaluations at 2, 1 and 4
 
 
 def per_example_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -50,8 +56,15 @@ class Objective:
     float_arguments: ClassVar[tuple[str, ...]] = ()  # its float arguments: each must be finite
     foreign_hints: ClassVar[dict[str, str]] = {}  # why another objective's argument does not apply here
     few_step_path: ClassVar[dict] = {}  # ScratchDPMSolverScheduler keywords that sample this objective's path
+    model_description: ClassVar[str] = "a `UNet2DModel`"  # what the model card calls the trained network
+    few_step: ClassVar[bool] = False  # made for 1–4 steps (its defaults: FEW_STEP_COUNTS, not MANY_STEPS)
 
     scheduler: object  # the training noise scheduler: add_noise, get_velocity, config.num_train_timesteps
+
+    @classmethod
+    def default_step_counts(cls) -> tuple[int, ...]:
+        """The sampling step counts of its sample grids (the first) and evaluations (all), unless given."""
+        return FEW_STEP_COUNTS if cls.few_step else (MANY_STEPS,)
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -69,6 +82,13 @@ class Objective:
     def from_args(cls, args: argparse.Namespace) -> Objective:
         """The objective and its training noise scheduler from the (validated) command line."""
         raise NotImplementedError
+
+    def prepare_unet(self, unet: torch.nn.Module) -> torch.nn.Module:
+        """The UNet this objective trains, made from the built (or ``--init_from``) one; the same one here."""
+        return unet
+
+    def begin_step(self, step: int, total_steps: int) -> None:
+        """Called before each batch with the optimizer step it belongs to (0-based) and the run's total."""
 
     def noised(self, x0: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One draw of the training distribution for the batch ``x0``: ``(t, ε, x_t)``, x_t = a_t·x0 + b_t·ε.
