@@ -5,7 +5,7 @@ goes from t down to any r ∈ [0, t] (σ_t ≥ σ_r) with one model output m = `
 
 * **Flow map** (deterministic). A MeanFlow network predicts the average velocity over [r, t],
   u(x_t, r, t) = 1/(t − r)·∫_r^t v(x_τ, τ) dτ, so the exact displacement is one product (Geng et al.,
-  2025, "Mean Flows for One-step Generative Modeling", Eq. 3–4, there with t ∈ [0, 1]; here in σ):
+  2025, "Mean Flows for One-step Generative Modeling", there with t ∈ [0, 1]; here in σ):
   x_r = x_t − (σ_t − σ_r)·u. For a plain flow UNet (m = v) the same rule is one Euler step of
   dx/dσ = v — which is what diffusers' ``FlowMapEulerDiscreteScheduler`` computes.
 * **Multistep consistency sampling** (``stochastic_sampling=True``; Song et al., 2023, "Consistency

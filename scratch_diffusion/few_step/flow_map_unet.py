@@ -1,7 +1,7 @@
 """A flow map on diffusers' ``UNet2DModel``: the average velocity u(z_t, r, t) with a second time input r.
 
 MeanFlow (Geng et al., 2025, "Mean Flows for One-step Generative Modeling") conditions the network on two times;
-(t, t − r) is one of the conditionings its ablations compare (Table 1). Here t enters through the UNet's own time
+(t, t − r) is one of the conditionings its ablations compare. Here t enters through the UNet's own time
 embedding, unchanged, and the interval t − r through one added submodule,
 
     emb = time_embedding(time_proj(t)) + interval_embedding(t − r)     (+ the class embedding, as before),

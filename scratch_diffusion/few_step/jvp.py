@@ -1,10 +1,10 @@
-"""The total time derivative of a flow map by forward-mode AD, for MeanFlow's target (Geng et al., 2025, Eq. 8).
+"""The total time derivative of a flow map by forward-mode AD, for MeanFlow's target (Geng et al., 2025).
 
 On the flow path z_σ = (1 − σ)·x0 + σ·ε the trajectory moves at dz/dσ = v, so with r held fixed
 
     du/dσ_t = ∂_z u · v + ∂_σt u,
 
-one Jacobian-vector product of (z, r, t) ↦ u(z, r, t) with tangent (v, 0, dt/dσ) (Eq. 8; ``torch.func.jvp``).
+one Jacobian-vector product of (z, r, t) ↦ u(z, r, t) with tangent (v, 0, dt/dσ) (``torch.func.jvp``).
 
 Units: the derivative returned is always du/dσ_t, the one MeanFlow's target needs in σ units,
 u_tgt = v − (σ_t − σ_r)·du/dσ_t (``meanflow.meanflow_target``). ``model_fn`` takes r and t in its own units and
@@ -123,7 +123,7 @@ def average_velocity_and_time_derivative(
     *,
     dt_dsigma: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(u, du/dσ_t): the flow map at (z, r, t) and its total derivative along the path (Eq. 8; module docstring).
+    """(u, du/dσ_t): the flow map at (z, r, t) and its total derivative along the path (module docstring).
 
     One ``torch.func.jvp`` with tangent (v, 0, dt/dσ) in (z, r, t). Call it within :func:`jvp_safe_attention`
     (or after :func:`use_jvp_safe_attention`) for a model with attention layers.
