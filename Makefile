@@ -49,8 +49,9 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# Train a tiny VAE and a latent UNet on the built-in digits (~3 min on 2 CPU cores), sample with every sampler, guide,
-# edit and control (a ControlNet trained for 300 steps), evaluate: ~6 min in all.
+# Train a tiny VAE and a latent UNet on the built-in digits (3-6 min on 2 CPU cores), sample with every sampler, guide,
+# edit and control (a ControlNet trained for 300 steps), tune for one to four steps (300 consistency steps), evaluate:
+# 12.4 min in all when last measured alone (issue 23; the few-step stage 1.5 min of it).
 # Extra options: make demo DEMO_ARGS="--reuse" (see python -m scratch_diffusion.demo --help).
 DEMO_ARGS ?=
 demo: $(STAMP)
