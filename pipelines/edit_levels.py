@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from scratch_schedulers.samplers import raise_noise
+
 from .inversion import inversion_levels
 
 # c = scale_model_input(1, t) equals 1 or a to float32 rounding (a few u ≈ 6e-8 through σ² + 1 and a square root);
@@ -132,19 +134,16 @@ class EditLevels:
         a, b, c = self.point(entry)
         return a / c, b / c
 
-    def jump(self, source: int, target: int) -> tuple[float, float]:
-        """(p, q) with p·x + q·z a sample at entry ``source`` carried forward (noised) to the noisier entry ``target``.
+    def jump(self, x: torch.Tensor, source: int, target: int, noise: torch.Tensor) -> torch.Tensor:
+        """The sample ``x`` at entry ``source`` carried forward (noised) to the noisier entry ``target`` (z: ``noise``).
 
-        In model-input coordinates the forward transition from (a, b) to (a', b') is
-        x' = (a'/a)·x + √(b'² − (a'·b/a)²)·z: if x = a·x0 + b·ε then x' = a'·x0 + b'·ε' exactly in distribution (on
-        the VP path it is DDPM's q(x_t | x_s) = N(√(ᾱ_t/ᾱ_s)·x_s, (1 − ᾱ_t/ᾱ_s)·I), Ho et al., 2020, Eq. 2 composed;
-        RePaint jumps with it). Here with the samples' scales c, c' on either side.
+        The forward transition from (a, b) to (a', b') is x' = (a'/a)·x + √(b'² − (a'·b/a)²)·z
+        (:func:`~scratch_schedulers.samplers.raise_noise`): if x = a·x0 + b·ε then x' = a'·x0 + b'·ε' exactly in
+        distribution (on the VP path it is DDPM's q(x_t | x_s) = N(√(ᾱ_t/ᾱ_s)·x_s, (1 − ᾱ_t/ᾱ_s)·I), Ho et al., 2020,
+        Eq. 2 composed; RePaint jumps with it). It holds for any Gaussian path, so also in sample coordinates, where
+        the points are (a/c, b/c) (:meth:`noising`).
         """
-        a, b, c = self.point(source)
-        a_up, b_up, c_up = self.point(target)
-        ratio = a_up / a
-        variance = max(b_up**2 - (ratio * b) ** 2, 0.0)  # ≥ 0 up to rounding for a noisier target
-        return ratio * c / c_up, math.sqrt(variance) / c_up
+        return raise_noise(x, *self.noising(source), *self.noising(target), noise)
 
 
 def edit_levels(scheduler: object, levels: Sequence[tuple[float, float]], path: str, num_steps: int) -> EditLevels:

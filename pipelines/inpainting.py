@@ -64,10 +64,9 @@ class KnownRegion:
 
 def jump_up(latents: torch.Tensor, levels: EditLevels, source: int, target: int, generator) -> torch.Tensor:
     """The sample at entry ``source`` carried forward to the noisier entry ``target`` (RePaint's jump back):
-    p·x + q·z with (p, q) = ``levels.jump(source, target)``, z ~ N(0, I) fresh."""
-    signal_scale, noise_scale = levels.jump(source, target)
+    ``levels.jump`` with z ~ N(0, I) fresh."""
     noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-    return latents * signal_scale + noise * noise_scale
+    return levels.jump(latents, source, target, noise)
 
 
 def restore_state(scheduler: object, state: dict) -> None:

@@ -30,7 +30,7 @@ runs the shipped file.
 **Why one generated file rather than copies of the package's modules.** diffusers copies remote
 code into a single flat namespace (``diffusers_modules.local``) shared by every local folder it
 loads, and from a local folder it copies only the modules the loaded file imports *directly*
-(``get_relative_imports``, not recursively), while ``samplers.py`` → ``noise_path.py`` chains are
+(``get_relative_imports``, not recursively), while ``dpm_stepping.py`` → ``samplers/dpm.py`` chains are
 the norm in ``scratch_schedulers``. A Hub download of the pipeline likewise fetches only the
 root ``<module>.py``. A single file with no relative imports sidesteps all three.
 

@@ -5,9 +5,9 @@ conversions), ``path_change`` the exact change of variables between the VP and t
 ``samplers`` the update rules, and the scheduler classes are thin views that speak diffusers'
 ``SchedulerMixin``/``ConfigMixin`` API: ``scheduling_common`` holds what they share (output type,
 step checks, working precision), ``scheduling_vp`` the discrete VP chain of DDPM and DDIM,
-``dpm_grids``/``dpm_stepping`` the DPM-Solver grids and multistep history, ``validation`` the
-argument checks. The ``oracle`` subpackage verifies any scheduler against a Gaussian mixture's exact
-denoiser, density and probability-flow ODE; it imports the core, never the other way round.
+``dpm_schedule``/``dpm_grids``/``dpm_stepping`` the DPM-Solver config checks, grids and multistep
+history, ``validation`` the argument checks. The ``oracle`` subpackage verifies any scheduler against a
+Gaussian mixture's exact denoiser, density and probability-flow ODE; it imports the core, never the other way round.
 """
 
 from diffusers.configuration_utils import ConfigMixin

@@ -118,3 +118,65 @@ def time_grid_lambdas(grid: str, lambda_min: float, lambda_max: float, n: int) -
         return -np.log(karras_levels(math.exp(-lambda_max), math.exp(-lambda_min), n))
     t = np.linspace(1 / (1 + math.exp(lambda_min)), 0, n + 1)[:-1]  # sigmoid(−λ), without the final 0
     return np.log1p(-t) - np.log(t)
+
+
+def flow_times_of_lambdas(lambdas: np.ndarray) -> np.ndarray:
+    """The flow time s = sigmoid(−λ) = b/(a + b) of log-SNRs λ = log(a/b): the same on the VP and the flow path."""
+    return 1 / (1 + np.exp(np.asarray(lambdas, dtype=np.float64)))
+
+
+def lambdas_of_flow_times(times: np.ndarray) -> np.ndarray:
+    """λ = log((1 − s)/s) of flow times s ∈ (0, 1), the inverse of :func:`flow_times_of_lambdas`."""
+    times = np.asarray(times, dtype=np.float64)
+    return np.log1p(-times) - np.log(times)
+
+
+def checked_tuned_grids(tuned_grids: dict | None) -> dict[str, list[float]] | None:
+    """The ``tuned_grids`` config key, checked and normalised to ``{"n": [s_0, …, s_{n−1}]}`` (JSON's form).
+
+    Each entry is the n-step grid in flow time s = b/(a + b), strictly descending in (0, 1); its key is n, an int or
+    its decimal string (a saved config turns int keys into strings). Raises ``ValueError`` naming the bad entry.
+    """
+    if tuned_grids is None:
+        return None
+    if not isinstance(tuned_grids, dict):
+        raise ValueError(f"tuned_grids={tuned_grids!r} must be None or a dict {{num_inference_steps: flow times}}.")
+    normalised: dict[int, list[float]] = {}
+    for key, grid in tuned_grids.items():
+        if isinstance(key, bool) or not (isinstance(key, int) or (isinstance(key, str) and key.isdecimal())):
+            raise ValueError(f"tuned_grids key {key!r} must be a number of steps: an int ≥ 1 or its decimal string.")
+        n = int(key)
+        if n < 1 or n in normalised:
+            raise ValueError(f"tuned_grids key {key!r}: {'n must be ≥ 1' if n < 1 else f'{n} steps given twice'}.")
+        try:
+            times = np.asarray(grid, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"tuned_grids[{key!r}]={grid!r} must be a list of {n} flow times.") from None
+        if times.shape != (n,):
+            raise ValueError(f"tuned_grids[{key!r}] has shape {times.shape}; {n} steps need {n} flow times.")
+        if not (np.all(np.isfinite(times)) and np.all(times > 0) and np.all(times < 1)):
+            raise ValueError(f"tuned_grids[{key!r}]={times.tolist()} must lie in the open interval (0, 1).")
+        if np.any(np.diff(times) >= 0):
+            raise ValueError(f"tuned_grids[{key!r}]={times.tolist()} must be strictly descending (noisiest first).")
+        normalised[n] = times.tolist()
+    return {str(n): normalised[n] for n in sorted(normalised)}
+
+
+def tuned_grid_lambdas(
+    tuned_grids: dict[str, list[float]] | None, n: int, lambda_min: float = -math.inf, lambda_max: float = math.inf
+) -> np.ndarray | None:
+    """The ascending log-SNRs of the tuned n-step grid (``checked_tuned_grids``' form), or None if none is tuned.
+
+    Points outside the path's [λ_min, λ_max] raise ``ValueError``; within 1e-6 of an end they are put on it: a grid
+    read off a scheduler's float32 ``sigmas`` (relative error ≤ u = 2⁻²⁴ ≈ 6e-8 in s = e^{−λ}, so ≤ 6e-8 in λ)
+    starts at its end up to that rounding, and 1e-6 leaves a 16× margin.
+    """
+    if tuned_grids is None or str(n) not in tuned_grids:
+        return None
+    lambdas = lambdas_of_flow_times(np.asarray(tuned_grids[str(n)]))
+    slack = 1e-6
+    if lambdas[0] < lambda_min - slack or lambdas[-1] > lambda_max + slack:
+        allowed = flow_times_of_lambdas(np.array([lambda_max, lambda_min]))
+        raise ValueError(f"tuned_grids[{str(n)!r}]={tuned_grids[str(n)]} leaves this path's flow times "
+                         f"[{allowed[0]:.6g}, {allowed[1]:.6g}]; tune the grid for this scheduler's path.")
+    return np.clip(lambdas, lambda_min, lambda_max)

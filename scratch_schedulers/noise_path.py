@@ -3,7 +3,7 @@
 Following "Step-by-Step Diffusion" (Nakkiran et al., 2024), DDPM, DDIM and flow matching are
 one family of reverse samplers over a Gaussian path; they differ only in the path and in how
 they step along it. This module holds everything about the *path* (its argument checks are in
-``validation.py``); ``samplers.py`` holds the update rules and the three scheduler classes are
+``validation.py``); ``samplers`` holds the update rules and the three scheduler classes are
 thin diffusers-API views over both.
 
 Notation

@@ -1,35 +1,29 @@
 """Multistep DPM-Solver++ (Lu et al., 2022) over the VP or the flow path, for 🤗 diffusers.
 
 The update rules are :func:`~scratch_schedulers.samplers.dpmpp_first_order_step` and its 2M/3M
-siblings, written once in the path's log-SNR λ = log(a/b). This class builds the grid of path
-points (a_i, b_i, λ_i) in float64 on the host in ``set_timesteps`` and, in ``step``, converts the
-model output into x̂0, keeps the last x̂0s (the multistep history) and calls the update rule.
-The config is key-for-key diffusers' ``DPMSolverMultistepScheduler`` (the ``dpmsolver++``
-family), plus ``time_grid`` (one choice instead of the ``use_*_sigmas`` booleans), ``third_order``, and the
-UniC corrector of UniPC with its few-step companions (``corrector``, ``corrector_reuses``, ``final_step``;
-``FEW_STEP_CONFIG`` is the recommended few-step setting). Deliberate differences from diffusers are listed in
-the class docstring.
+siblings, written once in the path's log-SNR λ = log(a/b), with a noise fraction η for the stochastic
+solver; the noise-prediction DPM-Solver is the same rules with (a, x0) and (b, ε) swapped. The class is
+assembled from two mixins: :class:`~.dpm_schedule.DPMSolverSchedule` checks the config and builds the grid of
+path points (a_i, b_i, λ_i) in float64 on the host (``set_timesteps``), :class:`~.dpm_stepping.DPMSolverStepping`
+finds where a step starts, keeps the multistep history and calls the update rule. This module holds the config
+(``__init__``), ``step`` (the model output converted into x̂0 and ε̂, the SDE's noise drawn) and ``add_noise``.
+The config is key-for-key diffusers' ``DPMSolverMultistepScheduler`` (all four
+``algorithm_type`` values), plus ``time_grid`` (one choice instead of the ``use_*_sigmas`` booleans),
+``third_order``, and the UniC corrector of UniPC with its few-step companions (``corrector``,
+``corrector_reuses``, ``final_step``; ``FEW_STEP_CONFIG`` is the recommended few-step setting). Deliberate
+differences from diffusers are listed in the class docstring.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 from diffusers.configuration_utils import register_to_config
+from diffusers.utils.torch_utils import randn_tensor
 
-from .dpm_grids import (
-    TIME_GRIDS,
-    beta_levels,
-    exponential_levels,
-    flow_levels,
-    karras_levels,
-    spaced_dpm_timesteps,
-    time_grid_lambdas,
-    timesteps_of_levels,
-)
+from .dpm_schedule import SDE_ALGORITHM_TYPES, DPMSolverSchedule
 from .dpm_stepping import DPMSolverStepping
 from .noise_path import (
     BetaSchedule,
@@ -38,12 +32,15 @@ from .noise_path import (
     eps_to_x0,
     make_betas,
     rescale_zero_terminal_snr,
-    shift_sigmas,
+    v_to_eps,
     v_to_x0,
+    velocity_to_eps,
     velocity_to_x0,
+    x0_to_eps,
 )
 from .samplers import dynamic_threshold
 from .scheduling_common import (
+    Generators,
     ScratchScheduler,
     check_same_shape,
     check_step_shapes,
@@ -54,19 +51,16 @@ from .scheduling_common import (
     step_result,
     timestep_tensor,
 )
-from .scheduling_ddpm import LEARNED_VARIANCE_TYPES, VARIANCE_TYPES, VarianceType
+from .scheduling_ddpm import LEARNED_VARIANCE_TYPES, VarianceType
 from .scheduling_vp import VP_COMPATIBLES
-from .validation import check_choice, check_custom_timesteps, check_device, check_inference_steps
 
-DPM_PREDICTION_TYPES = {"vp": ("epsilon", "sample", "v_prediction"), "flow": ("flow_prediction", "epsilon", "sample")}
-LEVEL_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
 # The documented few-step (5–20 evaluations) configuration, both paths: ScratchDPMSolverScheduler(**FEW_STEP_CONFIG).
 FEW_STEP_CONFIG = {"solver_order": 3, "time_grid": "flow_uniform", "corrector": "unic_bh2",
                    "corrector_reuses": "gaussian", "final_step": "sigma_squared"}
 
 
-class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
-    """Multistep DPM-Solver++ of order 1–3 with the config of ``diffusers.DPMSolverMultistepScheduler``.
+class ScratchDPMSolverScheduler(DPMSolverSchedule, DPMSolverStepping, ScratchScheduler):
+    """Multistep DPM-Solver(++) of order 1–3, ODE or SDE, with the config of ``diffusers.DPMSolverMultistepScheduler``.
 
     Args:
         num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr:
@@ -75,7 +69,15 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         prediction_type: ``epsilon``, ``sample``, ``v_prediction`` (VP path) or ``flow_prediction``
             (u = ε − x0; flow path, which also takes ``epsilon`` and ``sample``).
         thresholding, dynamic_thresholding_ratio, sample_max_value: Imagen's dynamic thresholding of x̂0.
-        algorithm_type: ``dpmsolver++`` only (the data-prediction solver).
+        algorithm_type: ``dpmsolver++`` (the data-prediction ODE solver), ``sde-dpmsolver++`` (its SDE, noise
+            fraction η = 1: :func:`~scratch_schedulers.samplers.dpmpp_first_order_step` and siblings), ``dpmsolver``
+            (noise-prediction form, Lu et al., 2022a) or ``sde-dpmsolver`` (its SDE:
+            :func:`~scratch_schedulers.samplers.dpm_noise_sde_step`). The SDE types draw z once per step with
+            ``randn_tensor`` from ``step``'s ``generator`` (a list of B: example i's from the i-th), as diffusers.
+            The UniC ``corrector``, UniP ``solver_type`` ``bh1``/``bh2`` and ``final_step="sigma_squared"`` assume the
+            data-form ODE and are refused with the others (``final_step`` is allowed with ``dpmsolver``); so is
+            ``final_sigmas_type="zero"`` with ``sde-dpmsolver`` (its last step would keep noise b_next·√(e^{2h} − 1)·z
+            = 0·∞), as in diffusers.
         solver_type: the 2M variant, ``midpoint`` (Algorithm 2) or ``heun`` (Taylor weights); or ``bh1``/``bh2``:
             the UniP-p predictor of UniPC (Zhao et al., 2023; :func:`~scratch_schedulers.samplers.unipc_update`):
             2M midpoint (bh2) or weight a·h/2 (bh1) at order 2, the Taylor 3M at order 3 (``third_order`` unused).
@@ -101,6 +103,9 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
             (:func:`~scratch_schedulers.samplers.corrected_prediction_shift`).
         final_step: ``x0`` (the last step to σ = 0 returns x̂0) or ``sigma_squared`` (extrapolates the last two x̂0s
             to σ = 0, exact to O(σ³): :func:`~scratch_schedulers.samplers.clean_endpoint_step`).
+        tuned_grids: ``{n: [s_0, …, s_{n−1}]}``, n-step grids in flow time s = b/(a + b) (descending, in (0, 1); the
+            final point follows as configured) that ``set_timesteps(n)`` uses instead of the grid keys and the shift,
+            timesteps exactly at their level; other n keep the configured grid (:mod:`.grid_search` tunes them).
 
     Few steps (5–20 model evaluations), both paths: ``ScratchDPMSolverScheduler(**FEW_STEP_CONFIG)`` (3M, UniC bh2,
     ``corrector_reuses="gaussian"``, ``final_step="sigma_squared"``, ``time_grid="flow_uniform"``) had the lowest
@@ -110,7 +115,10 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
 
     Differences from diffusers (each tested in ``tests/scratch_schedulers/test_dpmsolver.py``):
     ᾱ = 0 with ``rescale_betas_zero_snr`` is kept exact (λ = −∞; diffusers sets ᾱ = 2⁻²⁴);
-    ``third_order="taylor"``; custom flow timesteps mean σ = t/T; ``final_sigmas_type="sigma_min"``
+    ``third_order="taylor"``; ``sde-dpmsolver++`` at order 3 weighs D2 with the Taylor weight (diffusers' has a sign
+    error: first-order accurate; ``test_dpmsolver_sde.py``) and ``sde-dpmsolver`` has order 3 (diffusers' crashes);
+    ``dpmsolver`` accepts ``final_sigmas_type="zero"`` (its last step is order 1, as ``dpmsolver++``'s; diffusers
+    refuses it) and ``flow_prediction``; custom flow timesteps mean σ = t/T; ``final_sigmas_type="sigma_min"``
     on the flow path ends at the smallest training σ (diffusers uses the VP value); float64 samples stay
     float64; a ``use_*_sigmas`` key with ``use_flow_sigmas`` and a prediction type the path cannot
     use raise a ``ValueError`` instead of sampling on mixed paths.
@@ -133,7 +141,7 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         thresholding: bool = False,
         dynamic_thresholding_ratio: float = 0.995,
         sample_max_value: float = 1.0,
-        algorithm_type: Literal["dpmsolver++"] = "dpmsolver++",
+        algorithm_type: Literal["dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver"] = "dpmsolver++",
         solver_type: Literal["midpoint", "heun", "bh1", "bh2"] = "midpoint",
         lower_order_final: bool = True,
         euler_at_final: bool = False,
@@ -156,6 +164,7 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         corrector: Literal["none", "unic_bh1", "unic_bh2"] = "none",
         corrector_reuses: Literal["x0", "epsilon", "gaussian"] = "x0",
         final_step: Literal["x0", "sigma_squared"] = "x0",
+        tuned_grids: dict[int | str, list[float]] | None = None,
     ):
         self._check_config()
         self.noise_path = "flow" if use_flow_sigmas else "vp"
@@ -170,143 +179,6 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         self.sigmas = torch.from_numpy(self._level_table).to(torch.float32)
         self.num_inference_steps: int | None = None
         self.timesteps = torch.from_numpy(np.arange(num_train_timesteps)[::-1].copy())
-
-    def _check_config(self) -> None:
-        """Every refusal happens here, at construction, before any model evaluation."""
-        cfg = self.config
-        check_choice("solver_order", cfg.solver_order, (1, 2, 3))
-        check_choice("algorithm_type", cfg.algorithm_type, ("dpmsolver++",))
-        check_choice("solver_type", cfg.solver_type, ("midpoint", "heun", "bh1", "bh2"))
-        check_choice("final_sigmas_type", cfg.final_sigmas_type, ("zero", "sigma_min"))
-        check_choice("timestep_spacing", cfg.timestep_spacing, ("linspace", "leading", "trailing"))
-        check_choice("variance_type", cfg.variance_type, (None, *VARIANCE_TYPES))
-        check_choice("time_shift_type", cfg.time_shift_type, ("exponential",))
-        check_choice("time_grid", cfg.time_grid, (None, *TIME_GRIDS))
-        check_choice("third_order", cfg.third_order, ("taylor", "diffusers"))
-        check_choice("corrector", cfg.corrector, ("none", "unic_bh1", "unic_bh2"))
-        check_choice("corrector_reuses", cfg.corrector_reuses, ("x0", "epsilon", "gaussian"))
-        check_choice("final_step", cfg.final_step, ("x0", "sigma_squared"))
-        path = "flow" if cfg.use_flow_sigmas else "vp"
-        allowed = DPM_PREDICTION_TYPES[path]
-        if cfg.prediction_type not in allowed:
-            raise ValueError(
-                f"prediction_type={cfg.prediction_type!r} cannot be used on the {path} path "
-                f"(use_flow_sigmas={cfg.use_flow_sigmas}); choose one of {list(allowed)}."
-            )
-        flags = [name for name in LEVEL_FLAGS if cfg[name]]
-        if len(flags) > 1 or (flags and (cfg.use_flow_sigmas or cfg.time_grid is not None)):
-            chosen = flags + ["use_flow_sigmas"] * cfg.use_flow_sigmas + [f"time_grid={cfg.time_grid!r}"] * (
-                cfg.time_grid is not None
-            )
-            raise ValueError(f"{chosen} choose the time grid in conflicting ways; set at most one of them.")
-        if cfg.time_grid is not None and cfg.flow_shift != 1.0:
-            raise ValueError(f"time_grid={cfg.time_grid!r} replaces flow_shift={cfg.flow_shift}; set flow_shift=1.0.")
-
-    # ---- schedule ----------------------------------------------------------------------------
-
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: str | torch.device | None = None,
-        mu: float | None = None,
-        timesteps: Sequence[float] | None = None,
-    ) -> None:
-        """Build the grid: ``num_inference_steps`` points as configured, or custom descending ``timesteps``.
-
-        ``mu`` (with ``use_dynamic_shifting``) shifts the flow grid by e^μ for this schedule only.
-        """
-        cfg = self.config
-        check_device(device)
-        if (num_inference_steps is None) == (timesteps is None):
-            raise ValueError("set_timesteps needs exactly one of num_inference_steps (an int ≥ 1) or timesteps.")
-        if mu is not None and not cfg.use_dynamic_shifting:
-            raise ValueError(f"mu={mu} needs use_dynamic_shifting=True.")
-        if num_inference_steps is not None:
-            check_inference_steps(num_inference_steps, cfg.num_train_timesteps)
-        shift = float(np.exp(mu)) if mu is not None else cfg.flow_shift
-        levels, grid = self._flow_grid(num_inference_steps, timesteps, shift) if self.noise_path == "flow" else (
-            self._vp_grid(num_inference_steps, timesteps))
-        # The path points are the float32 levels exposed as ``self.sigmas``, with a and b evaluated in float32
-        # by the same formulas as diffusers (a = 1/√(1 + s²), b = s·a): x̂0 = (x − b·ε)/a cancels badly near
-        # the clean end, so equal float32 scalars are what keeps the two schedulers' samples together.
-        levels = np.append(levels, self._final_level(shift)).astype(np.float32)
-        if self.noise_path == "flow":
-            a, b = 1 - levels, levels
-        else:
-            with np.errstate(invalid="ignore"):
-                a = 1 / np.sqrt(levels**2 + 1)
-                b = np.where(np.isinf(levels), np.float32(1), levels * a)  # exact at s = ∞ (ᾱ = 0)
-        a, b = a.astype(np.float64), b.astype(np.float64)
-        with np.errstate(divide="ignore"):
-            lam = np.log(a) - np.log(b)
-        if self.config.prediction_type == "epsilon" and np.any(a[:-1] == 0):
-            raise ValueError(
-                f"the grid starts where a = 0 (λ = −∞, timestep {grid[0]:g}): an ε-prediction says nothing about x0 "
-                "there. Use prediction_type='v_prediction'/'flow_prediction' or 'sample', or another spacing."
-            )
-        self.num_inference_steps = len(grid)
-        grid = torch.from_numpy(grid if grid.dtype == np.int64 else grid.astype(np.float32))
-        self.timesteps = grid.to(device)
-        self.sigmas = torch.from_numpy(levels).to(torch.float32)
-        host = lambda values: [torch.tensor(v, dtype=torch.float64) for v in values]  # noqa: E731
-        self._a, self._b, self._lam = host(a), host(b), host(lam)
-        self._b_ratio = host(b[1:] / b[:-1])
-        self._host_timesteps = grid.tolist()
-        self._first_index = {}
-        for i, t in enumerate(self._host_timesteps):
-            self._first_index.setdefault(t, i)
-        self.set_begin_index(0)
-
-    def _vp_grid(self, n: int | None, custom: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray]:
-        """(s levels, timesteps) of a VP grid, without the final point."""
-        cfg, table = self.config, self._level_table
-        T = cfg.num_train_timesteps
-        if custom is not None:
-            t = check_custom_timesteps(custom, T, integer=True).astype(np.int64)
-            return table[t], t
-        with np.errstate(divide="ignore"):
-            lam_table = -np.log(table)
-        last_timestep = T - int(np.sum(lam_table < cfg.lambda_min_clipped))
-        finite = table[np.isfinite(table)]
-        s_min, s_max = float(finite[0]), float(finite[-1])
-        if cfg.time_grid is not None:  # fractional timesteps exactly at their level (linear in s, as diffusers)
-            top = last_timestep - 1 if np.isfinite(table[last_timestep - 1]) else last_timestep - 2
-            levels = np.exp(-time_grid_lambdas(cfg.time_grid, lam_table[top], lam_table[0], n))
-            t = np.interp(levels, table[: top + 1], np.arange(top + 1))
-            return np.interp(t, np.arange(top + 1), table[: top + 1]), t
-        if cfg.use_karras_sigmas or cfg.use_lu_lambdas:
-            levels = (karras_levels if cfg.use_karras_sigmas else exponential_levels)(s_min, s_max, n)
-            t = timesteps_of_levels(levels, table)
-            t = t if cfg.beta_schedule == "squaredcos_cap_v2" else t.round()
-        elif cfg.use_exponential_sigmas or cfg.use_beta_sigmas:
-            levels = (exponential_levels if cfg.use_exponential_sigmas else beta_levels)(s_min, s_max, n)
-            t = timesteps_of_levels(levels, table)
-        else:
-            t = spaced_dpm_timesteps(cfg.timestep_spacing, T, n, cfg.steps_offset, last_timestep)
-            levels = table[t]
-        return levels, t.astype(np.int64)  # diffusers truncates fractional timesteps
-
-    def _flow_grid(self, n: int | None, custom: Sequence[float] | None, shift: float) -> tuple[np.ndarray, np.ndarray]:
-        """(σ levels, timesteps) of a flow grid, without the final point; t = σ·T."""
-        T = self.config.num_train_timesteps
-        if custom is not None:
-            t = check_custom_timesteps(custom, T + 1e-3, integer=False)
-            return t / T, t
-        if self.config.time_grid is not None:
-            lam_min, lam_max = np.log(1 / (T - 1)), np.log(T - 1)  # σ from 1 − 1/T to 1/T
-            lam = time_grid_lambdas(self.config.time_grid, lam_min, lam_max, n)
-            levels = 1 / (1 + np.exp(lam))
-            return levels, levels * T
-        levels = flow_levels(n, T, shift)
-        return levels, (levels * T).astype(np.int64)
-
-    def _final_level(self, shift: float) -> float:
-        """Level after the last step: 0 (x0 itself) or the least noisy training level."""
-        if self.config.final_sigmas_type == "zero":
-            return 0.0
-        if self.noise_path == "flow":
-            return float(shift_sigmas(1 / self.config.num_train_timesteps, shift))
-        return float(self._level_table[0])
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the loop at ``self.timesteps[begin_index]`` (image-to-image); clears the history."""
@@ -341,23 +213,37 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
             x0 = dynamic_threshold(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
         return x0
 
+    def _noise_prediction(self, model_output: torch.Tensor, x: torch.Tensor, a, b, x0: torch.Tensor) -> torch.Tensor:
+        """ε̂ for the noise-form solvers: from the model output directly, as diffusers (from the thresholded x̂0
+        when thresholding)."""
+        prediction_type = self.config.prediction_type
+        if self.config.thresholding or prediction_type == "sample":
+            return x0_to_eps(x0, x, a, b)
+        if prediction_type == "epsilon":
+            return model_output
+        if prediction_type == "v_prediction":
+            return v_to_eps(model_output, x, a, b)
+        return velocity_to_eps(model_output, x, b)
+
     def step(
         self,
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
     ):
-        """One multistep DPM-Solver++ step from ``timestep`` to the next grid point below it (:mod:`.dpm_stepping`).
+        """One multistep DPM-Solver(++) step from ``timestep`` to the next grid point below it (:mod:`.dpm_stepping`).
 
         Args:
             model_output: the model's prediction at (sample, timestep), in ``prediction_type``.
             timestep: a value of ``self.timesteps``, any other t in the path's range, or a (B,) CPU tensor of
                 one per example (each example keeps its own history: lock-step loops give each its own order).
             sample: x at that timestep, shape (B, C, ...).
-            generator, variance_noise: unused (the ``dpmsolver++`` family is deterministic); kept for the API.
+            generator: torch generator(s) for the SDE types' noise z (a list of B draws example i's from the i-th,
+                as that example alone would); unused by the ODE types.
+            variance_noise: z itself (the sample's shape) instead of drawing it; takes precedence over ``generator``.
             return_dict: return a :class:`ScratchSchedulerOutput` rather than a tuple (prev_sample, x̂0).
         """
         if self.num_inference_steps is None:
@@ -366,12 +252,21 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         t = timestep_tensor(timestep, sample)
         x, out = in_working_precision(sample, model_output)
         out = out[:, : x.shape[1]]
+        noise = None
+        if self.config.algorithm_type in SDE_ALGORITHM_TYPES:  # one draw per step for the batch, as diffusers
+            if variance_noise is None:
+                noise = randn_tensor(x.shape, generator=generator, device=sample.device, dtype=torch.float32)
+            else:
+                check_same_shape(variance_noise, sample, "variance_noise", "sample")
+                noise = variance_noise.to(device=sample.device)
+            noise = noise.to(x.dtype)
         if t.ndim == 0:
             start = self._start(float(t) if is_host(t) else None, self._position)
-            prev_sample, x0, corrected, order = self._advance(x, out, start, self._consecutive_history(start))
-            entry = (start.target, start.lam, start.b, order, corrected, x0)
+            prev_sample, x0, corrected, order, eps = self._advance(x, out, start, self._consecutive_history(start),
+                                                                   noise=noise)
+            entry = (start.target, start.lam, start.b, order, corrected, x0, eps)
         else:
-            prev_sample, x0, entry = self._step_per_example(t, x, out)
+            prev_sample, x0, entry = self._step_per_example(t, x, out, noise)
         self._history = [*self._history[-2:], entry]  # 3M needs the last two, its UniC-3 corrector three
         target = entry[0]  # the grid index landed on: an int, or an array of one per example
         self._position = target if isinstance(target, int) else int(target.min())

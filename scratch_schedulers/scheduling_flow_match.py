@@ -5,6 +5,8 @@ u = dx/dσ = ε − x0 and sampling integrates the ODE from σ = 1 to 0 with Eul
 Config keys follow diffusers' ``FlowMatchEulerDiscreteScheduler`` (shift, dynamic shifting with
 μ, shift_terminal, stochastic_sampling); ``solver="heun"`` is second order with diffusers' Heun
 convention (``order = 2``, interior timesteps repeated) so a plain ``for t in timesteps`` works.
+``s_churn > 0`` makes either one EDM's stochastic sampler (Karras et al., 2022, Alg. 2; :mod:`.flow_churn`):
+the timesteps are then the churned levels σ̂_i where the model is evaluated.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' loader looks it up here)
 from diffusers.utils.torch_utils import randn_tensor
 
+from .flow_churn import ChurnPlan, check_churn, per_example_churn_error
 from .flow_forward import FlowForwardProcess
 from .noise_path import (
     TIME_SHIFT_TYPES,
@@ -66,6 +69,16 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
         time_shift_type: ``exponential`` or ``linear`` form of the dynamic shift.
         stochastic_sampling: re-noise at every step, x_next = (1 − σ_next)·x̂0 + σ_next·z (Euler only).
         solver: ``euler`` (first order) or ``heun`` (second order, 2n − 1 model evaluations).
+        s_churn, s_tmin, s_tmax, s_noise: EDM's churn (Karras et al., 2022, Alg. 2) on its noise level
+            s = σ/(1 − σ) (= b/a; the VP level of a VP model sampled through the pipeline's change of variables).
+            Step i raises s_i to ŝ_i = (1 + γ_i)·s_i, γ_i = min(s_churn/n, √2 − 1) where s_tmin ≤ s_i ≤ s_tmax
+            (s_i finite, so never at σ = 1) else 0, by x̂ = (â/a)·x + √(b̂² − (â·b/a)²)·s_noise·z
+            (``samplers.raise_noise``; x + √(ŝ² − s²)·s_noise·z in x/a), then integrates the ODE from σ̂_i to
+            σ_{i+1}. The timesteps are σ̂_i·T (Euler: n; Heun: σ̂_0, σ_1, σ̂_1, …, σ̂_{n−1}, 2n − 1) and
+            ``sigmas`` the model's level per timestep then 0; a ``step`` call ends with the raise of the next
+            step, with noise from ``generator`` (a list of B: example i from the i-th). The initial noise
+            stands for the sample at σ̂_0. Heun here is the trapezoid in σ, not EDM's in s (both second order).
+            0 (default) is the deterministic sampler, bit for bit; exclusive with ``stochastic_sampling``.
     """
 
     _compatibles = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]  # noqa: RUF012
@@ -85,6 +98,10 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
         time_shift_type: TimeShiftType = "exponential",
         stochastic_sampling: bool = False,
         solver: FlowSolver = "euler",
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = float("inf"),
+        s_noise: float = 1.0,
     ):
         check_choice("solver", solver, SOLVERS)
         check_choice("time_shift_type", time_shift_type, TIME_SHIFT_TYPES)
@@ -94,6 +111,7 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
             raise ValueError(f"shift_terminal={shift_terminal} must be in [0, 1).")
         if stochastic_sampling and solver != "euler":
             raise ValueError(f"stochastic_sampling=True needs solver='euler', got solver={solver!r}.")
+        check_churn(s_churn, s_tmin, s_tmax, s_noise, stochastic_sampling)
         self.order = 1 if solver == "euler" else 2
         self._deterministic_euler = solver == "euler" and not stochastic_sampling  # the fused host step applies
         # Training grid, as diffusers (in float32): σ = t/T for t = T … 1, statically shifted.
@@ -110,6 +128,7 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
         self._host_floats: dict[float, tuple[float, float]] = {}
         self._position = 0
         self._heun_pending: tuple[torch.Tensor, torch.Tensor, float, float] | None = None
+        self._churn: ChurnPlan | None = None  # set by set_timesteps when some step's γ > 0
 
     # ---- schedule ----------------------------------------------------------------------------
 
@@ -161,6 +180,7 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
             raise ValueError(f"custom sigmas/timesteps must stay > 0 (σ = 0 is appended), got {grid.tolist()}.")
         self.num_inference_steps = len(grid)
         self._grid = np.append(grid, 0.0)  # float64, read by the Heun stages
+        self._churn = ChurnPlan.of(self._grid, cfg)
         sigma32 = torch.from_numpy(self._grid).to(torch.float32)  # σ_0 … σ_{n−1}, 0 as diffusers holds them
         # The distinct timesteps exactly as self.timesteps holds them (float32 σ times T, as diffusers), so that
         # every value of self.timesteps is a key of the O(1) host look-ups below (float32(σ·T) differs by an ulp).
@@ -173,7 +193,10 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
         # (distinct timesteps, −∞) and (σ grid, 0) in float32, for off-schedule and per-example look-ups
         self._host_grids = (torch.cat([distinct, torch.tensor([-torch.inf])]), sigma32)
         self._device_grids: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-        if self.config.solver == "heun":  # σ_0, σ_1, σ_1, …, σ_{n−1}, σ_{n−1}, 0: predictor/corrector pairs
+        if self._churn is not None:  # the model's levels: σ̂_i (and σ_{i+1} for Heun's correctors), then 0
+            loop_sigmas = self._churn.loop_sigmas(heun=self.config.solver == "heun")
+            timesteps = loop_sigmas[:-1] * T
+        elif self.config.solver == "heun":  # σ_0, σ_1, σ_1, …, σ_{n−1}, σ_{n−1}, 0: predictor/corrector pairs
             loop_sigmas = torch.cat([sigma32[:1], sigma32[1:-1].repeat_interleave(2), sigma32[-1:]])
             timesteps = torch.cat([distinct[:1], distinct[1:].repeat_interleave(2)])
         else:
@@ -236,7 +259,7 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
         A value of ``self.timesteps`` is one dict look-up (keys built by ``set_timesteps``): the hot path of a
         sampling loop creates no tensor and validates nothing it has not already validated.
         """
-        if not self._deterministic_euler:
+        if not self._deterministic_euler or self._churn is not None:
             return None
         if isinstance(timestep, torch.Tensor) and (not timestep.is_cpu or timestep.numel() != 1):
             return None
@@ -261,7 +284,9 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
             sigma, dt = host
             prev_sample, x0 = x.add(u, alpha=dt), x.sub(u, alpha=sigma)
         elif self.config.solver == "heun":
-            prev_sample, x0 = self._heun_stage(u, timestep, x)
+            prev_sample, x0 = self._heun_stage(u, timestep, x, generator)
+        elif self._churn is not None:
+            prev_sample, x0 = self._churned_euler_step(u, timestep, x, generator)
         else:
             sigma, sigma_next = self._euler_sigmas(timestep, x)
             x0 = velocity_to_x0(u, x, sigma)
@@ -273,7 +298,32 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
                 prev_sample = euler_step(x, u, sigma, sigma_next)
         return prev_sample, x0
 
-    def _heun_stage(self, u: torch.Tensor, timestep, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _churned_euler_step(
+        self, u: torch.Tensor, timestep, x: torch.Tensor, generator: Generators
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Euler step i of Alg. 2: σ̂_i → σ_{i+1} along the ODE, then the churn σ_{i+1} → σ̂_{i+1} of step i + 1.
+
+        A host timestep of the schedule is step i (a look-up); any other host t in [0, T] steps from σ = t/T
+        to σ_j and churns to σ̂_j, j the first entry below t, where the loop goes on. A device timestep is
+        taken to be the loop's next entry (position counter, as diffusers' step index: reading it would
+        synchronise). The churn noise is per step, so one timestep serves the whole batch.
+        """
+        churn = self._churn
+        if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
+            raise per_example_churn_error(timestep)
+        if is_host(timestep):
+            sigma, j = churn.euler_start(float(timestep), self.config.num_train_timesteps)
+        else:
+            if self._position >= churn.num_steps:
+                raise ValueError(f"the loop has already taken all {churn.num_steps} steps; call set_timesteps().")
+            sigma, j = float(churn.churned[self._position]), self._position + 1
+        self._position = j
+        x_next = euler_step(x, u, sigma, float(churn.sigmas[j]))
+        return churn.raise_to(x_next, j, generator), velocity_to_x0(u, x, sigma)
+
+    def _heun_stage(
+        self, u: torch.Tensor, timestep, x: torch.Tensor, generator: Generators = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictor (even positions) or corrector (odd) of a Heun step; the last step is Euler.
 
         The two stages share state (the predictor's x, derivative and σs), so a Heun loop keeps a
@@ -295,22 +345,32 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
                 return self._heun_from(value, u, x)
         elif timestep.numel() != 1:
             raise self._per_example_heun_error(timestep)
-        i = (position + 1) // 2  # index of σ in the distinct grid for both stages of step i
+        i = (position + 1) // 2  # predictor: step i (from σ_i, σ̂_i when churned); corrector: its target σ_i
         self._position += 1
         if self._heun_pending is None:  # predictor from σ_i (also the final Euler step to σ = 0)
-            sigma, sigma_next = float(self._grid[i]), float(self._grid[i + 1])
+            start = self._grid[i] if self._churn is None else self._churn.churned[i]
+            sigma, sigma_next = float(start), float(self._grid[i + 1])
             if sigma_next > 0:
                 self._heun_pending = (x, u, sigma, sigma_next)
             return euler_step(x, u, sigma, sigma_next), velocity_to_x0(u, x, sigma)
         x_start, u_start, sigma, sigma_next = self._heun_pending  # corrector: u is the velocity at (x̃, σ_next)
         self._heun_pending = None
-        return heun_step(x_start, u_start, u, sigma, sigma_next), velocity_to_x0(u, x, sigma_next)
+        x_next = heun_step(x_start, u_start, u, sigma, sigma_next)
+        if self._churn is not None:  # Alg. 2: raise σ_i → σ̂_i for the next step's predictor
+            x_next = self._churn.raise_to(x_next, i, generator)
+        return x_next, velocity_to_x0(u, x, sigma_next)
 
     def _heun_from(self, value: float, u: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A Heun step from an off-schedule host timestep t: predictor from σ = t/T to the largest scheduled
         σ_j below it, whose corrector is the loop's next call (at σ_j: ``timesteps[timesteps < t]`` goes on).
         Above the first scheduled σ, or below the last, it is one Euler step (to σ_0, or to 0)."""
         T = self.config.num_train_timesteps
+        if self._churn is not None:
+            raise ValueError(
+                f"timestep {value:g} is not the Heun loop's next timestep {self._schedule[self._position]:g} "
+                f"(position {self._position}); with s_churn > 0 a Heun loop runs its entries in order (call "
+                "set_begin_index() to start later), as the churn noise belongs to a step of the schedule."
+            )
         check_step_timesteps(torch.tensor(value), T, integer=False)
         scheduled = self._grid[:-1] * T
         if np.any(np.abs(scheduled - value) <= 1e-3 * max(1.0, value)):

@@ -6,7 +6,8 @@ is not used. Sections, in dependency order (imports between them removed):
 
     scratch_schedulers.validation
     scratch_schedulers.noise_path
-    scratch_schedulers.samplers
+    scratch_schedulers.samplers.steps
+    scratch_schedulers.samplers.dpm
     scratch_schedulers.path_change
     scratch_diffusion.guidance.setup
     scratch_diffusion.guidance.models
@@ -23,10 +24,13 @@ is not used. Sections, in dependency order (imports between them removed):
     scratch_schedulers.scheduling_ddim
     scratch_schedulers.scheduling_ddpm
     scratch_schedulers.dpm_grids
+    scratch_schedulers.dpm_schedule
+    scratch_schedulers.samplers.unipc
     scratch_schedulers.dpm_stepping
     scratch_schedulers.scheduling_dpmsolver
     scratch_schedulers.flow_forward
     scratch_schedulers.scheduling_flow_map
+    scratch_schedulers.flow_churn
     scratch_schedulers.scheduling_flow_match
     scratch_diffusion.pipelines.latents
     scratch_diffusion.pipelines.components
@@ -173,7 +177,7 @@ def check_trained_betas(betas: torch.Tensor, num_train_timesteps: int) -> None:
 Following "Step-by-Step Diffusion" (Nakkiran et al., 2024), DDPM, DDIM and flow matching are
 one family of reverse samplers over a Gaussian path; they differ only in the path and in how
 they step along it. This module holds everything about the *path* (its argument checks are in
-``validation.py``); ``samplers.py`` holds the update rules and the three scheduler classes are
+``validation.py``); ``samplers`` holds the update rules and the three scheduler classes are
 thin diffusers-API views over both.
 
 Notation
@@ -520,28 +524,17 @@ def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 # ============================================================================================
-# scratch_schedulers.samplers
+# scratch_schedulers.samplers.steps
 # ============================================================================================
 
-"""Reverse-sampler update rules on the Gaussian path x_t = a_t·x0 + b_t·ε — each one once.
+"""The one-step rules in (a, b) and σ: DDIM/DDPM, Euler/Heun, EDM churn, dynamic thresholding.
 
-Every sampler here moves a sample from path point (a_t, b_t) to (a_next, b_next) given the
-model's estimates (x̂0, ε̂). In the view of "Step-by-Step Diffusion" (Nakkiran et al., 2024):
-
-* :func:`reverse_step` is DDIM's generalised update (Song et al., 2021, Eq. 12). With
-  s = η·σ_t (:func:`ddim_noise_std`, Eq. 16) it is DDIM; with η = 1 its mean is exactly DDPM's
-  posterior mean μ̃_t (Ho et al., 2020, Eq. 7, :func:`posterior_mean`) — the ancestral
-  sampler is DDIM at η = 1.
-* On the flow path a = 1 − σ, b = σ, :func:`reverse_step` with s = 0 equals the Euler step
-  x + (σ_next − σ)·u of the probability-flow ODE dx/dσ = u = ε − x0 (:func:`euler_step`);
-  with s = b_next it is the stochastic re-noising sampler x_next = (1−σ_next)·x̂0 + σ_next·z.
-* :func:`heun_step` is the second-order trapezoidal correction (Karras et al., 2022, Alg. 1).
-
-Coefficients are 0-d or broadcastable tensors (or Python numbers), so the functions work
-unchanged on any device and never read a value back to the host.
-``tests/scratch_schedulers/test_samplers.py`` checks each identity above in float64.
+Each function is one update of the overview in :mod:`scratch_schedulers.samplers` (the package docstring), written
+next to its equation. Coefficients are 0-d or broadcastable tensors (or Python numbers).
 """
 
+
+import math
 
 import torch
 
@@ -626,6 +619,32 @@ def heun_step(
     return x + (derivative + derivative_next) / 2 * (sigma_next - sigma)
 
 
+def churn_gamma(level: float, num_steps: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
+    """γ = min(S_churn/N, √2 − 1) if S_tmin ≤ s ≤ S_tmax (s finite) else 0  (Karras et al., 2022, Alg. 2).
+
+    ``level`` is EDM's noise level s = b/a of the path point (σ/(1 − σ) on the flow path); N the number
+    of steps. The churned level is ŝ = (1 + γ)·s; the cap √2 − 1 keeps the added variance ŝ² − s² ≤ s².
+    """
+    if not (math.isfinite(level) and s_tmin <= level <= s_tmax):
+        return 0.0
+    return min(s_churn / num_steps, math.sqrt(2) - 1)
+
+
+def raise_noise(x: torch.Tensor, a, b, a_hat, b_hat, noise: torch.Tensor, s_noise: float = 1.0) -> torch.Tensor:
+    """x̂ = (â/a)·x + √(b̂² − (â·b/a)²)·S_noise·z: a sample at path point (a, b) moved to the noisier (â, b̂).
+
+    If x = a·x0 + b·ε then x̂ = â·x0 + b̂·ε' in distribution (at S_noise = 1), for any Gaussian path: the
+    forward transition between two levels (on the VP path DDPM's q(x_t | x_s), Ho et al., 2020). In EDM's
+    VE coordinates x/a with s = b/a it is Alg. 2's x̂ = x + √(ŝ² − s²)·S_noise·z, scaled by â (Karras et al.,
+    2022); on the flow path a = 1 − σ, b = σ. Needs b̂/â ≥ b/a (the variance is clamped at 0 against rounding).
+    Coefficients: Python floats (computed on the host, nothing created) or broadcastable tensors.
+    """
+    ratio = a_hat / a
+    variance = b_hat**2 - (ratio * b) ** 2
+    std = math.sqrt(max(variance, 0.0)) if isinstance(variance, float) else nonneg_sqrt(variance)
+    return ratio * x + (std * s_noise) * noise
+
+
 def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
     """Imagen's dynamic thresholding (Saharia et al., 2022, §2.3) of a predicted x̂0.
 
@@ -635,6 +654,20 @@ def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch
     flat = flat.float() if flat.dtype not in (torch.float32, torch.float64) else flat
     s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
     return (torch.maximum(torch.minimum(flat, s), -s) / s).reshape(x0.shape).to(x0.dtype)
+
+
+# ============================================================================================
+# scratch_schedulers.samplers.dpm
+# ============================================================================================
+
+"""DPM-Solver++ (data form, orders 1–3, ODE and SDE) and the noise-form SDE-DPM-Solver, in the log-SNR λ.
+
+The derivation below (exact solution, φ functions, path ends, the SDE and the noise form) is the one the
+functions implement; :mod:`scratch_schedulers.samplers` gives the overview of all update rules.
+"""
+
+
+import torch
 
 
 # --------------------------------------------------------------------------------------------
@@ -662,6 +695,30 @@ def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch
 # * A previous point with λ_prev = −∞ enters only through h/h_prev = 0 (finite/∞), so its
 #   divided difference vanishes and the method reduces, exactly, to the next lower order.
 # Every coefficient is a product of finite factors; nothing is written as ∞·0.
+#
+# Stochastic DPM-Solver++ (SDE-DPM-Solver++ of Lu et al., 2022; Gonzalez et al., 2023, "SEEDS"), with
+# a noise fraction η ≥ 0. With the forward SDE dx = f·x dt + g dw (f = d log a/dt, g² = −2·b²·dλ/dt) the
+# reverse SDEs dx = [f·x − (1 + η)/2·g²·∇log p] dt + √η·g dw̄ all have the path's marginals (η = 0 is the
+# probability-flow ODE, η = 1 the reverse SDE of Anderson, 1982). In y = x/a, ∇log p = (a·D − x)/b², this
+# is dy = (1 + η)·(D − y) dλ + noise: linear, with the exact solution (ĥ = (1 + η)·h, u = (1 + η)·(ℓ − λ))
+#     x_next = (b_next/b)·e^{−ηh}·x + a_next·∫_0^ĥ e^{−(ĥ−u)}·D(λ + u/(1+η)) du + b_next·√(1 − e^{−2ηh})·z.
+# η = 0 is the ODE above; η = 1 is diffusers' "sde-dpmsolver++" and k-diffusion's dpmpp_2m_sde/3m_sde.
+# With D(λ + v) = D0 + v·D′ + v²/2·D″ the integral is a_next·(φ1(ĥ)·D0 + h·φ2(ĥ)·D′ + h²·φ3(ĥ)·D″)
+# (the (1 + η)^−k of (u/(1 + η))^k turns ĥ^k·φ_{k+1}(ĥ) into h^k·φ_{k+1}(ĥ)), so with the same divided
+# differences D1 ≈ h·D′, D2 ≈ h²·D″/2 (true λ ratios) every order is the deterministic formula with φ1, φ2,
+# φ3 at ĥ, the x coefficient times e^{−ηh}, plus the noise term. Ends: at b_next = 0 (λ_next = +∞) the step is a_next·x̂0
+# and the noise term b_next·√(1 − 0)·z = 0 exactly; from a = 0 (h = +∞) the x term is (b_next/b)·0·x.
+# Check (one step, D constant = c, x ~ N(a·c, b²)): the mean (b_next/b)·e^{−ηh}·a·c + a_next·(1 − e^{−ĥ})·c
+# = a_next·c (since (b_next/b)·a = a_next·e^{−h}) and the variance b_next²·e^{−2ηh} + b_next²·(1 − e^{−2ηh})
+# = b_next²: the step maps N(a·c, b²) onto N(a_next·c, b_next²) exactly, for every η.
+#
+# DPM-Solver in noise-prediction form ("dpmsolver", Lu et al., 2022a, §3) is the same integral with the
+# roles of (a, x0) and (b, ε) swapped: x_next = (a_next/a)·x − a_next·∫_λ^λ_next e^{−ℓ}·ε̂ dℓ, i.e. these functions
+# called with λ → −λ, a_next → b_next, b_next/b → a_next/a and D → ε̂ (first order (a_next/a)·x −
+# b_next·(e^h − 1)·ε̂; algebraically the same as the data form, so the scheduler takes every first-order
+# step in the data form, which is exact at λ_next = +∞ and λ = −∞). Its SDE ("sde-dpmsolver") has the
+# score with weight g² instead of g²/2: the ε-terms of the exact solution are twice the ODE's, so
+# x_sde = 2·x_ode − (a_next/a)·x + b_next·√(e^{2h} − 1)·z at any order (:func:`dpm_noise_sde_step`).
 # --------------------------------------------------------------------------------------------
 
 
@@ -670,8 +727,30 @@ def log_snr(a, b) -> torch.Tensor:
     return torch.log(torch.as_tensor(a)) - torch.log(torch.as_tensor(b))
 
 
-def dpmpp_first_order_step(x: torch.Tensor, x0: torch.Tensor, lam, lam_next, a_next, b_ratio) -> torch.Tensor:
-    """x_next = (b_next/b)·x + a_next·(1 − e^{−h})·D0, h = λ_next − λ  (DPM-Solver++ first order = DDIM).
+def _sde_start(x: torch.Tensor, lam, lam_next, b_ratio, eta: float):
+    """(λ, h, ĥ = (1 + η)·h, the x term (b_next/b)·e^{−ηh}·x) of a step λ → λ_next (SDE above; η = 0: the ODE's)."""
+    lam = torch.as_tensor(lam)
+    h = torch.as_tensor(lam_next) - lam
+    x_term = b_ratio * x if eta == 0 else (b_ratio * torch.exp(-eta * h)) * x  # η = 0 avoids e^{−0·∞} at a = 0
+    return lam, h, (1 + eta) * h, x_term
+
+
+def _with_sde_noise(x_next: torch.Tensor, noise: torch.Tensor | None, h, lam_next, a_next, eta: float) -> torch.Tensor:
+    """x_next + b_next·√(1 − e^{−2ηh})·z, b_next = a_next·e^{−λ_next} (0 at λ_next = +∞); x_next when η = 0."""
+    if eta == 0:
+        return x_next
+    if noise is None:
+        raise ValueError(f"eta={eta} needs noise: a tensor z ~ N(0, I) of the sample's shape.")
+    std = a_next * torch.exp(-torch.as_tensor(lam_next)) * nonneg_sqrt(-torch.expm1(-2 * eta * h))
+    return x_next + std * noise
+
+
+def dpmpp_first_order_step(
+    x: torch.Tensor, x0: torch.Tensor, lam, lam_next, a_next, b_ratio, eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x_next = (b_next/b)·e^{−ηh}·x + a_next·(1 − e^{−ĥ})·D0 + b_next·√(1 − e^{−2ηh})·z, h = λ_next − λ,
+    ĥ = (1 + η)·h  (DPM-Solver++ first order = DDIM at η = 0; SDE-DPM-Solver++1 at η = 1).
 
     Args:
         x: sample at λ, shape (B, ...).
@@ -679,9 +758,12 @@ def dpmpp_first_order_step(x: torch.Tensor, x0: torch.Tensor, lam, lam_next, a_n
         lam, lam_next: λ of this and the next path point (0-d tensors; ±∞ allowed, see above).
         a_next: signal scale of the next point.
         b_ratio: b_next / b (0 at the last step).
+        eta: noise fraction η ≥ 0 of the SDE above (0: the probability-flow ODE, bit-identical to it).
+        noise: z ~ N(0, I) of the sample's shape; required when η > 0.
     """
-    phi1 = -torch.expm1(torch.as_tensor(lam) - lam_next)  # 1 − e^{−h}, exact 1 at λ_next = +∞ or λ = −∞
-    return b_ratio * x + (a_next * phi1) * x0
+    _, h, h_hat, x_term = _sde_start(x, lam, lam_next, b_ratio, eta)
+    phi1 = -torch.expm1(-h_hat)  # 1 − e^{−ĥ}, exact 1 at λ_next = +∞ or λ = −∞
+    return _with_sde_noise(x_term + (a_next * phi1) * x0, noise, h, lam_next, a_next, eta)
 
 
 def dpmpp_second_order_step(
@@ -694,18 +776,23 @@ def dpmpp_second_order_step(
     a_next,
     b_ratio,
     solver_type: str = "midpoint",
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al., 2022, Algorithm 2): x_next = first order + w·D1, D1 = (h/h_prev)·(D0 − D_prev).
 
     D1 ≈ h·dD/dλ from the previous step's x̂0 at λ_prev (h_prev = λ − λ_prev). The ``midpoint``
     variant weighs it with w = a_next·φ1/2 (Algorithm 2), ``heun`` with the exact Taylor weight
     w = a_next·φ2 (the "taylor" variant of the DPM-Solver code). λ_next must be finite.
+    ``eta``, ``noise``: the SDE above (φ at ĥ = (1 + η)·h; η = 1 is diffusers' ``sde-dpmsolver++`` 2M:
+    midpoint w = a_next·(1 − e^{−2h})/2, heun w = a_next·((1 − e^{−2h})/(−2h) + 1)).
     """
-    lam, h = torch.as_tensor(lam), torch.as_tensor(lam_next) - lam
-    phi1 = -torch.expm1(-h)
-    weight = a_next * (phi1 / 2 if solver_type == "midpoint" else 1 - phi1 / h)
+    lam, h, h_hat, x_term = _sde_start(x, lam, lam_next, b_ratio, eta)
+    phi1 = -torch.expm1(-h_hat)
+    weight = a_next * (phi1 / 2 if solver_type == "midpoint" else 1 - phi1 / h_hat)
     d1_scale = h / (lam - lam_prev)  # 1/r0; 0 when λ_prev = −∞
-    return b_ratio * x + (a_next * phi1) * x0 + (weight * d1_scale) * (x0 - x0_prev)
+    x_next = x_term + (a_next * phi1) * x0 + (weight * d1_scale) * (x0 - x0_prev)
+    return _with_sde_noise(x_next, noise, h, lam_next, a_next, eta)
 
 
 def dpmpp_third_order_step(
@@ -720,23 +807,31 @@ def dpmpp_third_order_step(
     a_next,
     b_ratio,
     halve_d2: bool = False,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(3M): x_next = (b_next/b)·x + a_next·(φ1·D0 + φ2·D1 + φ3·D2)  (Taylor terms above).
 
     With r0 = h_prev/h, r1 = h_prev2/h and the divided differences Δ0 = (D0 − D_prev)/r0 and
     Δ1 = (D_prev − D_prev2)/r1: D1 = Δ0 + r0/(r0 + r1)·(Δ0 − Δ1) ≈ h·D′ and
-    D2 = (Δ0 − Δ1)/(r0 + r1) ≈ h²·D″ (third-order multistep of Lu et al., 2022a, App. B, in
+    D2 = (Δ0 − Δ1)/(r0 + r1) ≈ h²·D″/2 (third-order multistep of Lu et al., 2022a, App. B, in
     data-prediction form). λ_next must be finite; λ_prev2 = −∞ reduces it exactly to heun 2M.
 
     Since D2 ≈ h²·D″/2 while the Taylor term is a_next·h²·φ3·D″, the weight of D2 is 2·a_next·φ3
     (local error O(h⁴)). ``halve_d2=True`` uses a_next·φ3, as the DPM-Solver reference code and
     diffusers do: local error O(h³), i.e. no more accurate than 2M (test_dpmsolver.py measures both).
+
+    ``eta``, ``noise``: the SDE above, φ1, φ2, φ3 at ĥ = (1 + η)·h. diffusers' ``sde-dpmsolver++`` 3M (η = 1)
+    weighs D2 with a_next·((1 − e^{−2h} − 2h)/(2h)² − 1/2) = −a_next·(1/2 + (ĥ − φ1)/ĥ²) ≈ −a_next, where the
+    halved Taylor weight is a_next·φ3(ĥ) = a_next·(1/2 − (ĥ − φ1)/ĥ²) ≈ a_next·ĥ/6: a sign error that leaves an
+    O(h²) error per step (first order overall); ours is the Taylor weight (test_dpmsolver_sde.py measures both).
     """
-    lam, lam_prev = torch.as_tensor(lam), torch.as_tensor(lam_prev)
-    h, h_prev, h_prev2 = torch.as_tensor(lam_next) - lam, lam - lam_prev, lam_prev - lam_prev2
-    phi1 = -torch.expm1(-h)
-    phi2 = 1 - phi1 / h
-    phi3 = 0.5 - (h - phi1) / h**2
+    lam, h, h_hat, x_term = _sde_start(x, lam, lam_next, b_ratio, eta)
+    lam_prev = torch.as_tensor(lam_prev)
+    h_prev, h_prev2 = lam - lam_prev, lam_prev - lam_prev2
+    phi1 = -torch.expm1(-h_hat)
+    phi2 = 1 - phi1 / h_hat
+    phi3 = 0.5 - (h_hat - phi1) / h_hat**2
     d2_weight = a_next * (phi3 if halve_d2 else 2 * phi3)
     delta0 = (h / h_prev) * (x0 - x0_prev)
     delta1 = (h / h_prev2) * (x0_prev - x0_prev2)  # 0 when λ_prev2 = −∞
@@ -744,106 +839,20 @@ def dpmpp_third_order_step(
     second_difference = delta0 - delta1
     d1 = delta0 + share * second_difference
     d2 = (h / (h_prev + h_prev2)) * second_difference  # (Δ0 − Δ1)/(r0 + r1)
-    return b_ratio * x + (a_next * phi1) * x0 + (a_next * phi2) * d1 + d2_weight * d2
+    x_next = x_term + (a_next * phi1) * x0 + (a_next * phi2) * d1 + d2_weight * d2
+    return _with_sde_noise(x_next, noise, h, lam_next, a_next, eta)
 
 
-# --------------------------------------------------------------------------------------------
-# UniP / UniC (Zhao et al., 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling
-# of Diffusion Models", arXiv:2302.04867, data-prediction form, Algorithms 2–3 with B(h)).
-#
-# The same exact solution as above, with D(ℓ) = D0 + Σ_k (ℓ − λ)^k/k!·D^{(k)} integrated term by term:
-#     x_next = (b_next/b)·x + a_next·φ1·D0 + a_next·Σ_{k≥1} G_k·h^k·D^{(k)}/k!,
-#     G_0 = φ1 = 1 − e^{−h},   G_k = 1 − k·G_{k−1}/h   (= h·k!·∫_0^1 e^{−h(1−u)} u^k/k! du).
-# UniPC replaces the unknown derivatives by differences at p other points λ_m = λ + r_m·h,
-# D_m − D0 = Σ_k (r_m·h)^k/k!·D^{(k)}, weighted B(h)·a_m/r_m: matching the terms k = 1..p gives
-# the Vandermonde system Σ_m a_m·r_m^{k−1} = G_k/B(h) (the paper's R_p(h)·a_p = g_p(h)/B(h)).
-# The product w_m = B(h)·a_m solves Σ_m w_m·r_m^{k−1} = G_k, so for p ≥ 2 the step does not
-# depend on B(h) at all; UniPC's rule for p = 1, a_1 = 1/2, is where it does: w_1 = B(h)/2 with
-# B(h) = h ("bh1") or B(h) = 1 − e^{−h} ("bh2"; the paper's e^h − 1 with h → −h in this form).
-# * UniP-p (predictor): the points are the p − 1 previous steps' x̂0 (r_m < 0). UniP-2 "bh2" is
-#   DPM-Solver++(2M) midpoint; UniP-3 solves the same two conditions as the Taylor 3M above.
-# * UniC-p (corrector): once the model has been evaluated at x_next, the same update from the same
-#   x and D0 is recomputed with the new x̂0 as one more point (r = 1), so p points match p terms
-#   (order p + 1), without another model evaluation.
-# Ends: a point with λ_m = ±∞ has |r_m| = ∞ and, in the limit, weight 0 (the solution of the system
-# tends to that of the other points), so it is dropped; at λ = −∞ (a = 0) h = ∞, every G_k = 1, and
-# the only point is the corrector's (r = 1 exactly): w_1 = 1/2 with bh2, infinite with bh1 (the
-# scheduler skips that correction). λ_next = +∞ is only reached by first-order steps (no points).
-# --------------------------------------------------------------------------------------------
+def dpm_noise_sde_step(x_ode: torch.Tensor, x: torch.Tensor, a_ratio, b_next, h, noise: torch.Tensor) -> torch.Tensor:
+    """x_sde = 2·x_ode − (a_next/a)·x + b_next·√(e^{2h} − 1)·z  (SDE-DPM-Solver, noise form, any order).
 
-
-def unipc_update(
-    x: torch.Tensor,
-    x0: torch.Tensor,
-    lam,
-    points,
-    lam_next,
-    a_next,
-    b_ratio,
-    variant: str = "bh2",
-) -> torch.Tensor:
-    """x_next = (b_next/b)·x + a_next·φ1·D0 + a_next·Σ_m (w_m/r_m)·(D_m − D0)  (UniP-p / UniC-p above).
-
-    Args:
-        x: sample at λ, shape (B, ...).
-        x0: its data prediction D0.
-        lam, lam_next: λ of the start and of the target point (host 0-d tensors; λ = −∞ allowed).
-        points: (λ_m, D_m) of the other points: previous steps (UniP) and, for UniC, (λ_next, x̂0 at
-            the predicted x_next) last. Host λ_m; the weights come from a p × p solve in float64.
-        a_next: signal scale of the target point.
-        b_ratio: b_next / b.
-        variant: ``bh1`` (B(h) = h) or ``bh2`` (B(h) = 1 − e^{−h}); matters only for one point.
+    ``x_ode`` is the noise-form DPM-Solver step x_ode = (a_next/a)·x + (ε-terms) of the same order from x
+    (section above): the reverse SDE weighs the score with g² where the ODE has g²/2, so its ε-terms are twice
+    the ODE's, and the noise variance is b_next²·(e^{2h} − 1) (SDE-DPM-Solver of Lu et al., 2022; diffusers'
+    ``sde-dpmsolver`` has orders 1–2). h = λ_next − λ; b_next > 0 (a step to b_next = 0
+    would leave the noise ∞·0, and a start at a = 0 makes a_next/a infinite: the scheduler refuses both).
     """
-    lam, lam_next = torch.as_tensor(lam, dtype=torch.float64), torch.as_tensor(lam_next, dtype=torch.float64)
-    h = lam_next - lam
-    phi1 = -torch.expm1(-h)
-    x_next = b_ratio * x + (a_next * phi1) * x0
-    one_point = len(points) == 1
-    points = [(torch.as_tensor(lam_m, dtype=torch.float64), d) for lam_m, d in points]
-    points = [(lam_m, d) for lam_m, d in points if bool(torch.isfinite(lam_m))]  # weight 0 in the limit
-    if not points:
-        return x_next
-    ratios = torch.stack([torch.where(lam_m == lam_next, 1.0, (lam_m - lam) / h) for lam_m, _ in points])
-    if one_point:
-        weights = (h if variant == "bh1" else phi1).reshape(1) / 2  # UniPC's a_1 = 1/2
-    else:
-        g, rhs = phi1, []
-        for k in range(1, len(points) + 1):
-            g = 1 - k * g / h
-            rhs.append(g)
-        vandermonde = torch.stack([ratios ** (k - 1) for k in range(1, len(points) + 1)])
-        weights = torch.linalg.solve(vandermonde, torch.stack(rhs))
-    for (_, d), w in zip(points, weights / ratios, strict=True):
-        x_next = x_next + (a_next * w) * (d - x0)
-    return x_next
-
-
-def corrected_prediction_shift(rule: str, a, b):
-    """J in x̂0(x_c) ≈ x̂0(x̃) + J·(x_c − x̃): the data prediction at a corrected sample x_c, from the model's
-    output at the predicted sample x̃ (the corrector makes no new evaluation; J ≈ ∂x̂0/∂x, Tweedie:
-    a·Cov[x0 | x]/b²).
-
-    * ``x0``: J = 0, x̂0 itself is reused (UniPC).
-    * ``epsilon``: J = 1/a, ε̂ is reused (x̂0 = (x_c − b·ε̂)/a): exact as b → 0, too large at high noise.
-    * ``gaussian``: J = a/(a² + b²), the exact J for data N(μ, I) (unit variance, as normalised data and
-      latents are): 1/a as b → 0 and → 0 as a → 0, like the J of any data with that variance.
-    """
-    if rule == "x0":
-        return 0.0
-    return 1 / a if rule == "epsilon" else a / (a**2 + b**2)
-
-
-def clean_endpoint_step(x0: torch.Tensor, x0_prev: torch.Tensor, lam, lam_prev) -> torch.Tensor:
-    """The last step to σ = 0 (λ = +∞) from two x̂0s: x_end = D + w·(D − D_prev), w = s²/(s_prev² − s²).
-
-    In the flow time s = b/(a + b) = sigmoid(−λ) (any path: x̂0 and the ODE do not depend on it), along an
-    ODE solution x(s) with velocity u = dx/ds, D = x − s·u = x(0) − s²·x''(0)/2 + O(s³): x̂0 tends to the
-    endpoint quadratically in s, with no linear term. A first-order step returns D (error O(s²)); eliminating
-    the s² term between the last two points leaves O(s³). A polynomial in λ cannot do this (its weights are
-    infinite at λ = +∞); in s the end is an ordinary point. ``lam``, ``lam_prev``: host 0-d tensors, finite.
-    """
-    s2, s2_prev = torch.sigmoid(-torch.as_tensor(lam)) ** 2, torch.sigmoid(-torch.as_tensor(lam_prev)) ** 2
-    return x0 + (s2 / (s2_prev - s2)) * (x0 - x0_prev)
+    return 2 * x_ode - a_ratio * x + (b_next * nonneg_sqrt(torch.expm1(2 * torch.as_tensor(h)))) * noise
 
 
 # ============================================================================================
@@ -3586,329 +3595,105 @@ def time_grid_lambdas(grid: str, lambda_min: float, lambda_max: float, n: int) -
     return np.log1p(-t) - np.log(t)
 
 
-# ============================================================================================
-# scratch_schedulers.dpm_stepping
-# ============================================================================================
-
-"""The stepping part of :class:`~scratch_schedulers.ScratchDPMSolverScheduler`: where a step starts, the
-multistep history, and the update call (README, "Any timestep").
-
-Any timestep: a scheduled timestep starts the usual multistep step; any other t in the path's range
-([0, T − 1] on the VP path, [0, T] on the flow path) a first-order step from its exact path point (VP:
-the level s = b/a interpolated linearly between training timesteps, as the fractional grids are, so an
-integer t is exact; flow: σ = t/T) to the largest scheduled point below it. History entries record the
-grid index a step landed on, its start (λ, b, sample), its order and its x̂0; a step uses the latest ones while they
-land in one line (at i, then i − 1), so an off-schedule step serves as the next step's history and a jump
-in the loop restarts it. One timestep per example (a (B,) CPU tensor): each example keeps its own loop
-position and history, examples sharing a start and a history step together, and each steps exactly as
-it would alone (lock-step loops at different positions, each with its own order).
-
-Corrector (``corrector="unic_bh1"/"unic_bh2"``): a step whose history is consecutive first corrects its
-start sample with UniC (:func:`~scratch_schedulers.samplers.unipc_update`), recomputing the step that led
-here from that step's own start, with the model output just evaluated here as one more point; x̂0 is the
-one computed from the uncorrected sample (UniPC, ``corrector_reuses="x0"``) or that one shifted towards the
-corrected sample (``"epsilon"``, ``"gaussian"``: :func:`~scratch_schedulers.samplers.corrected_prediction_shift`).
-The final sample is never corrected (as in UniPC): that would cost one more model evaluation, at σ = 0
-where the model adds no information (x̂0 = x there for ε- and v-models), and the UniC weights of a step to
-λ = +∞ are infinite. The last step's own accuracy is ``final_step="sigma_squared"``'s job instead.
-"""
+def flow_times_of_lambdas(lambdas: np.ndarray) -> np.ndarray:
+    """The flow time s = sigmoid(−λ) = b/(a + b) of log-SNRs λ = log(a/b): the same on the VP and the flow path."""
+    return 1 / (1 + np.exp(np.asarray(lambdas, dtype=np.float64)))
 
 
-from typing import NamedTuple
-
-import numpy as np
-import torch
-
-
-
-class DPMStart(NamedTuple):
-    """Where a step starts: grid index (None off the schedule), path point (a, b, λ), index it lands on, b_next/b."""
-
-    index: int | None
-    a: torch.Tensor
-    b: torch.Tensor
-    lam: torch.Tensor
-    target: int
-    b_ratio: torch.Tensor
+def lambdas_of_flow_times(times: np.ndarray) -> np.ndarray:
+    """λ = log((1 − s)/s) of flow times s ∈ (0, 1), the inverse of :func:`flow_times_of_lambdas`."""
+    times = np.asarray(times, dtype=np.float64)
+    return np.log1p(-times) - np.log(times)
 
 
-class PastStep(NamedTuple):
-    """An earlier step as later ones read it: its start (λ, b, sample), the x̂0 there, and its order."""
+def checked_tuned_grids(tuned_grids: dict | None) -> dict[str, list[float]] | None:
+    """The ``tuned_grids`` config key, checked and normalised to ``{"n": [s_0, …, s_{n−1}]}`` (JSON's form).
 
-    lam: torch.Tensor
-    b: torch.Tensor
-    sample: torch.Tensor
-    x0: torch.Tensor
-    order: int
+    Each entry is the n-step grid in flow time s = b/(a + b), strictly descending in (0, 1); its key is n, an int or
+    its decimal string (a saved config turns int keys into strings). Raises ``ValueError`` naming the bad entry.
+    """
+    if tuned_grids is None:
+        return None
+    if not isinstance(tuned_grids, dict):
+        raise ValueError(f"tuned_grids={tuned_grids!r} must be None or a dict {{num_inference_steps: flow times}}.")
+    normalised: dict[int, list[float]] = {}
+    for key, grid in tuned_grids.items():
+        if isinstance(key, bool) or not (isinstance(key, int) or (isinstance(key, str) and key.isdecimal())):
+            raise ValueError(f"tuned_grids key {key!r} must be a number of steps: an int ≥ 1 or its decimal string.")
+        n = int(key)
+        if n < 1 or n in normalised:
+            raise ValueError(f"tuned_grids key {key!r}: {'n must be ≥ 1' if n < 1 else f'{n} steps given twice'}.")
+        try:
+            times = np.asarray(grid, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"tuned_grids[{key!r}]={grid!r} must be a list of {n} flow times.") from None
+        if times.shape != (n,):
+            raise ValueError(f"tuned_grids[{key!r}] has shape {times.shape}; {n} steps need {n} flow times.")
+        if not (np.all(np.isfinite(times)) and np.all(times > 0) and np.all(times < 1)):
+            raise ValueError(f"tuned_grids[{key!r}]={times.tolist()} must lie in the open interval (0, 1).")
+        if np.any(np.diff(times) >= 0):
+            raise ValueError(f"tuned_grids[{key!r}]={times.tolist()} must be strictly descending (noisiest first).")
+        normalised[n] = times.tolist()
+    return {str(n): normalised[n] for n in sorted(normalised)}
 
 
-class DPMSolverStepping:
-    """Mixin of :class:`~scratch_schedulers.ScratchDPMSolverScheduler`: reads the grid that its ``set_timesteps``
-    builds (``_a``, ``_b``, ``_lam``, ``_b_ratio``, ``_host_timesteps`` and ``_first_index``)."""
+def tuned_grid_lambdas(
+    tuned_grids: dict[str, list[float]] | None, n: int, lambda_min: float = -math.inf, lambda_max: float = math.inf
+) -> np.ndarray | None:
+    """The ascending log-SNRs of the tuned n-step grid (``checked_tuned_grids``' form), or None if none is tuned.
 
-    def _start(self, value: float | None, position: int) -> DPMStart:
-        """The step from host timestep ``value`` (None: a device timestep, trusted to be the loop's next one)
-        at loop ``position`` (which settles repeated timesteps)."""
-        n = self.num_inference_steps
-        if value is None or (position < n and self._host_timesteps[position] == value):
-            if position >= n:
-                raise ValueError(f"the loop has already taken all {n} steps; call set_timesteps() again.")
-            i = position
-        elif value in self._first_index:
-            i = self._first_index[value]
-        else:
-            return self._off_schedule_start(value)
-        return DPMStart(i, self._a[i], self._b[i], self._lam[i], i + 1, self._b_ratio[i])
-
-    def _off_schedule_start(self, value: float) -> DPMStart:
-        """A first-order step from the exact path point of an off-schedule host timestep (module docstring)."""
-        T = self.config.num_train_timesteps
-        t = torch.tensor(value, dtype=torch.float64)
-        check_step_timesteps(t, T if self.noise_path == "flow" else T - 1, False)
-        a, b = (v.to(torch.float64) for v in signal_noise_at(self, t, dtype=torch.float32))  # float32, as the grid
-        if a == 0 and self.config.prediction_type == "epsilon":
-            raise ValueError(f"timestep {value:g} has a = 0 (λ = −∞): an ε-prediction says nothing about x0 there.")
-        target = int(np.sum(np.asarray(self._host_timesteps) > value))  # the first grid point below t
-        return DPMStart(None, a, b, log_snr(a, b), target, self._b[target] / b)
-
-    def _consecutive_history(self, start: DPMStart, example: int | None = None) -> list[PastStep]:
-        """The latest steps that led here in one line (landing at i, i − 1, ...), for one example or all.
-
-        ``self._history`` holds (target, λ, b, order, sample, x̂0) per step, the first four per example
-        (arrays) after a step with one timestep per example.
-        """
-        history: list[PastStep] = []
-        if start.index is None:
-            return history  # an off-schedule step is first order
-        for target, lam, b, order, sample, x0 in reversed(self._history):
-            if not isinstance(target, int):
-                if example is None:  # a per-example entry serves the batch if all examples agree
-                    if not all(np.all(v == v[0]) for v in (target, lam, b, order)):
-                        break
-                    example_ = 0
-                else:
-                    example_ = example
-                target, order = int(target[example_]), int(order[example_])
-                lam, b = (torch.tensor(v[example_], dtype=torch.float64) for v in (lam, b))
-            if target != start.index - len(history):
-                break
-            history.append(PastStep(lam, b, sample, x0, order))
-        return history
-
-    def _advance(self, x, out, start: DPMStart, history: list[PastStep], rows=None):
-        """(x_next, x̂0, the corrected start sample, order) of one step from ``start`` on ``rows`` (all when None)."""
-        if rows is not None:
-            x, out = x[rows], out[rows]
-            history = [past._replace(sample=past.sample[rows], x0=past.x0[rows]) for past in history]
-        x0 = self._data_prediction(out, x, start.a, start.b)
-        if history and self.config.corrector != "none":
-            x_predicted, x = x, self._corrected(x, x0, start, history)
-            if self.config.corrector_reuses != "x0":
-                x0 = x0 + corrected_prediction_shift(self.config.corrector_reuses, start.a, start.b) * (x - x_predicted)
-        order = 1 if start.index is None else self._order_at(start.index, len(history))
-        lam, lam_next, a_next, b_ratio = start.lam, self._lam[start.target], self._a[start.target], start.b_ratio
-        solver_type = self.config.solver_type
-        if order == 1 and history and self.config.final_step == "sigma_squared" and bool(torch.isinf(lam_next)):
-            x_next = clean_endpoint_step(x0, history[0].x0, lam, history[0].lam)
-        elif order == 1:
-            x_next = dpmpp_first_order_step(x, x0, lam, lam_next, a_next, b_ratio)
-        elif solver_type in ("bh1", "bh2"):  # UniP-p
-            points = [(past.lam, past.x0) for past in history[: order - 1]]
-            x_next = unipc_update(x, x0, lam, points, lam_next, a_next, b_ratio, solver_type)
-        elif order == 2:
-            x_next = dpmpp_second_order_step(x, x0, history[0].x0, history[0].lam, lam, lam_next, a_next, b_ratio,
-                                             solver_type)
-        else:
-            (prev, prev2, *_) = history
-            x_next = dpmpp_third_order_step(x, x0, prev.x0, prev2.x0, prev2.lam, prev.lam, lam, lam_next, a_next,
-                                            b_ratio, self.config.third_order == "diffusers")
-        return x_next, x0, x, order
-
-    def _corrected(self, x: torch.Tensor, x0: torch.Tensor, start: DPMStart, history: list[PastStep]) -> torch.Tensor:
-        """UniC-p: the step that led to ``start`` recomputed with this point's x̂0 (p = that step's order)."""
-        past, *older = history
-        variant = self.config.corrector.removeprefix("unic_")
-        if variant == "bh1" and not bool(torch.isfinite(past.lam)):
-            return x  # B(h) = h is infinite for a step from λ = −∞ (samplers.py, UniP/UniC ends)
-        points = [(p.lam, p.x0) for p in older[: past.order - 1]] + [(start.lam, x0)]
-        return unipc_update(past.sample, past.x0, past.lam, points, start.lam, start.a, start.b / past.b, variant)
-
-    def _step_per_example(self, t: torch.Tensor, x: torch.Tensor, out: torch.Tensor):
-        """One step with a timestep per example: examples sharing a start point and history step together."""
-        if not is_host(t):
-            raise ValueError(
-                f"one timestep per example ({tuple(t.shape)}, on {t.device}) must be a CPU tensor for DPM-Solver: each "
-                "example's grid position, history and order are chosen on the host, and reading a device tensor "
-                "would synchronise. Pass timesteps.cpu() (the samples may stay on the device)."
-            )
-        groups: dict[tuple, tuple[DPMStart, list, list[int]]] = {}
-        for example, value in enumerate(t.tolist()):
-            position = self._position
-            if self._history and not isinstance(self._history[-1][0], int):
-                position = int(self._history[-1][0][example])  # this example's own loop position
-            start = self._start(value, position)
-            history = self._consecutive_history(start, example)
-            key = (start.index, start.target, float(start.lam),
-                   tuple((float(past.lam), float(past.b), past.order) for past in history))
-            groups.setdefault(key, (start, history, []))[2].append(example)
-        prev_sample = x0 = sample = None
-        orders = np.zeros(len(t), dtype=np.int64)
-        for start, history, examples in groups.values():
-            rows = torch.tensor(examples, device=x.device)
-            prev_rows, x0_rows, sample_rows, orders[examples] = self._advance(x, out, start, history, rows)
-            if prev_sample is None:
-                prev_sample, x0, sample = (v.new_empty(x.shape) for v in (prev_rows, x0_rows, sample_rows))
-            prev_sample[rows], x0[rows], sample[rows] = prev_rows, x0_rows, sample_rows
-        starts = {example: start for start, _, examples in groups.values() for example in examples}
-        targets = np.array([starts[b].target for b in range(len(t))])
-        lams, bs = (np.array([float(getattr(starts[b], name)) for b in range(len(t))]) for name in ("lam", "b"))
-        return prev_sample, x0, (targets, lams, bs, orders, sample, x0)
+    Points outside the path's [λ_min, λ_max] raise ``ValueError``; within 1e-6 of an end they are put on it: a grid
+    read off a scheduler's float32 ``sigmas`` (relative error ≤ u = 2⁻²⁴ ≈ 6e-8 in s = e^{−λ}, so ≤ 6e-8 in λ)
+    starts at its end up to that rounding, and 1e-6 leaves a 16× margin.
+    """
+    if tuned_grids is None or str(n) not in tuned_grids:
+        return None
+    lambdas = lambdas_of_flow_times(np.asarray(tuned_grids[str(n)]))
+    slack = 1e-6
+    if lambdas[0] < lambda_min - slack or lambdas[-1] > lambda_max + slack:
+        allowed = flow_times_of_lambdas(np.array([lambda_max, lambda_min]))
+        raise ValueError(f"tuned_grids[{str(n)!r}]={tuned_grids[str(n)]} leaves this path's flow times "
+                         f"[{allowed[0]:.6g}, {allowed[1]:.6g}]; tune the grid for this scheduler's path.")
+    return np.clip(lambdas, lambda_min, lambda_max)
 
 
 # ============================================================================================
-# scratch_schedulers.scheduling_dpmsolver
+# scratch_schedulers.dpm_schedule
 # ============================================================================================
 
-"""Multistep DPM-Solver++ (Lu et al., 2022) over the VP or the flow path, for 🤗 diffusers.
+"""The schedule-building part of :class:`~scratch_schedulers.ScratchDPMSolverScheduler`: the config checks
+and the grid of path points.
 
-The update rules are :func:`~scratch_schedulers.samplers.dpmpp_first_order_step` and its 2M/3M
-siblings, written once in the path's log-SNR λ = log(a/b). This class builds the grid of path
-points (a_i, b_i, λ_i) in float64 on the host in ``set_timesteps`` and, in ``step``, converts the
-model output into x̂0, keeps the last x̂0s (the multistep history) and calls the update rule.
-The config is key-for-key diffusers' ``DPMSolverMultistepScheduler`` (the ``dpmsolver++``
-family), plus ``time_grid`` (one choice instead of the ``use_*_sigmas`` booleans), ``third_order``, and the
-UniC corrector of UniPC with its few-step companions (``corrector``, ``corrector_reuses``, ``final_step``;
-``FEW_STEP_CONFIG`` is the recommended few-step setting). Deliberate differences from diffusers are listed in
-the class docstring.
+``_check_config`` makes every refusal at construction, before any model evaluation. ``set_timesteps`` builds the
+grid in float64 on the host: the levels s = b/a of the VP path (diffusers' spacings and ``use_*_sigmas`` grids,
+``time_grid``, ``tuned_grids``; :mod:`.dpm_grids` computes them) or σ of the flow path, the final point
+(``final_sigmas_type``), and from them the path points (a_i, b_i, λ_i) and b_{i+1}/b_i that
+:class:`~.dpm_stepping.DPMSolverStepping` steps between.
 """
 
 
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import torch
-from diffusers.configuration_utils import register_to_config
 
 
 DPM_PREDICTION_TYPES = {"vp": ("epsilon", "sample", "v_prediction"), "flow": ("flow_prediction", "epsilon", "sample")}
+ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver")
+SDE_ALGORITHM_TYPES = ("sde-dpmsolver++", "sde-dpmsolver")
 LEVEL_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
-# The documented few-step (5–20 evaluations) configuration, both paths: ScratchDPMSolverScheduler(**FEW_STEP_CONFIG).
-FEW_STEP_CONFIG = {"solver_order": 3, "time_grid": "flow_uniform", "corrector": "unic_bh2",
-                   "corrector_reuses": "gaussian", "final_step": "sigma_squared"}
 
 
-class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
-    """Multistep DPM-Solver++ of order 1–3 with the config of ``diffusers.DPMSolverMultistepScheduler``.
-
-    Args:
-        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr:
-            the VP training path (as in :class:`~scratch_schedulers.ScratchDDPMScheduler`).
-        solver_order: 1 (DDIM), 2 (2M) or 3 (3M).
-        prediction_type: ``epsilon``, ``sample``, ``v_prediction`` (VP path) or ``flow_prediction``
-            (u = ε − x0; flow path, which also takes ``epsilon`` and ``sample``).
-        thresholding, dynamic_thresholding_ratio, sample_max_value: Imagen's dynamic thresholding of x̂0.
-        algorithm_type: ``dpmsolver++`` only (the data-prediction solver).
-        solver_type: the 2M variant, ``midpoint`` (Algorithm 2) or ``heun`` (Taylor weights); or ``bh1``/``bh2``:
-            the UniP-p predictor of UniPC (Zhao et al., 2023; :func:`~scratch_schedulers.samplers.unipc_update`):
-            2M midpoint (bh2) or weight a·h/2 (bh1) at order 2, the Taylor 3M at order 3 (``third_order`` unused).
-        lower_order_final, euler_at_final, final_sigmas_type: as diffusers (order 1 at a step to σ = 0;
-            orders ≤ 2, 1 at the last two steps below 15 steps).
-        use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas, use_lu_lambdas: diffusers' VP grids.
-        use_flow_sigmas, flow_shift, use_dynamic_shifting, time_shift_type: the flow path x = (1 − σ)·x0 + σ·ε
-            with σ shifted by ``flow_shift`` (or e^μ from ``set_timesteps(mu=...)``).
-        lambda_min_clipped: timesteps with λ below this are not visited.
-        variance_type: ``learned``/``learned_range`` models return a variance block, ignored here; DDPM's fixed
-            types (what a DDPM config brings to ``from_config``) mean no block, as ``None`` does.
-        timestep_spacing, steps_offset: diffusers' DPM-Solver spacings (``linspace``, ``leading``, ``trailing``).
-        time_grid: None (diffusers' grid from the keys above), or ``logsnr``, ``karras`` or ``flow_uniform``
-            (:func:`~scratch_schedulers.dpm_grids.time_grid_lambdas`); timesteps then sit exactly at
-            their noise level (fractional on the VP path).
-        third_order: ``taylor`` (weight 2·a·φ3 on D2, third order) or ``diffusers`` (a·φ3, as the
-            reference code: only second order; kept for step-by-step parity).
-        corrector: ``none``, or ``unic_bh1``/``unic_bh2``: UniPC's UniC corrector, which refines each sample with
-            the model output evaluated there before the next step, at no extra model evaluation (:mod:`.dpm_stepping`).
-            ``solver_type="bh2", corrector="unic_bh2"`` is diffusers' ``UniPCMultistepScheduler`` (bh2).
-        corrector_reuses: the x̂0 the next step uses at the corrected sample x_c (no model call there): ``x0`` the
-            predicted sample's (UniPC), ``epsilon`` the one with its ε̂, ``gaussian`` shifted by a/(a² + b²)·(x_c − x̃)
-            (:func:`~scratch_schedulers.samplers.corrected_prediction_shift`).
-        final_step: ``x0`` (the last step to σ = 0 returns x̂0) or ``sigma_squared`` (extrapolates the last two x̂0s
-            to σ = 0, exact to O(σ³): :func:`~scratch_schedulers.samplers.clean_endpoint_step`).
-
-    Few steps (5–20 model evaluations), both paths: ``ScratchDPMSolverScheduler(**FEW_STEP_CONFIG)`` (3M, UniC bh2,
-    ``corrector_reuses="gaussian"``, ``final_step="sigma_squared"``, ``time_grid="flow_uniform"``) had the lowest
-    ODE endpoint error of our configurations in ``benchmarks/bench_few_step.py``: on the example mixture 0.38 /
-    0.09 / 0.09× the best diffusers scheduler at 5 / 10 / 20 evaluations on the VP path, 0.64 / 0.42 / 0.42× on
-    the flow path. The constructor defaults stay diffusers' for parity.
-
-    Differences from diffusers (each tested in ``tests/scratch_schedulers/test_dpmsolver.py``):
-    ᾱ = 0 with ``rescale_betas_zero_snr`` is kept exact (λ = −∞; diffusers sets ᾱ = 2⁻²⁴);
-    ``third_order="taylor"``; custom flow timesteps mean σ = t/T; ``final_sigmas_type="sigma_min"``
-    on the flow path ends at the smallest training σ (diffusers uses the VP value); float64 samples stay
-    float64; a ``use_*_sigmas`` key with ``use_flow_sigmas`` and a prediction type the path cannot
-    use raise a ``ValueError`` instead of sampling on mixed paths.
-    """
-
-    _compatibles = [*VP_COMPATIBLES]  # noqa: RUF012
-
-    # The VP keys repeat ScratchDDPMScheduler's on purpose: @register_to_config turns exactly these arguments,
-    # in diffusers' order and with its defaults, into DPMSolverMultistepScheduler's config (see scheduling_ddim.py).
-    @register_to_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: BetaSchedule = "linear",
-        trained_betas: np.ndarray | list[float] | None = None,
-        solver_order: int = 2,
-        prediction_type: Literal["epsilon", "sample", "v_prediction", "flow_prediction"] = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
-        algorithm_type: Literal["dpmsolver++"] = "dpmsolver++",
-        solver_type: Literal["midpoint", "heun", "bh1", "bh2"] = "midpoint",
-        lower_order_final: bool = True,
-        euler_at_final: bool = False,
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
-        use_lu_lambdas: bool = False,
-        use_flow_sigmas: bool = False,
-        flow_shift: float = 1.0,
-        final_sigmas_type: Literal["zero", "sigma_min"] = "zero",
-        lambda_min_clipped: float = -float("inf"),
-        variance_type: VarianceType | None = None,
-        timestep_spacing: TimestepSpacing = "linspace",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
-        use_dynamic_shifting: bool = False,
-        time_shift_type: Literal["exponential"] = "exponential",
-        time_grid: Literal["logsnr", "karras", "flow_uniform"] | None = None,
-        third_order: Literal["taylor", "diffusers"] = "taylor",
-        corrector: Literal["none", "unic_bh1", "unic_bh2"] = "none",
-        corrector_reuses: Literal["x0", "epsilon", "gaussian"] = "x0",
-        final_step: Literal["x0", "sigma_squared"] = "x0",
-    ):
-        self._check_config()
-        self.noise_path = "flow" if use_flow_sigmas else "vp"
-        betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas)
-        if rescale_betas_zero_snr:
-            betas = rescale_zero_terminal_snr(betas)
-        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        if self.noise_path == "vp":  # the flow path has no ᾱ (diffusers tells the paths apart by it)
-            self.betas, self.alphas, self.alphas_cumprod = betas, 1.0 - betas, alphas_cumprod
-        with np.errstate(divide="ignore"):  # s = b/a per training timestep; +∞ where ᾱ = 0
-            self._level_table = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).to(torch.float64).numpy()
-        self.sigmas = torch.from_numpy(self._level_table).to(torch.float32)
-        self.num_inference_steps: int | None = None
-        self.timesteps = torch.from_numpy(np.arange(num_train_timesteps)[::-1].copy())
+class DPMSolverSchedule:
+    """Mixin of :class:`~scratch_schedulers.ScratchDPMSolverScheduler`: checks its config and builds the grid
+    (``_a``, ``_b``, ``_lam``, ``_b_ratio``, ``_host_timesteps``, ``_first_index``, ``sigmas``, ``timesteps``)
+    from ``noise_path`` and ``_level_table``, which its ``__init__`` sets."""
 
     def _check_config(self) -> None:
         """Every refusal happens here, at construction, before any model evaluation."""
         cfg = self.config
         check_choice("solver_order", cfg.solver_order, (1, 2, 3))
-        check_choice("algorithm_type", cfg.algorithm_type, ("dpmsolver++",))
+        check_choice("algorithm_type", cfg.algorithm_type, ALGORITHM_TYPES)
         check_choice("solver_type", cfg.solver_type, ("midpoint", "heun", "bh1", "bh2"))
         check_choice("final_sigmas_type", cfg.final_sigmas_type, ("zero", "sigma_min"))
         check_choice("timestep_spacing", cfg.timestep_spacing, ("linspace", "leading", "trailing"))
@@ -3919,6 +3704,8 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         check_choice("corrector", cfg.corrector, ("none", "unic_bh1", "unic_bh2"))
         check_choice("corrector_reuses", cfg.corrector_reuses, ("x0", "epsilon", "gaussian"))
         check_choice("final_step", cfg.final_step, ("x0", "sigma_squared"))
+        self.register_to_config(tuned_grids=checked_tuned_grids(cfg.tuned_grids))  # JSON's {"n": [...]} form
+        self._check_algorithm_type()
         path = "flow" if cfg.use_flow_sigmas else "vp"
         allowed = DPM_PREDICTION_TYPES[path]
         if cfg.prediction_type not in allowed:
@@ -3935,7 +3722,25 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         if cfg.time_grid is not None and cfg.flow_shift != 1.0:
             raise ValueError(f"time_grid={cfg.time_grid!r} replaces flow_shift={cfg.flow_shift}; set flow_shift=1.0.")
 
-    # ---- schedule ----------------------------------------------------------------------------
+    def _check_algorithm_type(self) -> None:
+        """The options that assume the data-form ODE (``dpmsolver++``), refused with the other algorithm types."""
+        cfg = self.config
+        algorithm = cfg.algorithm_type
+        if algorithm == "dpmsolver++":
+            return
+        if cfg.corrector != "none":
+            raise ValueError(f"corrector={cfg.corrector!r} (UniC, a data-form ODE corrector) cannot be used with "
+                             f"algorithm_type={algorithm!r}; choose corrector='none' or algorithm_type='dpmsolver++'.")
+        if cfg.solver_type in ("bh1", "bh2"):
+            raise ValueError(f"solver_type={cfg.solver_type!r} (UniP, a data-form ODE predictor) cannot be used with "
+                             f"algorithm_type={algorithm!r}; choose solver_type 'midpoint' or 'heun'.")
+        if algorithm in SDE_ALGORITHM_TYPES and cfg.final_step != "x0":
+            raise ValueError(f"final_step={cfg.final_step!r} extrapolates an ODE solution and cannot be used with "
+                             f"algorithm_type={algorithm!r}; choose final_step='x0'.")
+        if algorithm == "sde-dpmsolver" and cfg.final_sigmas_type == "zero":
+            raise ValueError("final_sigmas_type='zero' cannot be used with algorithm_type='sde-dpmsolver': its step to "
+                             "σ = 0 keeps noise (b_next·√(e^{2h} − 1) = 0·∞); choose final_sigmas_type='sigma_min' or "
+                             "algorithm_type='sde-dpmsolver++'.")
 
     def set_timesteps(
         self,
@@ -3977,6 +3782,11 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
                 f"the grid starts where a = 0 (λ = −∞, timestep {grid[0]:g}): an ε-prediction says nothing about x0 "
                 "there. Use prediction_type='v_prediction'/'flow_prediction' or 'sample', or another spacing."
             )
+        if self.config.algorithm_type == "sde-dpmsolver" and np.any(a[:-1] == 0):
+            raise ValueError(
+                f"the grid starts where a = 0 (timestep {grid[0]:g}): sde-dpmsolver's step from there is infinite "
+                "(a_next/a). Choose algorithm_type='sde-dpmsolver++' or another spacing."
+            )
         self.num_inference_steps = len(grid)
         grid = torch.from_numpy(grid if grid.dtype == np.int64 else grid.astype(np.float32))
         self.timesteps = grid.to(device)
@@ -4002,9 +3812,11 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         last_timestep = T - int(np.sum(lam_table < cfg.lambda_min_clipped))
         finite = table[np.isfinite(table)]
         s_min, s_max = float(finite[0]), float(finite[-1])
-        if cfg.time_grid is not None:  # fractional timesteps exactly at their level (linear in s, as diffusers)
-            top = last_timestep - 1 if np.isfinite(table[last_timestep - 1]) else last_timestep - 2
-            levels = np.exp(-time_grid_lambdas(cfg.time_grid, lam_table[top], lam_table[0], n))
+        top = last_timestep - 1 if np.isfinite(table[last_timestep - 1]) else last_timestep - 2
+        tuned = tuned_grid_lambdas(cfg.tuned_grids, n, lam_table[top], lam_table[0])
+        if tuned is not None or cfg.time_grid is not None:  # fractional timesteps exactly at their level (linear in s)
+            lam = tuned if tuned is not None else time_grid_lambdas(cfg.time_grid, lam_table[top], lam_table[0], n)
+            levels = np.exp(-lam)
             t = np.interp(levels, table[: top + 1], np.arange(top + 1))
             return np.interp(t, np.arange(top + 1), table[: top + 1]), t
         if cfg.use_karras_sigmas or cfg.use_lu_lambdas:
@@ -4025,9 +3837,10 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         if custom is not None:
             t = check_custom_timesteps(custom, T + 1e-3, integer=False)
             return t / T, t
-        if self.config.time_grid is not None:
+        tuned = tuned_grid_lambdas(self.config.tuned_grids, n)
+        if tuned is not None or self.config.time_grid is not None:
             lam_min, lam_max = np.log(1 / (T - 1)), np.log(T - 1)  # σ from 1 − 1/T to 1/T
-            lam = time_grid_lambdas(self.config.time_grid, lam_min, lam_max, n)
+            lam = tuned if tuned is not None else time_grid_lambdas(self.config.time_grid, lam_min, lam_max, n)
             levels = 1 / (1 + np.exp(lam))
             return levels, levels * T
         levels = flow_levels(n, T, shift)
@@ -4040,6 +3853,486 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         if self.noise_path == "flow":
             return float(shift_sigmas(1 / self.config.num_train_timesteps, shift))
         return float(self._level_table[0])
+
+
+# ============================================================================================
+# scratch_schedulers.samplers.unipc
+# ============================================================================================
+
+"""UniPC's UniP/UniC update, the corrected-sample x̂0 shift and the σ² final step (Zhao et al., 2023).
+
+The derivation below is the one :func:`unipc_update` implements; :mod:`scratch_schedulers.samplers` gives the
+overview of all update rules.
+"""
+
+
+import torch
+
+# --------------------------------------------------------------------------------------------
+# UniP / UniC (Zhao et al., 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling
+# of Diffusion Models", arXiv:2302.04867, data-prediction form, Algorithms 2–3 with B(h)).
+#
+# The exact solution of dpm.py's comment, with D(ℓ) = D0 + Σ_k (ℓ − λ)^k/k!·D^{(k)} integrated term by term:
+#     x_next = (b_next/b)·x + a_next·φ1·D0 + a_next·Σ_{k≥1} G_k·h^k·D^{(k)}/k!,
+#     G_0 = φ1 = 1 − e^{−h},   G_k = 1 − k·G_{k−1}/h   (= h·k!·∫_0^1 e^{−h(1−u)} u^k/k! du).
+# UniPC replaces the unknown derivatives by differences at p other points λ_m = λ + r_m·h,
+# D_m − D0 = Σ_k (r_m·h)^k/k!·D^{(k)}, weighted B(h)·a_m/r_m: matching the terms k = 1..p gives
+# the Vandermonde system Σ_m a_m·r_m^{k−1} = G_k/B(h) (the paper's R_p(h)·a_p = g_p(h)/B(h)).
+# The product w_m = B(h)·a_m solves Σ_m w_m·r_m^{k−1} = G_k, so for p ≥ 2 the step does not
+# depend on B(h) at all; UniPC's rule for p = 1, a_1 = 1/2, is where it does: w_1 = B(h)/2 with
+# B(h) = h ("bh1") or B(h) = 1 − e^{−h} ("bh2"; the paper's e^h − 1 with h → −h in this form).
+# * UniP-p (predictor): the points are the p − 1 previous steps' x̂0 (r_m < 0). UniP-2 "bh2" is
+#   DPM-Solver++(2M) midpoint; UniP-3 solves the same two conditions as the Taylor 3M of dpm.py.
+# * UniC-p (corrector): once the model has been evaluated at x_next, the same update from the same
+#   x and D0 is recomputed with the new x̂0 as one more point (r = 1), so p points match p terms
+#   (order p + 1), without another model evaluation.
+# Ends: a point with λ_m = ±∞ has |r_m| = ∞ and, in the limit, weight 0 (the solution of the system
+# tends to that of the other points), so it is dropped; at λ = −∞ (a = 0) h = ∞, every G_k = 1, and
+# the only point is the corrector's (r = 1 exactly): w_1 = 1/2 with bh2, infinite with bh1 (the
+# scheduler skips that correction). λ_next = +∞ is only reached by first-order steps (no points).
+# --------------------------------------------------------------------------------------------
+
+
+def unipc_update(
+    x: torch.Tensor,
+    x0: torch.Tensor,
+    lam,
+    points,
+    lam_next,
+    a_next,
+    b_ratio,
+    variant: str = "bh2",
+) -> torch.Tensor:
+    """x_next = (b_next/b)·x + a_next·φ1·D0 + a_next·Σ_m (w_m/r_m)·(D_m − D0)  (UniP-p / UniC-p above).
+
+    Args:
+        x: sample at λ, shape (B, ...).
+        x0: its data prediction D0.
+        lam, lam_next: λ of the start and of the target point (host 0-d tensors; λ = −∞ allowed).
+        points: (λ_m, D_m) of the other points: previous steps (UniP) and, for UniC, (λ_next, x̂0 at
+            the predicted x_next) last. Host λ_m; the weights come from a p × p solve in float64.
+        a_next: signal scale of the target point.
+        b_ratio: b_next / b.
+        variant: ``bh1`` (B(h) = h) or ``bh2`` (B(h) = 1 − e^{−h}); matters only for one point.
+    """
+    lam, lam_next = torch.as_tensor(lam, dtype=torch.float64), torch.as_tensor(lam_next, dtype=torch.float64)
+    h = lam_next - lam
+    phi1 = -torch.expm1(-h)
+    x_next = b_ratio * x + (a_next * phi1) * x0
+    one_point = len(points) == 1
+    points = [(torch.as_tensor(lam_m, dtype=torch.float64), d) for lam_m, d in points]
+    points = [(lam_m, d) for lam_m, d in points if bool(torch.isfinite(lam_m))]  # weight 0 in the limit
+    if not points:
+        return x_next
+    ratios = torch.stack([torch.where(lam_m == lam_next, 1.0, (lam_m - lam) / h) for lam_m, _ in points])
+    if one_point:
+        weights = (h if variant == "bh1" else phi1).reshape(1) / 2  # UniPC's a_1 = 1/2
+    else:
+        g, rhs = phi1, []
+        for k in range(1, len(points) + 1):
+            g = 1 - k * g / h
+            rhs.append(g)
+        vandermonde = torch.stack([ratios ** (k - 1) for k in range(1, len(points) + 1)])
+        weights = torch.linalg.solve(vandermonde, torch.stack(rhs))
+    for (_, d), w in zip(points, weights / ratios, strict=True):
+        x_next = x_next + (a_next * w) * (d - x0)
+    return x_next
+
+
+def corrected_prediction_shift(rule: str, a, b):
+    """J in x̂0(x_c) ≈ x̂0(x̃) + J·(x_c − x̃): the data prediction at a corrected sample x_c, from the model's
+    output at the predicted sample x̃ (the corrector makes no new evaluation; J ≈ ∂x̂0/∂x, Tweedie:
+    a·Cov[x0 | x]/b²).
+
+    * ``x0``: J = 0, x̂0 itself is reused (UniPC).
+    * ``epsilon``: J = 1/a, ε̂ is reused (x̂0 = (x_c − b·ε̂)/a): exact as b → 0, too large at high noise.
+    * ``gaussian``: J = a/(a² + b²), the exact J for data N(μ, I) (unit variance, as normalised data and
+      latents are): 1/a as b → 0 and → 0 as a → 0, like the J of any data with that variance.
+    """
+    if rule == "x0":
+        return 0.0
+    return 1 / a if rule == "epsilon" else a / (a**2 + b**2)
+
+
+def clean_endpoint_step(x0: torch.Tensor, x0_prev: torch.Tensor, lam, lam_prev) -> torch.Tensor:
+    """The last step to σ = 0 (λ = +∞) from two x̂0s: x_end = D + w·(D − D_prev), w = s²/(s_prev² − s²).
+
+    In the flow time s = b/(a + b) = sigmoid(−λ) (any path: x̂0 and the ODE do not depend on it), along an
+    ODE solution x(s) with velocity u = dx/ds, D = x − s·u = x(0) − s²·x''(0)/2 + O(s³): x̂0 tends to the
+    endpoint quadratically in s, with no linear term. A first-order step returns D (error O(s²)); eliminating
+    the s² term between the last two points leaves O(s³). A polynomial in λ cannot do this (its weights are
+    infinite at λ = +∞); in s the end is an ordinary point. ``lam``, ``lam_prev``: host 0-d tensors, finite.
+    """
+    s2, s2_prev = torch.sigmoid(-torch.as_tensor(lam)) ** 2, torch.sigmoid(-torch.as_tensor(lam_prev)) ** 2
+    return x0 + (s2 / (s2_prev - s2)) * (x0 - x0_prev)
+
+
+# ============================================================================================
+# scratch_schedulers.dpm_stepping
+# ============================================================================================
+
+"""The stepping part of :class:`~scratch_schedulers.ScratchDPMSolverScheduler`: where a step starts, the
+multistep history, and the update call (README, "Any timestep").
+
+Any timestep: a scheduled timestep starts the usual multistep step; any other t in the path's range
+([0, T − 1] on the VP path, [0, T] on the flow path) a first-order step from its exact path point (VP:
+the level s = b/a interpolated linearly between training timesteps, as the fractional grids are, so an
+integer t is exact; flow: σ = t/T) to the largest scheduled point below it. History entries record the
+grid index a step landed on, its start (λ, b, sample), its order and its x̂0; a step uses the latest ones while they
+land in one line (at i, then i − 1), so an off-schedule step serves as the next step's history and a jump
+in the loop restarts it. One timestep per example (a (B,) CPU tensor): each example keeps its own loop
+position and history, examples sharing a start and a history step together, and each steps exactly as
+it would alone (lock-step loops at different positions, each with its own order).
+
+Corrector (``corrector="unic_bh1"/"unic_bh2"``): a step whose history is consecutive first corrects its
+start sample with UniC (:func:`~scratch_schedulers.samplers.unipc_update`), recomputing the step that led
+here from that step's own start, with the model output just evaluated here as one more point; x̂0 is the
+one computed from the uncorrected sample (UniPC, ``corrector_reuses="x0"``) or that one shifted towards the
+corrected sample (``"epsilon"``, ``"gaussian"``: :func:`~scratch_schedulers.samplers.corrected_prediction_shift`).
+The final sample is never corrected (as in UniPC): that would cost one more model evaluation, at σ = 0
+where the model adds no information (x̂0 = x there for ε- and v-models), and the UniC weights of a step to
+λ = +∞ are infinite. The last step's own accuracy is ``final_step="sigma_squared"``'s job instead.
+
+Algorithm types (:mod:`.samplers.dpm`): ``dpmsolver++`` and ``sde-dpmsolver++`` (η = 1) step in
+the data form with the x̂0 history; ``dpmsolver`` and ``sde-dpmsolver`` in the noise form (the same functions with
+(a, x0) and (b, ε) swapped) with an ε̂ history, except that every first-order step is taken in the data form
+(algebraically the same step, exact at the path's ends); ``sde-dpmsolver`` doubles the ODE step's ε-terms
+(:func:`~scratch_schedulers.samplers.dpm_noise_sde_step`). ``step`` draws the noise z once per call for the whole
+batch (per-example timesteps: once, indexed by the rows of each group).
+"""
+
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+
+
+class DPMStart(NamedTuple):
+    """Where a step starts: grid index (None off the schedule), path point (a, b, λ), index it lands on, b_next/b."""
+
+    index: int | None
+    a: torch.Tensor
+    b: torch.Tensor
+    lam: torch.Tensor
+    target: int
+    b_ratio: torch.Tensor
+
+
+class PastStep(NamedTuple):
+    """An earlier step as later ones read it: its start (λ, b, sample), the x̂0 there, its order, and ε̂ there
+    (noise-form algorithm types; None otherwise)."""
+
+    lam: torch.Tensor
+    b: torch.Tensor
+    sample: torch.Tensor
+    x0: torch.Tensor
+    order: int
+    eps: torch.Tensor | None = None
+
+
+class DPMSolverStepping:
+    """Mixin of :class:`~scratch_schedulers.ScratchDPMSolverScheduler`: reads the grid that its ``set_timesteps``
+    builds (``_a``, ``_b``, ``_lam``, ``_b_ratio``, ``_host_timesteps`` and ``_first_index``)."""
+
+    def _start(self, value: float | None, position: int) -> DPMStart:
+        """The step from host timestep ``value`` (None: a device timestep, trusted to be the loop's next one)
+        at loop ``position`` (which settles repeated timesteps)."""
+        n = self.num_inference_steps
+        if value is None or (position < n and self._host_timesteps[position] == value):
+            if position >= n:
+                raise ValueError(f"the loop has already taken all {n} steps; call set_timesteps() again.")
+            i = position
+        elif value in self._first_index:
+            i = self._first_index[value]
+        else:
+            return self._off_schedule_start(value)
+        return DPMStart(i, self._a[i], self._b[i], self._lam[i], i + 1, self._b_ratio[i])
+
+    def _off_schedule_start(self, value: float) -> DPMStart:
+        """A first-order step from the exact path point of an off-schedule host timestep (module docstring)."""
+        T = self.config.num_train_timesteps
+        t = torch.tensor(value, dtype=torch.float64)
+        check_step_timesteps(t, T if self.noise_path == "flow" else T - 1, False)
+        a, b = (v.to(torch.float64) for v in signal_noise_at(self, t, dtype=torch.float32))  # float32, as the grid
+        if a == 0 and self.config.prediction_type == "epsilon":
+            raise ValueError(f"timestep {value:g} has a = 0 (λ = −∞): an ε-prediction says nothing about x0 there.")
+        if a == 0 and self.config.algorithm_type == "sde-dpmsolver":
+            raise ValueError(f"timestep {value:g} has a = 0: sde-dpmsolver's step from there is infinite (a_next/a); "
+                             "choose algorithm_type='sde-dpmsolver++'.")
+        target = int(np.sum(np.asarray(self._host_timesteps) > value))  # the first grid point below t
+        return DPMStart(None, a, b, log_snr(a, b), target, self._b[target] / b)
+
+    def _consecutive_history(self, start: DPMStart, example: int | None = None) -> list[PastStep]:
+        """The latest steps that led here in one line (landing at i, i − 1, ...), for one example or all.
+
+        ``self._history`` holds (target, λ, b, order, sample, x̂0, ε̂ or None) per step, the first four per example
+        (arrays) after a step with one timestep per example.
+        """
+        history: list[PastStep] = []
+        if start.index is None:
+            return history  # an off-schedule step is first order
+        for target, lam, b, order, sample, x0, eps in reversed(self._history):
+            if not isinstance(target, int):
+                if example is None:  # a per-example entry serves the batch if all examples agree
+                    if not all(np.all(v == v[0]) for v in (target, lam, b, order)):
+                        break
+                    example_ = 0
+                else:
+                    example_ = example
+                target, order = int(target[example_]), int(order[example_])
+                lam, b = (torch.tensor(v[example_], dtype=torch.float64) for v in (lam, b))
+            if target != start.index - len(history):
+                break
+            history.append(PastStep(lam, b, sample, x0, order, eps))
+        return history
+
+    def _advance(self, x, out, start: DPMStart, history: list[PastStep], rows=None, noise=None):
+        """(x_next, x̂0, the corrected start sample, order, ε̂ or None) of one step from ``start`` on ``rows`` (all
+        when None); ``noise``: z of the whole batch for the SDE types."""
+        if rows is not None:
+            x, out = x[rows], out[rows]
+            noise = None if noise is None else noise[rows]
+            history = [past._replace(sample=past.sample[rows], x0=past.x0[rows],
+                                     eps=None if past.eps is None else past.eps[rows]) for past in history]
+        x0 = self._data_prediction(out, x, start.a, start.b)
+        algorithm = self.config.algorithm_type
+        noise_form = algorithm in ("dpmsolver", "sde-dpmsolver")
+        eps = self._noise_prediction(out, x, start.a, start.b, x0) if noise_form else None
+        if history and self.config.corrector != "none":
+            x_predicted, x = x, self._corrected(x, x0, start, history)
+            if self.config.corrector_reuses != "x0":
+                x0 = x0 + corrected_prediction_shift(self.config.corrector_reuses, start.a, start.b) * (x - x_predicted)
+        order = 1 if start.index is None else self._order_at(start.index, len(history))
+        lam, lam_next, a_next, b_ratio = start.lam, self._lam[start.target], self._a[start.target], start.b_ratio
+        solver_type = self.config.solver_type
+        eta, pp_noise = (1.0, noise) if algorithm == "sde-dpmsolver++" else (0.0, None)
+        if order == 1 and history and self.config.final_step == "sigma_squared" and bool(torch.isinf(lam_next)):
+            x_next = clean_endpoint_step(x0, history[0].x0, lam, history[0].lam)
+        elif order == 1:  # the data form for every algorithm type (noise form: the same step, exact at the ends)
+            x_next = dpmpp_first_order_step(x, x0, lam, lam_next, a_next, b_ratio, eta, pp_noise)
+        elif solver_type in ("bh1", "bh2"):  # UniP-p
+            points = [(past.lam, past.x0) for past in history[: order - 1]]
+            x_next = unipc_update(x, x0, lam, points, lam_next, a_next, b_ratio, solver_type)
+        elif noise_form:  # (a, x0) ↔ (b, ε): λ → −λ, a_next → b_next, b_next/b → a_next/a, D → ε̂
+            ds, lams = [eps, *(past.eps for past in history)], [-lam, *(-past.lam for past in history)]
+            x_next = self._multistep(order, x, ds, lams, -lam_next, self._b[start.target], a_next / start.a)
+        else:
+            ds, lams = [x0, *(past.x0 for past in history)], [lam, *(past.lam for past in history)]
+            x_next = self._multistep(order, x, ds, lams, lam_next, a_next, b_ratio, eta, pp_noise)
+        if algorithm == "sde-dpmsolver":
+            x_next = dpm_noise_sde_step(x_next, x, a_next / start.a, self._b[start.target], lam_next - lam, noise)
+        return x_next, x0, x, order, eps
+
+    def _multistep(self, order: int, x, ds, lams, lam_next, a_next, b_ratio, eta=0.0, noise=None):
+        """The 2M/3M DPM-Solver++ update from x with the estimates ``ds`` (this step's first) at ``lams``."""
+        if order == 2:
+            return dpmpp_second_order_step(x, ds[0], ds[1], lams[1], lams[0], lam_next, a_next, b_ratio,
+                                           self.config.solver_type, eta, noise)
+        return dpmpp_third_order_step(x, *ds[:3], lams[2], lams[1], lams[0], lam_next, a_next, b_ratio,
+                                      self.config.third_order == "diffusers", eta, noise)
+
+    def _corrected(self, x: torch.Tensor, x0: torch.Tensor, start: DPMStart, history: list[PastStep]) -> torch.Tensor:
+        """UniC-p: the step that led to ``start`` recomputed with this point's x̂0 (p = that step's order)."""
+        past, *older = history
+        variant = self.config.corrector.removeprefix("unic_")
+        if variant == "bh1" and not bool(torch.isfinite(past.lam)):
+            return x  # B(h) = h is infinite for a step from λ = −∞ (samplers/unipc.py, UniP/UniC ends)
+        points = [(p.lam, p.x0) for p in older[: past.order - 1]] + [(start.lam, x0)]
+        return unipc_update(past.sample, past.x0, past.lam, points, start.lam, start.a, start.b / past.b, variant)
+
+    def _step_per_example(self, t: torch.Tensor, x: torch.Tensor, out: torch.Tensor, noise: torch.Tensor | None):
+        """One step with a timestep per example: examples sharing a start point and history step together (each
+        group reads its rows of the batch's ``noise``)."""
+        if not is_host(t):
+            raise ValueError(
+                f"one timestep per example ({tuple(t.shape)}, on {t.device}) must be a CPU tensor for DPM-Solver: each "
+                "example's grid position, history and order are chosen on the host, and reading a device tensor "
+                "would synchronise. Pass timesteps.cpu() (the samples may stay on the device)."
+            )
+        groups: dict[tuple, tuple[DPMStart, list, list[int]]] = {}
+        for example, value in enumerate(t.tolist()):
+            position = self._position
+            if self._history and not isinstance(self._history[-1][0], int):
+                position = int(self._history[-1][0][example])  # this example's own loop position
+            start = self._start(value, position)
+            history = self._consecutive_history(start, example)
+            key = (start.index, start.target, float(start.lam),
+                   tuple((float(past.lam), float(past.b), past.order) for past in history))
+            groups.setdefault(key, (start, history, []))[2].append(example)
+        prev_sample = x0 = sample = eps = None
+        orders = np.zeros(len(t), dtype=np.int64)
+        for start, history, examples in groups.values():
+            rows = torch.tensor(examples, device=x.device)
+            prev_rows, x0_rows, sample_rows, orders[examples], eps_rows = self._advance(x, out, start, history, rows,
+                                                                                       noise)
+            if prev_sample is None:
+                prev_sample, x0, sample = (v.new_empty(x.shape) for v in (prev_rows, x0_rows, sample_rows))
+                eps = None if eps_rows is None else eps_rows.new_empty(x.shape)
+            prev_sample[rows], x0[rows], sample[rows] = prev_rows, x0_rows, sample_rows
+            if eps is not None:
+                eps[rows] = eps_rows
+        starts = {example: start for start, _, examples in groups.values() for example in examples}
+        targets = np.array([starts[b].target for b in range(len(t))])
+        lams, bs = (np.array([float(getattr(starts[b], name)) for b in range(len(t))]) for name in ("lam", "b"))
+        return prev_sample, x0, (targets, lams, bs, orders, sample, x0, eps)
+
+
+# ============================================================================================
+# scratch_schedulers.scheduling_dpmsolver
+# ============================================================================================
+
+"""Multistep DPM-Solver++ (Lu et al., 2022) over the VP or the flow path, for 🤗 diffusers.
+
+The update rules are :func:`~scratch_schedulers.samplers.dpmpp_first_order_step` and its 2M/3M
+siblings, written once in the path's log-SNR λ = log(a/b), with a noise fraction η for the stochastic
+solver; the noise-prediction DPM-Solver is the same rules with (a, x0) and (b, ε) swapped. The class is
+assembled from two mixins: :class:`~.dpm_schedule.DPMSolverSchedule` checks the config and builds the grid of
+path points (a_i, b_i, λ_i) in float64 on the host (``set_timesteps``), :class:`~.dpm_stepping.DPMSolverStepping`
+finds where a step starts, keeps the multistep history and calls the update rule. This module holds the config
+(``__init__``), ``step`` (the model output converted into x̂0 and ε̂, the SDE's noise drawn) and ``add_noise``.
+The config is key-for-key diffusers' ``DPMSolverMultistepScheduler`` (all four
+``algorithm_type`` values), plus ``time_grid`` (one choice instead of the ``use_*_sigmas`` booleans),
+``third_order``, and the UniC corrector of UniPC with its few-step companions (``corrector``,
+``corrector_reuses``, ``final_step``; ``FEW_STEP_CONFIG`` is the recommended few-step setting). Deliberate
+differences from diffusers are listed in the class docstring.
+"""
+
+
+from typing import Literal
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.utils.torch_utils import randn_tensor
+
+
+# The documented few-step (5–20 evaluations) configuration, both paths: ScratchDPMSolverScheduler(**FEW_STEP_CONFIG).
+FEW_STEP_CONFIG = {"solver_order": 3, "time_grid": "flow_uniform", "corrector": "unic_bh2",
+                   "corrector_reuses": "gaussian", "final_step": "sigma_squared"}
+
+
+class ScratchDPMSolverScheduler(DPMSolverSchedule, DPMSolverStepping, ScratchScheduler):
+    """Multistep DPM-Solver(++) of order 1–3, ODE or SDE, with the config of ``diffusers.DPMSolverMultistepScheduler``.
+
+    Args:
+        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr:
+            the VP training path (as in :class:`~scratch_schedulers.ScratchDDPMScheduler`).
+        solver_order: 1 (DDIM), 2 (2M) or 3 (3M).
+        prediction_type: ``epsilon``, ``sample``, ``v_prediction`` (VP path) or ``flow_prediction``
+            (u = ε − x0; flow path, which also takes ``epsilon`` and ``sample``).
+        thresholding, dynamic_thresholding_ratio, sample_max_value: Imagen's dynamic thresholding of x̂0.
+        algorithm_type: ``dpmsolver++`` (the data-prediction ODE solver), ``sde-dpmsolver++`` (its SDE, noise
+            fraction η = 1: :func:`~scratch_schedulers.samplers.dpmpp_first_order_step` and siblings), ``dpmsolver``
+            (noise-prediction form, Lu et al., 2022a) or ``sde-dpmsolver`` (its SDE:
+            :func:`~scratch_schedulers.samplers.dpm_noise_sde_step`). The SDE types draw z once per step with
+            ``randn_tensor`` from ``step``'s ``generator`` (a list of B: example i's from the i-th), as diffusers.
+            The UniC ``corrector``, UniP ``solver_type`` ``bh1``/``bh2`` and ``final_step="sigma_squared"`` assume the
+            data-form ODE and are refused with the others (``final_step`` is allowed with ``dpmsolver``); so is
+            ``final_sigmas_type="zero"`` with ``sde-dpmsolver`` (its last step would keep noise b_next·√(e^{2h} − 1)·z
+            = 0·∞), as in diffusers.
+        solver_type: the 2M variant, ``midpoint`` (Algorithm 2) or ``heun`` (Taylor weights); or ``bh1``/``bh2``:
+            the UniP-p predictor of UniPC (Zhao et al., 2023; :func:`~scratch_schedulers.samplers.unipc_update`):
+            2M midpoint (bh2) or weight a·h/2 (bh1) at order 2, the Taylor 3M at order 3 (``third_order`` unused).
+        lower_order_final, euler_at_final, final_sigmas_type: as diffusers (order 1 at a step to σ = 0;
+            orders ≤ 2, 1 at the last two steps below 15 steps).
+        use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas, use_lu_lambdas: diffusers' VP grids.
+        use_flow_sigmas, flow_shift, use_dynamic_shifting, time_shift_type: the flow path x = (1 − σ)·x0 + σ·ε
+            with σ shifted by ``flow_shift`` (or e^μ from ``set_timesteps(mu=...)``).
+        lambda_min_clipped: timesteps with λ below this are not visited.
+        variance_type: ``learned``/``learned_range`` models return a variance block, ignored here; DDPM's fixed
+            types (what a DDPM config brings to ``from_config``) mean no block, as ``None`` does.
+        timestep_spacing, steps_offset: diffusers' DPM-Solver spacings (``linspace``, ``leading``, ``trailing``).
+        time_grid: None (diffusers' grid from the keys above), or ``logsnr``, ``karras`` or ``flow_uniform``
+            (:func:`~scratch_schedulers.dpm_grids.time_grid_lambdas`); timesteps then sit exactly at
+            their noise level (fractional on the VP path).
+        third_order: ``taylor`` (weight 2·a·φ3 on D2, third order) or ``diffusers`` (a·φ3, as the
+            reference code: only second order; kept for step-by-step parity).
+        corrector: ``none``, or ``unic_bh1``/``unic_bh2``: UniPC's UniC corrector, which refines each sample with
+            the model output evaluated there before the next step, at no extra model evaluation (:mod:`.dpm_stepping`).
+            ``solver_type="bh2", corrector="unic_bh2"`` is diffusers' ``UniPCMultistepScheduler`` (bh2).
+        corrector_reuses: the x̂0 the next step uses at the corrected sample x_c (no model call there): ``x0`` the
+            predicted sample's (UniPC), ``epsilon`` the one with its ε̂, ``gaussian`` shifted by a/(a² + b²)·(x_c − x̃)
+            (:func:`~scratch_schedulers.samplers.corrected_prediction_shift`).
+        final_step: ``x0`` (the last step to σ = 0 returns x̂0) or ``sigma_squared`` (extrapolates the last two x̂0s
+            to σ = 0, exact to O(σ³): :func:`~scratch_schedulers.samplers.clean_endpoint_step`).
+        tuned_grids: ``{n: [s_0, …, s_{n−1}]}``, n-step grids in flow time s = b/(a + b) (descending, in (0, 1); the
+            final point follows as configured) that ``set_timesteps(n)`` uses instead of the grid keys and the shift,
+            timesteps exactly at their level; other n keep the configured grid (:mod:`.grid_search` tunes them).
+
+    Few steps (5–20 model evaluations), both paths: ``ScratchDPMSolverScheduler(**FEW_STEP_CONFIG)`` (3M, UniC bh2,
+    ``corrector_reuses="gaussian"``, ``final_step="sigma_squared"``, ``time_grid="flow_uniform"``) had the lowest
+    ODE endpoint error of our configurations in ``benchmarks/bench_few_step.py``: on the example mixture 0.38 /
+    0.09 / 0.09× the best diffusers scheduler at 5 / 10 / 20 evaluations on the VP path, 0.64 / 0.42 / 0.42× on
+    the flow path. The constructor defaults stay diffusers' for parity.
+
+    Differences from diffusers (each tested in ``tests/scratch_schedulers/test_dpmsolver.py``):
+    ᾱ = 0 with ``rescale_betas_zero_snr`` is kept exact (λ = −∞; diffusers sets ᾱ = 2⁻²⁴);
+    ``third_order="taylor"``; ``sde-dpmsolver++`` at order 3 weighs D2 with the Taylor weight (diffusers' has a sign
+    error: first-order accurate; ``test_dpmsolver_sde.py``) and ``sde-dpmsolver`` has order 3 (diffusers' crashes);
+    ``dpmsolver`` accepts ``final_sigmas_type="zero"`` (its last step is order 1, as ``dpmsolver++``'s; diffusers
+    refuses it) and ``flow_prediction``; custom flow timesteps mean σ = t/T; ``final_sigmas_type="sigma_min"``
+    on the flow path ends at the smallest training σ (diffusers uses the VP value); float64 samples stay
+    float64; a ``use_*_sigmas`` key with ``use_flow_sigmas`` and a prediction type the path cannot
+    use raise a ``ValueError`` instead of sampling on mixed paths.
+    """
+
+    _compatibles = [*VP_COMPATIBLES]  # noqa: RUF012
+
+    # The VP keys repeat ScratchDDPMScheduler's on purpose: @register_to_config turns exactly these arguments,
+    # in diffusers' order and with its defaults, into DPMSolverMultistepScheduler's config (see scheduling_ddim.py).
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: BetaSchedule = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        solver_order: int = 2,
+        prediction_type: Literal["epsilon", "sample", "v_prediction", "flow_prediction"] = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        algorithm_type: Literal["dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver"] = "dpmsolver++",
+        solver_type: Literal["midpoint", "heun", "bh1", "bh2"] = "midpoint",
+        lower_order_final: bool = True,
+        euler_at_final: bool = False,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        use_lu_lambdas: bool = False,
+        use_flow_sigmas: bool = False,
+        flow_shift: float = 1.0,
+        final_sigmas_type: Literal["zero", "sigma_min"] = "zero",
+        lambda_min_clipped: float = -float("inf"),
+        variance_type: VarianceType | None = None,
+        timestep_spacing: TimestepSpacing = "linspace",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        use_dynamic_shifting: bool = False,
+        time_shift_type: Literal["exponential"] = "exponential",
+        time_grid: Literal["logsnr", "karras", "flow_uniform"] | None = None,
+        third_order: Literal["taylor", "diffusers"] = "taylor",
+        corrector: Literal["none", "unic_bh1", "unic_bh2"] = "none",
+        corrector_reuses: Literal["x0", "epsilon", "gaussian"] = "x0",
+        final_step: Literal["x0", "sigma_squared"] = "x0",
+        tuned_grids: dict[int | str, list[float]] | None = None,
+    ):
+        self._check_config()
+        self.noise_path = "flow" if use_flow_sigmas else "vp"
+        betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas)
+        if rescale_betas_zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        if self.noise_path == "vp":  # the flow path has no ᾱ (diffusers tells the paths apart by it)
+            self.betas, self.alphas, self.alphas_cumprod = betas, 1.0 - betas, alphas_cumprod
+        with np.errstate(divide="ignore"):  # s = b/a per training timestep; +∞ where ᾱ = 0
+            self._level_table = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).to(torch.float64).numpy()
+        self.sigmas = torch.from_numpy(self._level_table).to(torch.float32)
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.from_numpy(np.arange(num_train_timesteps)[::-1].copy())
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the loop at ``self.timesteps[begin_index]`` (image-to-image); clears the history."""
@@ -4074,23 +4367,37 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
             x0 = dynamic_threshold(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
         return x0
 
+    def _noise_prediction(self, model_output: torch.Tensor, x: torch.Tensor, a, b, x0: torch.Tensor) -> torch.Tensor:
+        """ε̂ for the noise-form solvers: from the model output directly, as diffusers (from the thresholded x̂0
+        when thresholding)."""
+        prediction_type = self.config.prediction_type
+        if self.config.thresholding or prediction_type == "sample":
+            return x0_to_eps(x0, x, a, b)
+        if prediction_type == "epsilon":
+            return model_output
+        if prediction_type == "v_prediction":
+            return v_to_eps(model_output, x, a, b)
+        return velocity_to_eps(model_output, x, b)
+
     def step(
         self,
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
     ):
-        """One multistep DPM-Solver++ step from ``timestep`` to the next grid point below it (:mod:`.dpm_stepping`).
+        """One multistep DPM-Solver(++) step from ``timestep`` to the next grid point below it (:mod:`.dpm_stepping`).
 
         Args:
             model_output: the model's prediction at (sample, timestep), in ``prediction_type``.
             timestep: a value of ``self.timesteps``, any other t in the path's range, or a (B,) CPU tensor of
                 one per example (each example keeps its own history: lock-step loops give each its own order).
             sample: x at that timestep, shape (B, C, ...).
-            generator, variance_noise: unused (the ``dpmsolver++`` family is deterministic); kept for the API.
+            generator: torch generator(s) for the SDE types' noise z (a list of B draws example i's from the i-th,
+                as that example alone would); unused by the ODE types.
+            variance_noise: z itself (the sample's shape) instead of drawing it; takes precedence over ``generator``.
             return_dict: return a :class:`ScratchSchedulerOutput` rather than a tuple (prev_sample, x̂0).
         """
         if self.num_inference_steps is None:
@@ -4099,12 +4406,21 @@ class ScratchDPMSolverScheduler(DPMSolverStepping, ScratchScheduler):
         t = timestep_tensor(timestep, sample)
         x, out = in_working_precision(sample, model_output)
         out = out[:, : x.shape[1]]
+        noise = None
+        if self.config.algorithm_type in SDE_ALGORITHM_TYPES:  # one draw per step for the batch, as diffusers
+            if variance_noise is None:
+                noise = randn_tensor(x.shape, generator=generator, device=sample.device, dtype=torch.float32)
+            else:
+                check_same_shape(variance_noise, sample, "variance_noise", "sample")
+                noise = variance_noise.to(device=sample.device)
+            noise = noise.to(x.dtype)
         if t.ndim == 0:
             start = self._start(float(t) if is_host(t) else None, self._position)
-            prev_sample, x0, corrected, order = self._advance(x, out, start, self._consecutive_history(start))
-            entry = (start.target, start.lam, start.b, order, corrected, x0)
+            prev_sample, x0, corrected, order, eps = self._advance(x, out, start, self._consecutive_history(start),
+                                                                   noise=noise)
+            entry = (start.target, start.lam, start.b, order, corrected, x0, eps)
         else:
-            prev_sample, x0, entry = self._step_per_example(t, x, out)
+            prev_sample, x0, entry = self._step_per_example(t, x, out, noise)
         self._history = [*self._history[-2:], entry]  # 3M needs the last two, its UniC-3 corrector three
         target = entry[0]  # the grid index landed on: an int, or an array of one per example
         self._position = target if isinstance(target, int) else int(target.min())
@@ -4413,6 +4729,134 @@ class ScratchFlowMapScheduler(FlowForwardProcess, ScratchScheduler):
 
 
 # ============================================================================================
+# scratch_schedulers.flow_churn
+# ============================================================================================
+
+"""EDM's stochastic churn (Karras et al., 2022, "Elucidating the Design Space…", Alg. 2) on the flow path.
+
+Alg. 2 raises the noise level of the sample before each step, t̂_i = (1 + γ_i)·t_i with
+γ_i = min(S_churn/N, √2 − 1) on S_tmin ≤ t_i ≤ S_tmax, by fresh noise x̂_i = x_i + √(t̂_i² − t_i²)·S_noise·ε
+(VE coordinates, t = s = b/a), and then takes the ODE step from t̂_i to t_{i+1}. On the flow path
+x = (1 − σ)·x0 + σ·ε the level is s = σ/(1 − σ), so ŝ = (1 + γ)·s is σ̂ = (1 + γ)·σ/(1 + γ·σ) and the raise is
+:func:`~.samplers.raise_noise` from (1 − σ, σ) to (1 − σ̂, σ̂). The model is evaluated at σ̂_i, so the
+scheduler lists σ̂_i as its timesteps; in a diffusers loop (one ``step`` per model evaluation) step i's
+call ends with the raise σ_{i+1} → σ̂_{i+1} of the next step. The first raise would precede the first
+evaluation: the initial noise stands for the sample at σ̂_0 (at σ_0 = 1, s = ∞, there is no churn).
+Everything here is computed once per schedule, in float64 on the host.
+"""
+
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+
+
+def check_churn(s_churn: object, s_tmin: object, s_tmax: object, s_noise: object, stochastic_sampling: bool) -> None:
+    """s_churn ≥ 0, 0 ≤ s_tmin ≤ s_tmax (s_tmax may be inf), 0 < s_noise < inf; churn excludes stochastic_sampling."""
+
+    def number(value: object) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float, np.number)) and not math.isnan(value)
+
+    if not (number(s_churn) and s_churn >= 0):
+        raise ValueError(f"s_churn={s_churn!r} is not allowed; pass a number ≥ 0 (0 = no churn, EDM uses 0–80).")
+    if not (number(s_tmin) and number(s_tmax) and 0 <= s_tmin <= s_tmax):
+        raise ValueError(
+            f"s_tmin={s_tmin!r}, s_tmax={s_tmax!r} are not allowed; pass 0 ≤ s_tmin ≤ s_tmax (s_tmax may be "
+            "float('inf')), EDM noise levels s = σ/(1 − σ)."
+        )
+    if not (number(s_noise) and 0 < s_noise < math.inf):
+        raise ValueError(f"s_noise={s_noise!r} is not allowed; pass a finite number > 0 (EDM uses 1.0–1.007).")
+    if stochastic_sampling and s_churn > 0:
+        raise ValueError(
+            f"stochastic_sampling=True and s_churn={s_churn!r} are two different stochastic samplers; choose one "
+            "(s_churn=0.0 or stochastic_sampling=False)."
+        )
+
+
+def churned_sigma(sigma: float, gamma: float) -> float:
+    """σ̂ of the level ŝ = (1 + γ)·s, s = σ/(1 − σ): σ̂ = (1 + γ)·σ/(1 + γ·σ) (σ itself at γ = 0)."""
+    return sigma if gamma == 0 else (1 + gamma) * sigma / (1 + gamma * sigma)
+
+
+@dataclass(frozen=True)
+class ChurnPlan:
+    """The churned schedule of n steps.
+
+    Attributes:
+        sigmas: σ_0 > … > σ_{n−1} > σ_n = 0 (float64): step i's ODE goes from σ̂_i to σ_{i+1}.
+        churned: σ̂_0 … σ̂_{n−1} (float64), the model's levels; σ̂_i = σ_i exactly where γ_i = 0.
+        s_noise: S_noise, the scale of the fresh noise.
+        timesteps: the Euler loop's timesteps σ̂_i·T (float32 values, as ``scheduler.timesteps`` holds them).
+    """
+
+    sigmas: np.ndarray
+    churned: np.ndarray
+    s_noise: float
+    timesteps: tuple[float, ...]
+
+    @classmethod
+    def of(cls, sigmas: np.ndarray, config) -> ChurnPlan | None:
+        """The plan for the grid ``sigmas`` (σ_0 … σ_{n−1}, 0) and a scheduler ``config`` (its s_churn, s_tmin,
+        s_tmax, s_noise, num_train_timesteps); None when no step churns (every γ_i = 0)."""
+        n = len(sigmas) - 1
+        levels = [sigma / (1 - sigma) if sigma < 1 else math.inf for sigma in sigmas[:-1].tolist()]
+        gammas = [churn_gamma(level, n, config.s_churn, config.s_tmin, config.s_tmax) for level in levels]
+        if not any(gammas):
+            return None
+        churned = np.array([churned_sigma(s, g) for s, g in zip(sigmas[:-1].tolist(), gammas, strict=True)])
+        timesteps = (torch.from_numpy(churned).to(torch.float32) * config.num_train_timesteps).tolist()
+        return cls(sigmas, churned, float(config.s_noise), tuple(timesteps))
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.churned)
+
+    def loop_sigmas(self, heun: bool) -> torch.Tensor:
+        """The model's level at every entry of ``timesteps`` then 0 (float32): σ̂_0 … σ̂_{n−1}, 0 (Euler);
+        σ̂_0, σ_1, σ̂_1, σ_2, …, σ_{n−1}, σ̂_{n−1}, 0 (Heun: predictor at σ̂_i, corrector at σ_{i+1})."""
+        if not heun:
+            levels = [*self.churned.tolist(), 0.0]
+        else:
+            pairs = zip(self.sigmas[1:-1].tolist(), self.churned[1:].tolist(), strict=True)
+            levels = [float(self.churned[0]), *(level for pair in pairs for level in pair), 0.0]
+        return torch.tensor(levels, dtype=torch.float64).to(torch.float32)
+
+    def euler_start(self, value: float, num_train_timesteps: int) -> tuple[float, int]:
+        """(σ, j) of an Euler step from host timestep ``value``: (σ̂_i, i + 1) at entry i of the schedule (within
+        float32 rounding), else (t/T, j) with j the first entry below t (n if none; t in [0, T] is checked)."""
+        i = next((k for k, t in enumerate(self.timesteps) if t == value), None)
+        if i is None:
+            check_step_timesteps(torch.tensor(value), num_train_timesteps, integer=False)
+            tolerance = 1e-3 * max(1.0, value)
+            i = next((k for k, t in enumerate(self.timesteps) if abs(t - value) <= tolerance), None)
+        if i is not None:
+            return float(self.churned[i]), i + 1
+        j = next((k for k, t in enumerate(self.timesteps) if t < value), self.num_steps)
+        return value / num_train_timesteps, j
+
+    def raise_to(self, x: torch.Tensor, j: int, generator: Generators) -> torch.Tensor:
+        """x at σ_j raised to σ̂_j (:func:`~.samplers.raise_noise`, noise drawn from ``generator``); x itself
+        where γ_j = 0 (nothing drawn) or j = n (the end)."""
+        if j >= self.num_steps or self.churned[j] == self.sigmas[j]:
+            return x
+        sigma, sigma_hat = float(self.sigmas[j]), float(self.churned[j])
+        noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return raise_noise(x, 1 - sigma, sigma, 1 - sigma_hat, sigma_hat, noise, self.s_noise)
+
+
+def per_example_churn_error(timestep: torch.Tensor) -> ValueError:
+    """The refusal of one timestep per example with churn on."""
+    return ValueError(
+        f"s_churn > 0 takes one timestep for the whole batch, got {tuple(timestep.shape)} timesteps: the churn "
+        "belongs to a step of the schedule. For one timestep per example use s_churn=0.0."
+    )
+
+
+# ============================================================================================
 # scratch_schedulers.scheduling_flow_match
 # ============================================================================================
 
@@ -4423,6 +4867,8 @@ u = dx/dσ = ε − x0 and sampling integrates the ODE from σ = 1 to 0 with Eul
 Config keys follow diffusers' ``FlowMatchEulerDiscreteScheduler`` (shift, dynamic shifting with
 μ, shift_terminal, stochastic_sampling); ``solver="heun"`` is second order with diffusers' Heun
 convention (``order = 2``, interior timesteps repeated) so a plain ``for t in timesteps`` works.
+``s_churn > 0`` makes either one EDM's stochastic sampler (Karras et al., 2022, Alg. 2; :mod:`.flow_churn`):
+the timesteps are then the churned levels σ̂_i where the model is evaluated.
 """
 
 
@@ -4454,6 +4900,16 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
         time_shift_type: ``exponential`` or ``linear`` form of the dynamic shift.
         stochastic_sampling: re-noise at every step, x_next = (1 − σ_next)·x̂0 + σ_next·z (Euler only).
         solver: ``euler`` (first order) or ``heun`` (second order, 2n − 1 model evaluations).
+        s_churn, s_tmin, s_tmax, s_noise: EDM's churn (Karras et al., 2022, Alg. 2) on its noise level
+            s = σ/(1 − σ) (= b/a; the VP level of a VP model sampled through the pipeline's change of variables).
+            Step i raises s_i to ŝ_i = (1 + γ_i)·s_i, γ_i = min(s_churn/n, √2 − 1) where s_tmin ≤ s_i ≤ s_tmax
+            (s_i finite, so never at σ = 1) else 0, by x̂ = (â/a)·x + √(b̂² − (â·b/a)²)·s_noise·z
+            (``samplers.raise_noise``; x + √(ŝ² − s²)·s_noise·z in x/a), then integrates the ODE from σ̂_i to
+            σ_{i+1}. The timesteps are σ̂_i·T (Euler: n; Heun: σ̂_0, σ_1, σ̂_1, …, σ̂_{n−1}, 2n − 1) and
+            ``sigmas`` the model's level per timestep then 0; a ``step`` call ends with the raise of the next
+            step, with noise from ``generator`` (a list of B: example i from the i-th). The initial noise
+            stands for the sample at σ̂_0. Heun here is the trapezoid in σ, not EDM's in s (both second order).
+            0 (default) is the deterministic sampler, bit for bit; exclusive with ``stochastic_sampling``.
     """
 
     _compatibles = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]  # noqa: RUF012
@@ -4473,6 +4929,10 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
         time_shift_type: TimeShiftType = "exponential",
         stochastic_sampling: bool = False,
         solver: FlowSolver = "euler",
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = float("inf"),
+        s_noise: float = 1.0,
     ):
         check_choice("solver", solver, SOLVERS)
         check_choice("time_shift_type", time_shift_type, TIME_SHIFT_TYPES)
@@ -4482,6 +4942,7 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
             raise ValueError(f"shift_terminal={shift_terminal} must be in [0, 1).")
         if stochastic_sampling and solver != "euler":
             raise ValueError(f"stochastic_sampling=True needs solver='euler', got solver={solver!r}.")
+        check_churn(s_churn, s_tmin, s_tmax, s_noise, stochastic_sampling)
         self.order = 1 if solver == "euler" else 2
         self._deterministic_euler = solver == "euler" and not stochastic_sampling  # the fused host step applies
         # Training grid, as diffusers (in float32): σ = t/T for t = T … 1, statically shifted.
@@ -4498,6 +4959,7 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
         self._host_floats: dict[float, tuple[float, float]] = {}
         self._position = 0
         self._heun_pending: tuple[torch.Tensor, torch.Tensor, float, float] | None = None
+        self._churn: ChurnPlan | None = None  # set by set_timesteps when some step's γ > 0
 
     # ---- schedule ----------------------------------------------------------------------------
 
@@ -4549,6 +5011,7 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
             raise ValueError(f"custom sigmas/timesteps must stay > 0 (σ = 0 is appended), got {grid.tolist()}.")
         self.num_inference_steps = len(grid)
         self._grid = np.append(grid, 0.0)  # float64, read by the Heun stages
+        self._churn = ChurnPlan.of(self._grid, cfg)
         sigma32 = torch.from_numpy(self._grid).to(torch.float32)  # σ_0 … σ_{n−1}, 0 as diffusers holds them
         # The distinct timesteps exactly as self.timesteps holds them (float32 σ times T, as diffusers), so that
         # every value of self.timesteps is a key of the O(1) host look-ups below (float32(σ·T) differs by an ulp).
@@ -4561,7 +5024,10 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
         # (distinct timesteps, −∞) and (σ grid, 0) in float32, for off-schedule and per-example look-ups
         self._host_grids = (torch.cat([distinct, torch.tensor([-torch.inf])]), sigma32)
         self._device_grids: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-        if self.config.solver == "heun":  # σ_0, σ_1, σ_1, …, σ_{n−1}, σ_{n−1}, 0: predictor/corrector pairs
+        if self._churn is not None:  # the model's levels: σ̂_i (and σ_{i+1} for Heun's correctors), then 0
+            loop_sigmas = self._churn.loop_sigmas(heun=self.config.solver == "heun")
+            timesteps = loop_sigmas[:-1] * T
+        elif self.config.solver == "heun":  # σ_0, σ_1, σ_1, …, σ_{n−1}, σ_{n−1}, 0: predictor/corrector pairs
             loop_sigmas = torch.cat([sigma32[:1], sigma32[1:-1].repeat_interleave(2), sigma32[-1:]])
             timesteps = torch.cat([distinct[:1], distinct[1:].repeat_interleave(2)])
         else:
@@ -4624,7 +5090,7 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
         A value of ``self.timesteps`` is one dict look-up (keys built by ``set_timesteps``): the hot path of a
         sampling loop creates no tensor and validates nothing it has not already validated.
         """
-        if not self._deterministic_euler:
+        if not self._deterministic_euler or self._churn is not None:
             return None
         if isinstance(timestep, torch.Tensor) and (not timestep.is_cpu or timestep.numel() != 1):
             return None
@@ -4649,7 +5115,9 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
             sigma, dt = host
             prev_sample, x0 = x.add(u, alpha=dt), x.sub(u, alpha=sigma)
         elif self.config.solver == "heun":
-            prev_sample, x0 = self._heun_stage(u, timestep, x)
+            prev_sample, x0 = self._heun_stage(u, timestep, x, generator)
+        elif self._churn is not None:
+            prev_sample, x0 = self._churned_euler_step(u, timestep, x, generator)
         else:
             sigma, sigma_next = self._euler_sigmas(timestep, x)
             x0 = velocity_to_x0(u, x, sigma)
@@ -4661,7 +5129,32 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
                 prev_sample = euler_step(x, u, sigma, sigma_next)
         return prev_sample, x0
 
-    def _heun_stage(self, u: torch.Tensor, timestep, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _churned_euler_step(
+        self, u: torch.Tensor, timestep, x: torch.Tensor, generator: Generators
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Euler step i of Alg. 2: σ̂_i → σ_{i+1} along the ODE, then the churn σ_{i+1} → σ̂_{i+1} of step i + 1.
+
+        A host timestep of the schedule is step i (a look-up); any other host t in [0, T] steps from σ = t/T
+        to σ_j and churns to σ̂_j, j the first entry below t, where the loop goes on. A device timestep is
+        taken to be the loop's next entry (position counter, as diffusers' step index: reading it would
+        synchronise). The churn noise is per step, so one timestep serves the whole batch.
+        """
+        churn = self._churn
+        if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
+            raise per_example_churn_error(timestep)
+        if is_host(timestep):
+            sigma, j = churn.euler_start(float(timestep), self.config.num_train_timesteps)
+        else:
+            if self._position >= churn.num_steps:
+                raise ValueError(f"the loop has already taken all {churn.num_steps} steps; call set_timesteps().")
+            sigma, j = float(churn.churned[self._position]), self._position + 1
+        self._position = j
+        x_next = euler_step(x, u, sigma, float(churn.sigmas[j]))
+        return churn.raise_to(x_next, j, generator), velocity_to_x0(u, x, sigma)
+
+    def _heun_stage(
+        self, u: torch.Tensor, timestep, x: torch.Tensor, generator: Generators = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictor (even positions) or corrector (odd) of a Heun step; the last step is Euler.
 
         The two stages share state (the predictor's x, derivative and σs), so a Heun loop keeps a
@@ -4683,22 +5176,32 @@ class ScratchFlowMatchScheduler(FlowForwardProcess, ScratchScheduler):
                 return self._heun_from(value, u, x)
         elif timestep.numel() != 1:
             raise self._per_example_heun_error(timestep)
-        i = (position + 1) // 2  # index of σ in the distinct grid for both stages of step i
+        i = (position + 1) // 2  # predictor: step i (from σ_i, σ̂_i when churned); corrector: its target σ_i
         self._position += 1
         if self._heun_pending is None:  # predictor from σ_i (also the final Euler step to σ = 0)
-            sigma, sigma_next = float(self._grid[i]), float(self._grid[i + 1])
+            start = self._grid[i] if self._churn is None else self._churn.churned[i]
+            sigma, sigma_next = float(start), float(self._grid[i + 1])
             if sigma_next > 0:
                 self._heun_pending = (x, u, sigma, sigma_next)
             return euler_step(x, u, sigma, sigma_next), velocity_to_x0(u, x, sigma)
         x_start, u_start, sigma, sigma_next = self._heun_pending  # corrector: u is the velocity at (x̃, σ_next)
         self._heun_pending = None
-        return heun_step(x_start, u_start, u, sigma, sigma_next), velocity_to_x0(u, x, sigma_next)
+        x_next = heun_step(x_start, u_start, u, sigma, sigma_next)
+        if self._churn is not None:  # Alg. 2: raise σ_i → σ̂_i for the next step's predictor
+            x_next = self._churn.raise_to(x_next, i, generator)
+        return x_next, velocity_to_x0(u, x, sigma_next)
 
     def _heun_from(self, value: float, u: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A Heun step from an off-schedule host timestep t: predictor from σ = t/T to the largest scheduled
         σ_j below it, whose corrector is the loop's next call (at σ_j: ``timesteps[timesteps < t]`` goes on).
         Above the first scheduled σ, or below the last, it is one Euler step (to σ_0, or to 0)."""
         T = self.config.num_train_timesteps
+        if self._churn is not None:
+            raise ValueError(
+                f"timestep {value:g} is not the Heun loop's next timestep {self._schedule[self._position]:g} "
+                f"(position {self._position}); with s_churn > 0 a Heun loop runs its entries in order (call "
+                "set_begin_index() to start later), as the churn noise belongs to a step of the schedule."
+            )
         check_step_timesteps(torch.tensor(value), T, integer=False)
         scheduled = self._grid[:-1] * T
         if np.any(np.abs(scheduled - value) <= 1e-3 * max(1.0, value)):
@@ -6144,6 +6647,7 @@ from dataclasses import dataclass
 import torch
 
 
+
 # c = scale_model_input(1, t) equals 1 or a to float32 rounding (a few u ≈ 6e-8 through σ² + 1 and a square root);
 # 1e-4 tells the two conventions apart wherever they differ (a < 0.9999) and is far above that rounding.
 SAMPLE_SCALE_TOLERANCE = 1e-4
@@ -6246,19 +6750,16 @@ class EditLevels:
         a, b, c = self.point(entry)
         return a / c, b / c
 
-    def jump(self, source: int, target: int) -> tuple[float, float]:
-        """(p, q) with p·x + q·z a sample at entry ``source`` carried forward (noised) to the noisier entry ``target``.
+    def jump(self, x: torch.Tensor, source: int, target: int, noise: torch.Tensor) -> torch.Tensor:
+        """The sample ``x`` at entry ``source`` carried forward (noised) to the noisier entry ``target`` (z: ``noise``).
 
-        In model-input coordinates the forward transition from (a, b) to (a', b') is
-        x' = (a'/a)·x + √(b'² − (a'·b/a)²)·z: if x = a·x0 + b·ε then x' = a'·x0 + b'·ε' exactly in distribution (on
-        the VP path it is DDPM's q(x_t | x_s) = N(√(ᾱ_t/ᾱ_s)·x_s, (1 − ᾱ_t/ᾱ_s)·I), Ho et al., 2020, Eq. 2 composed;
-        RePaint jumps with it). Here with the samples' scales c, c' on either side.
+        The forward transition from (a, b) to (a', b') is x' = (a'/a)·x + √(b'² − (a'·b/a)²)·z
+        (:func:`~scratch_schedulers.samplers.raise_noise`): if x = a·x0 + b·ε then x' = a'·x0 + b'·ε' exactly in
+        distribution (on the VP path it is DDPM's q(x_t | x_s) = N(√(ᾱ_t/ᾱ_s)·x_s, (1 − ᾱ_t/ᾱ_s)·I), Ho et al., 2020,
+        Eq. 2 composed; RePaint jumps with it). It holds for any Gaussian path, so also in sample coordinates, where
+        the points are (a/c, b/c) (:meth:`noising`).
         """
-        a, b, c = self.point(source)
-        a_up, b_up, c_up = self.point(target)
-        ratio = a_up / a
-        variance = max(b_up**2 - (ratio * b) ** 2, 0.0)  # ≥ 0 up to rounding for a noisier target
-        return ratio * c / c_up, math.sqrt(variance) / c_up
+        return raise_noise(x, *self.noising(source), *self.noising(target), noise)
 
 
 def edit_levels(scheduler: object, levels: Sequence[tuple[float, float]], path: str, num_steps: int) -> EditLevels:
@@ -6757,10 +7258,9 @@ class KnownRegion:
 
 def jump_up(latents: torch.Tensor, levels: EditLevels, source: int, target: int, generator) -> torch.Tensor:
     """The sample at entry ``source`` carried forward to the noisier entry ``target`` (RePaint's jump back):
-    p·x + q·z with (p, q) = ``levels.jump(source, target)``, z ~ N(0, I) fresh."""
-    signal_scale, noise_scale = levels.jump(source, target)
+    ``levels.jump`` with z ~ N(0, I) fresh."""
     noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-    return latents * signal_scale + noise * noise_scale
+    return levels.jump(latents, source, target, noise)
 
 
 def restore_state(scheduler: object, state: dict) -> None:
@@ -7193,7 +7693,7 @@ runs the shipped file.
 **Why one generated file rather than copies of the package's modules.** diffusers copies remote
 code into a single flat namespace (``diffusers_modules.local``) shared by every local folder it
 loads, and from a local folder it copies only the modules the loaded file imports *directly*
-(``get_relative_imports``, not recursively), while ``samplers.py`` → ``noise_path.py`` chains are
+(``get_relative_imports``, not recursively), while ``dpm_stepping.py`` → ``samplers/dpm.py`` chains are
 the norm in ``scratch_schedulers``. A Hub download of the pipeline likewise fetches only the
 root ``<module>.py``. A single file with no relative imports sidesteps all three.
 

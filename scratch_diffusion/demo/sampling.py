@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from scratch_diffusion import metrics
 from scratch_diffusion.demo.config import DemoConfig
 from scratch_diffusion.demo.rules import DENOISERS, guidance_arguments, labels_for_call, rule_text
+from scratch_schedulers.scheduling_dpmsolver import FEW_STEP_CONFIG
 
 
 @dataclass
@@ -85,6 +86,20 @@ def other_class_keys_quiet() -> Iterator[None]:
         diffusers_logging.set_verbosity(level)
 
 
+# The DPM-Solver settings by name (over the saved config): the demo's 2M, its stochastic version (DPM-Solver++(2M)
+# SDE), the documented few-step configuration, and that one with the grid tuned for the model kept from the saved
+# config (``pipelines.tuned_grid.tune_time_grid`` stores it there).
+_ODE = {"solver_order": 2, "algorithm_type": "dpmsolver++", "time_grid": None, "corrector": "none",
+        "corrector_reuses": "x0", "final_step": "x0"}  # fmt: skip
+DPM_SOLVERS: dict[str, dict] = {
+    "DPM-Solver++": _ODE,
+    "DPM-Solver++ SDE": {**_ODE, "algorithm_type": "sde-dpmsolver++"},
+    "DPM-Solver++ few-step": {**_ODE, **FEW_STEP_CONFIG},
+}
+TUNED_DPM_SOLVER = "DPM-Solver++ few-step, tuned grid"
+DPM_SOLVERS[TUNED_DPM_SOLVER] = DPM_SOLVERS["DPM-Solver++ few-step"]
+
+
 def make_scheduler(sampler: str, saved_config, path: str, latent: bool = False):
     """The scheduler of ``sampler`` built from the saved pipeline's scheduler config (quietly: see below).
 
@@ -114,7 +129,11 @@ def _make_scheduler(sampler: str, saved_config, path: str):
     )
 
     if sampler in ("flow Euler", "flow Heun", "flow Heun (flow path)"):
-        return ScratchFlowMatchScheduler.from_config(saved_config, solver=sampler.split()[1].lower())
+        return ScratchFlowMatchScheduler.from_config(saved_config, solver=sampler.split()[1].lower(), s_churn=0.0)
+    if sampler.startswith(("flow Euler, S_churn=", "flow Heun, S_churn=")):  # EDM churn (Karras et al., 2022, Alg. 2)
+        name, _, s_churn = sampler.partition(", S_churn=")
+        return ScratchFlowMatchScheduler.from_config(saved_config, solver=name.split()[1].lower(),
+                                                     s_churn=float(s_churn))
     if sampler == "DDIM":
         return ScratchDDIMScheduler.from_config(saved_config, timestep_spacing="trailing")
     if sampler == "DDIM (VP path)":  # asks for v: x̂0 = a·x − b·v stays well conditioned at a → 0
@@ -125,12 +144,15 @@ def _make_scheduler(sampler: str, saved_config, path: str):
         return ScratchFlowMapScheduler.from_config(saved_config, stochastic_sampling=sampler == "consistency")
     if sampler == "DDPM":
         return ScratchDDPMScheduler.from_config(saved_config, timestep_spacing="trailing")
-    if sampler == "DPM-Solver++":
+    if sampler in DPM_SOLVERS:  # a tuned grid in the saved config is kept only by the name that says so
+        keys = {**({} if sampler == TUNED_DPM_SOLVER else {"tuned_grids": None}), **DPM_SOLVERS[sampler]}
+        if sampler == TUNED_DPM_SOLVER and not saved_config.get("tuned_grids"):
+            raise ValueError(f"{sampler!r} needs a scheduler config with tuned_grids (pipelines.tuned_grid).")
         if path == "vp":
-            return ScratchDPMSolverScheduler.from_config(saved_config, solver_order=2, use_flow_sigmas=False)
-        shift = saved_config.get("flow_shift", saved_config.get("shift", 1.0))
+            return ScratchDPMSolverScheduler.from_config(saved_config, use_flow_sigmas=False, **keys)
+        shift = 1.0 if "time_grid" in keys else saved_config.get("flow_shift", saved_config.get("shift", 1.0))
         return ScratchDPMSolverScheduler.from_config(
-            saved_config, solver_order=2, use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift
+            saved_config, use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift, **keys
         )
     raise ValueError(f"unknown sampler {sampler!r}; known: DPM-Solver++ and the names in demo.config.SAMPLERS")
 

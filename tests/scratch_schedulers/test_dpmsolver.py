@@ -165,7 +165,7 @@ def test_config_keys_and_defaults_are_diffusers_plus_ours():
     ours, theirs = public_config(ScratchDPMSolverScheduler()), public_config(DPMSolverMultistepScheduler())
     extra = {k: ours.pop(k) for k in set(ours) - set(theirs)}
     assert extra == {"time_grid": None, "third_order": "taylor", "corrector": "none", "corrector_reuses": "x0",
-                     "final_step": "x0"}
+                     "final_step": "x0", "tuned_grids": None}
     assert ours == theirs
 
 
@@ -196,7 +196,7 @@ def test_compatibles_load_both_ways_and_with_our_ddim():
 @pytest.mark.parametrize(("config", "named"), [
     ({"solver_order": 4}, "solver_order=4"), ({"solver_type": "bh3"}, "solver_type='bh3'"),
     ({"corrector": "unipc"}, "corrector='unipc'"),
-    ({"time_grid": "cosine"}, "time_grid='cosine'"), ({"algorithm_type": "sde-dpmsolver++"}, "algorithm_type"),
+    ({"time_grid": "cosine"}, "time_grid='cosine'"), ({"algorithm_type": "deis"}, "algorithm_type='deis'"),
     ({"prediction_type": "flow_prediction"}, "flow_prediction"),
     ({"use_flow_sigmas": True, "prediction_type": "v_prediction"}, "v_prediction"),
     ({"use_karras_sigmas": True, "use_beta_sigmas": True}, "use_karras_sigmas"),
