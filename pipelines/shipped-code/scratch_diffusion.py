@@ -3074,9 +3074,10 @@ class DiscreteVPScheduler(ScratchScheduler):
                                            torch.tensor(self._final_alpha_bar(), dtype=torch.float32))
             table[off] = torch.stack(tuple(self._columns(self.alphas_cumprod[off], alpha_bar_target)), dim=1).numpy()
         self._table_cpu = torch.from_numpy(table)
-        # Host timesteps get prebuilt rows of 0-d float32 CPU tensors: the cheapest scalar operands
-        # on any device, and float32 arithmetic throughout (as in diffusers).
-        self._host_rows = {int(t): self._row_type._make(self._table_cpu[int(t)].unbind()) for t in grid}
+        # Scheduled host timesteps get rows of 0-d float32 CPU tensors, built on first use and kept: the
+        # cheapest scalar operands on any device, and float32 arithmetic throughout (as in diffusers).
+        self._scheduled = frozenset(int(t) for t in grid)
+        self._host_rows: dict[int, Any] = {}
         self._tables: dict[torch.device, torch.Tensor] = {}
 
     @staticmethod
@@ -3121,6 +3122,13 @@ class DiscreteVPScheduler(ScratchScheduler):
             self._check_terminal_snr(t.reshape(-1).numpy())
         return t
 
+    def _scheduled_row(self, t: int) -> Any:
+        """The prebuilt row of scheduled timestep ``t`` (built on its first use), or None off the schedule."""
+        row = self._host_rows.get(t)
+        if row is None and t in self._scheduled:
+            row = self._host_rows[t] = self._row_type._make(self._table_cpu[t].unbind())
+        return row
+
     def _row(self, timestep: int | float | torch.Tensor, like: torch.Tensor) -> Any:
         """Coefficients of the step starting at ``timestep``: a ``_row_type`` of 0-d tensors, or of
         (B, 1, …) tensors on ``like``'s device for one timestep per example.
@@ -3133,7 +3141,7 @@ class DiscreteVPScheduler(ScratchScheduler):
         if is_host(timestep):
             if not isinstance(timestep, torch.Tensor) or timestep.numel() == 1:
                 value = float(timestep)
-                row = self._host_rows.get(int(value)) if value.is_integer() else None
+                row = self._scheduled_row(int(value)) if value.is_integer() else None
                 if row is not None and self._alpha_bar[int(value)] != 0:
                     return row
             t = self._host_timesteps(timestep_tensor(timestep, like))
