@@ -25,8 +25,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from scratch_schedulers import ScratchDDPMScheduler, ScratchDPMSolverScheduler, ScratchFlowMatchScheduler
 from scratch_schedulers.oracle import GaussianMixture, mixture_error, sample_with, sampling_noise
 
@@ -142,14 +140,3 @@ def tune_grid(pipe, folder: Path, num_calibration: int, max_evaluations: int = 6
 def use_tuned_scheduler(pipe, folder: Path) -> None:
     """Give ``pipe`` the scheduler tuned for it (its grid is in the config: ``from_config`` keeps it)."""
     pipe.scheduler = ScratchDPMSolverScheduler.from_pretrained(str(tuned_scheduler_dir(folder)))
-
-
-def fd_summary(rows: Sequence[dict]) -> dict[str, float]:
-    """Mean and seed-to-seed std of the FD ratio over training seeds (each seed's ratio is its draws' mean)."""
-    ratios = [r["fd_ratio"] for r in rows]
-    return {"fd_ratio": statistics.fmean(ratios), "fd_ratio_std": statistics.stdev(ratios) if len(ratios) > 1 else 0.0,
-            "seeds": len(ratios)}
-
-
-def torch_threads(num_threads: int) -> None:
-    torch.set_num_threads(num_threads)
